@@ -1,0 +1,184 @@
+"""The sample frame: the one contract every stage of gpuslo shares.
+
+A scrape becomes one long-format frame (one row per sample) and one Kafka
+record.  Upstream metric names and labels are kept exactly as the source spells
+them; normalised signals are added by declared mappings elsewhere, never by
+renaming here.
+
+On the wire a frame is ``MAGIC + version byte + Arrow IPC stream``.  The prefix
+lets :func:`decode` tell "not ours", "ours but from a future version" and "ours
+but truncated" apart with a message that says which, instead of a raw Arrow
+flatbuffer error.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import polars as pl
+
+SCHEMA_VERSION = 1
+MAGIC = b"GSLO"
+_HEADER_LEN = len(MAGIC) + 1
+
+
+class Kind(StrEnum):
+    """What a sample's value means; drives counter-increase and histogram logic downstream."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM_BUCKET = "histogram_bucket"
+    HISTOGRAM_SUM = "histogram_sum"
+    HISTOGRAM_COUNT = "histogram_count"
+    SUMMARY_QUANTILE = "summary_quantile"
+    SUMMARY_SUM = "summary_sum"
+    SUMMARY_COUNT = "summary_count"
+    UNTYPED = "untyped"
+    # A point event carried as a sample (e.g. an XID error code that changed).
+    EVENT = "event"
+
+
+KIND_DTYPE = pl.Enum([k.value for k in Kind])
+LABEL_DTYPE = pl.Struct({"name": pl.String, "value": pl.String})
+LABELS_DTYPE = pl.List(LABEL_DTYPE)
+
+SAMPLE_SCHEMA: pl.Schema = pl.Schema(
+    {
+        "ts": pl.Datetime("ms", "UTC"),
+        "node": pl.String,
+        "source": pl.String,
+        "metric": pl.String,
+        "kind": KIND_DTYPE,
+        "value": pl.Float64,
+        "entity": pl.String,
+        "labels": LABELS_DTYPE,
+    }
+)
+COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA.names())
+
+# Label names that identify a series as a whole, in the order used for keys.
+SERIES_KEY: tuple[str, ...] = ("node", "source", "metric", "entity", "labels")
+
+
+class SchemaError(ValueError):
+    """Bytes or a frame that are not a valid sample frame of a known version."""
+
+    retriable = False
+
+
+def empty_frame() -> pl.DataFrame:
+    """A zero-row frame with the exact sample schema."""
+    return pl.DataFrame(schema=SAMPLE_SCHEMA)
+
+
+def canonical_labels(labels: Mapping[str, str]) -> list[dict[str, str]]:
+    """Labels as the frame stores them: a list of {name, value} sorted by name.
+
+    Sorting makes two scrapes of the same series produce equal label lists, so
+    the list itself can be part of a series key.
+    """
+    return [{"name": k, "value": labels[k]} for k in sorted(labels)]
+
+
+def frame_from_rows(rows: Iterable[Sequence[object]]) -> pl.DataFrame:
+    """Build a sample frame from ``(ts, node, source, metric, kind, value, entity, labels)`` rows.
+
+    ``ts`` may be a ``datetime`` or epoch milliseconds; ``labels`` a mapping.
+    Meant for small frames (tests, events); parsers build columns directly.
+    """
+    cols: dict[str, list[object]] = {c: [] for c in COLUMNS}
+    for row in rows:
+        ts, node, source, metric, kind, value, entity, labels = row
+        if isinstance(ts, (int, float)):
+            ts = datetime.fromtimestamp(float(ts) / 1000.0, tz=UTC)
+        cols["ts"].append(ts)
+        cols["node"].append(node)
+        cols["source"].append(source)
+        cols["metric"].append(metric)
+        cols["kind"].append(str(kind))
+        cols["value"].append(value)
+        cols["entity"].append(entity)
+        assert isinstance(labels, Mapping)
+        cols["labels"].append(canonical_labels(labels))
+    return pl.DataFrame(cols, schema=SAMPLE_SCHEMA)
+
+
+def validate(frame: pl.DataFrame) -> pl.DataFrame:
+    """Check that ``frame`` has exactly the sample columns and types; return it in column order."""
+    problems: list[str] = []
+    for name, dtype in SAMPLE_SCHEMA.items():
+        if name not in frame.columns:
+            problems.append(f"missing column {name!r}")
+        elif frame.schema[name] != dtype:
+            problems.append(f"column {name!r} is {frame.schema[name]}, expected {dtype}")
+    extra = [c for c in frame.columns if c not in SAMPLE_SCHEMA]
+    if extra:
+        problems.append(f"unexpected columns {extra}")
+    if problems:
+        raise SchemaError("not a sample frame: " + "; ".join(problems))
+    if frame.columns != list(COLUMNS):
+        frame = frame.select(COLUMNS)
+    return frame
+
+
+def encode(frame: pl.DataFrame) -> bytes:
+    """Serialise a sample frame as ``MAGIC + version + Arrow IPC stream``."""
+    frame = validate(frame)
+    buf = io.BytesIO()
+    buf.write(MAGIC)
+    buf.write(bytes([SCHEMA_VERSION]))
+    frame.write_ipc_stream(buf, compression="uncompressed")
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> pl.DataFrame:
+    """Parse bytes produced by :func:`encode`.
+
+    Raises:
+        SchemaError: the bytes are empty, not a gpuslo frame, of an unknown
+            version, truncated or corrupt, or hold a frame with other columns.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SchemaError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < _HEADER_LEN:
+        raise SchemaError(f"record of {len(data)} bytes is too short to be a sample frame")
+    if data[: len(MAGIC)] != MAGIC:
+        raise SchemaError(
+            f"not a gpuslo sample frame: starts with {data[:len(MAGIC)]!r}, expected {MAGIC!r}"
+        )
+    version = data[len(MAGIC)]
+    if version != SCHEMA_VERSION:
+        raise SchemaError(
+            f"sample frame schema version {version} is not supported "
+            f"(this build reads version {SCHEMA_VERSION})"
+        )
+    try:
+        frame = pl.read_ipc_stream(io.BytesIO(data[_HEADER_LEN:]))
+    except Exception as exc:  # polars raises several error types for bad IPC
+        raise SchemaError(
+            f"sample frame body ({len(data) - _HEADER_LEN} bytes) is truncated or corrupt: {exc}"
+        ) from exc
+    return validate(frame)
+
+
+def split(frame: pl.DataFrame, max_rows: int) -> list[pl.DataFrame]:
+    """Slice a frame into pieces of at most ``max_rows`` rows (at least one piece)."""
+    if max_rows <= 0:
+        raise ValueError(f"max_rows must be > 0, got {max_rows}")
+    if frame.height <= max_rows:
+        return [frame]
+    return [frame.slice(off, max_rows) for off in range(0, frame.height, max_rows)]
+
+
+def label(name: str) -> pl.Expr:
+    """Expression for one label's value (null where the series lacks it)."""
+    return (
+        pl.col("labels")
+        .list.eval(pl.element().filter(pl.element().struct.field("name") == name))
+        .list.first()
+        .struct.field("value")
+    )
