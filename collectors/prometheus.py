@@ -25,10 +25,17 @@ from pipeline.schema import SAMPLE_SCHEMA, Kind, canonical_labels
 ParseFn = Callable[..., pl.DataFrame]
 
 _SUFFIX_KIND = {
-    "histogram": {"_bucket": Kind.HISTOGRAM_BUCKET, "_sum": Kind.HISTOGRAM_SUM,
-                  "_count": Kind.HISTOGRAM_COUNT, "_created": Kind.GAUGE},
-    "gaugehistogram": {"_bucket": Kind.HISTOGRAM_BUCKET, "_gsum": Kind.HISTOGRAM_SUM,
-                       "_gcount": Kind.HISTOGRAM_COUNT},
+    "histogram": {
+        "_bucket": Kind.HISTOGRAM_BUCKET,
+        "_sum": Kind.HISTOGRAM_SUM,
+        "_count": Kind.HISTOGRAM_COUNT,
+        "_created": Kind.GAUGE,
+    },
+    "gaugehistogram": {
+        "_bucket": Kind.HISTOGRAM_BUCKET,
+        "_gsum": Kind.HISTOGRAM_SUM,
+        "_gcount": Kind.HISTOGRAM_COUNT,
+    },
     "summary": {"_sum": Kind.SUMMARY_SUM, "_count": Kind.SUMMARY_COUNT, "_created": Kind.GAUGE},
     "counter": {"_total": Kind.COUNTER, "_created": Kind.GAUGE},
 }
@@ -43,11 +50,18 @@ _TYPE_KIND = {
 
 def sample_kind(family_type: str, family_name: str, sample_name: str) -> Kind:
     """The sample's kind from its family type and the suffix it carries."""
-    suffix = sample_name[len(family_name):] if sample_name.startswith(family_name) else ""
+    suffix = sample_name[len(family_name) :] if sample_name.startswith(family_name) else ""
     by_suffix = _SUFFIX_KIND.get(family_type, {})
     if suffix in by_suffix:
         return by_suffix[suffix]
     return _TYPE_KIND.get(family_type, Kind.UNTYPED)
+
+
+def _timestamp_ms(ts: object) -> int:
+    """prometheus_client gives float seconds (text) or a Timestamp (OpenMetrics)."""
+    if isinstance(ts, (int, float)):
+        return int(ts * 1000)
+    return int(float(ts) * 1000)  # type: ignore[arg-type]
 
 
 def parse_text(
@@ -76,7 +90,7 @@ def parse_text(
     labels: list[list[dict[str, str]]] = []
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            ts.append(int(s.timestamp * 1000) if s.timestamp is not None else scrape_ts_ms)
+            ts.append(_timestamp_ms(s.timestamp) if s.timestamp is not None else scrape_ts_ms)
             metric.append(s.name)
             kind.append(sample_kind(family.type, family.name, s.name).value)
             value.append(float(s.value))
@@ -138,8 +152,10 @@ class PrometheusCollector:
         scrape_ts_ms = int(now.timestamp() * 1000)
         return list(
             await asyncio.gather(
-                *(self._scrape_one(t.url, t.node or self._default_node, scrape_ts_ms)
-                  for t in self.config.targets)
+                *(
+                    self._scrape_one(t.url, t.node or self._default_node, scrape_ts_ms)
+                    for t in self.config.targets
+                )
             )
         )
 
@@ -148,8 +164,9 @@ class PrometheusCollector:
         started = time.perf_counter()
 
         def failed(reason: str, message: str) -> TargetResult:
-            return TargetResult(url, node, None, time.perf_counter() - started,
-                                error=message, error_reason=reason)
+            return TargetResult(
+                url, node, None, time.perf_counter() - started, error=message, error_reason=reason
+            )
 
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         try:
@@ -158,16 +175,18 @@ class PrometheusCollector:
                     return failed(f"http_{resp.status}", f"{url}: HTTP {resp.status}")
                 body = await resp.content.read(self.config.max_body_bytes + 1)
                 if len(body) > self.config.max_body_bytes:
-                    return failed("body_too_large",
-                                  f"{url}: body exceeds {self.config.max_body_bytes} bytes")
+                    return failed(
+                        "body_too_large", f"{url}: body exceeds {self.config.max_body_bytes} bytes"
+                    )
         except TimeoutError:
             return failed("timeout", f"{url}: no answer within {self.config.timeout_s}s")
         except aiohttp.ClientError as exc:
             return failed("connect", f"{url}: {type(exc).__name__}: {exc}")
         try:
             text = body.decode("utf-8")
-            frame = self._parse(text, node=node, source=self.config.source,
-                                scrape_ts_ms=scrape_ts_ms)
+            frame = self._parse(
+                text, node=node, source=self.config.source, scrape_ts_ms=scrape_ts_ms
+            )
         except (UnicodeDecodeError, ValueError) as exc:
             return failed("parse", f"{url}: malformed exposition: {exc}")
         return TargetResult(url, node, frame, time.perf_counter() - started)

@@ -44,10 +44,12 @@ class _Model(BaseModel):
 
 class TopicsConfig(_Model):
     samples: str = Field("gpuslo.samples", description="Topic of sample frames, keyed by node.")
-    sli: str = Field("gpuslo.sli", description="Topic of per-minute SLI partial counts, keyed by SLO.")
+    sli: str = Field(
+        "gpuslo.sli", description="Topic of per-minute SLI partial counts, keyed by SLO."
+    )
     dlq: str = Field(
         "gpuslo.dlq",
-        description="Dead-letter topic: records that failed to decode, with the reason in a header.",
+        description="Dead-letter topic: undecodable records, with the reason in a header.",
     )
 
 
@@ -59,7 +61,7 @@ class KafkaConfig(_Model):
     client_id: str = Field("gpuslo", description="Client id sent to the brokers.")
     enable_idempotence: bool = Field(
         False,
-        description="Idempotent producer (recommended on real Kafka; the embedded broker lacks it).",
+        description="Idempotent producer (use it on real Kafka; the embedded broker lacks it).",
     )
     compression_type: Literal["none", "gzip", "lz4", "zstd"] = Field(
         "zstd", description="Record batch compression."
@@ -73,9 +75,7 @@ class KafkaConfig(_Model):
     )
     linger_ms: int = Field(20, ge=0, description="How long the producer waits to fill a batch.")
     request_timeout_ms: int = Field(30_000, gt=0, description="Producer/admin request timeout.")
-    partitions: int = Field(
-        8, gt=0, description="Partition count for topics that gpuslo creates."
-    )
+    partitions: int = Field(8, gt=0, description="Partition count for topics that gpuslo creates.")
     replication_factor: int = Field(
         1, gt=0, description="Replication factor for topics that gpuslo creates (3 in production)."
     )
@@ -104,9 +104,7 @@ class KafkaConfig(_Model):
 
 class ConsumerConfig(_Model):
     group_id: str = Field("gpuslo-tail", description="Consumer group of the sample consumers.")
-    max_records: int = Field(
-        500, gt=0, description="Most records handed to the caller per poll."
-    )
+    max_records: int = Field(500, gt=0, description="Most records handed to the caller per poll.")
     poll_timeout_ms: int = Field(1000, gt=0, description="How long one poll waits for records.")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new group starts reading."
@@ -232,7 +230,7 @@ def apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
         if not path:
             continue
         raw = environ[name]

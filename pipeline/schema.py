@@ -42,18 +42,18 @@ class Kind(StrEnum):
 
 
 KIND_DTYPE = pl.Enum([k.value for k in Kind])
-LABEL_DTYPE = pl.Struct({"name": pl.String, "value": pl.String})
+LABEL_DTYPE = pl.Struct({"name": pl.String(), "value": pl.String()})
 LABELS_DTYPE = pl.List(LABEL_DTYPE)
 
 SAMPLE_SCHEMA: pl.Schema = pl.Schema(
     {
         "ts": pl.Datetime("ms", "UTC"),
-        "node": pl.String,
-        "source": pl.String,
-        "metric": pl.String,
+        "node": pl.String(),
+        "source": pl.String(),
+        "metric": pl.String(),
         "kind": KIND_DTYPE,
-        "value": pl.Float64,
-        "entity": pl.String,
+        "value": pl.Float64(),
+        "entity": pl.String(),
         "labels": LABELS_DTYPE,
     }
 )
@@ -148,7 +148,7 @@ def decode(data: bytes) -> pl.DataFrame:
         raise SchemaError(f"record of {len(data)} bytes is too short to be a sample frame")
     if data[: len(MAGIC)] != MAGIC:
         raise SchemaError(
-            f"not a gpuslo sample frame: starts with {data[:len(MAGIC)]!r}, expected {MAGIC!r}"
+            f"not a gpuslo sample frame: starts with {data[: len(MAGIC)]!r}, expected {MAGIC!r}"
         )
     version = data[len(MAGIC)]
     if version != SCHEMA_VERSION:

@@ -1,0 +1,546 @@
+"""kubelet: ``/metrics/resource``, ``/metrics/cadvisor`` and ``/stats/summary``.
+
+The pure part maps what the kubelet returns; the I/O part is one small HTTPS
+fetch with the service-account bearer token.
+
+* ``/metrics/cadvisor`` has a series per container *and* per pod cgroup, QoS
+  cgroup and pod sandbox (pause), the latter with ``container=""`` (or
+  ``"POD"`` under dockershim).  Summing them counts everything twice, so
+  :func:`filter_cadvisor` drops them, except the sandbox's network series:
+  containers share the pod's network namespace and the sandbox is the only
+  place pod traffic is reported.  Samples carry millisecond timestamps, which
+  the parser keeps as ``ts``.
+* ``/metrics/resource`` is the cheap, stable subset (CPU seconds, working set).
+* ``/stats/summary`` is JSON where *any* field may be missing and every block
+  (cpu, memory, network, fs...) has its own ``time``; :func:`summary_to_frame`
+  emits one row per present numeric field at that block's time and reports
+  the rest.
+
+Both metric endpoints and the summary normalise to the same names
+(``gpuslo_container_cpu_usage_seconds_total``...), so scrape *one* of
+``/metrics/resource`` or ``/stats/summary`` for CPU/memory per target (or use
+:func:`cadvisor_signals` without usage) to avoid the same quantity arriving
+twice under different ``source`` values.
+
+Entity = ``namespace/pod/container`` for containers, ``namespace/pod`` for
+pods, the node name for node-level series.
+
+The token is a secret: it only ever lives in a :class:`Secret`, whose
+``repr``/``str`` are redacted, and :func:`redact` scrubs it from any text
+(exception messages included) before it can be logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import polars as pl
+
+from collectors.normalise import (
+    Signal,
+    normalised_rows,
+    ref,
+    signal,
+)
+from pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows, label
+
+log = logging.getLogger(__name__)
+
+SOURCE = "kubelet"
+DEFAULT_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+DEFAULT_CA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+SUMMARY_PREFIX = "kubelet_summary_"
+
+# ---------------------------------------------------------------- signals
+
+_USAGE_SIGNALS: tuple[Signal, ...] = (
+    signal("gpuslo_container_cpu_usage_seconds_total", "core-seconds", Kind.COUNTER,
+           "container_cpu_usage_seconds_total",
+           ref(SUMMARY_PREFIX + "cpu_usageCoreNanoSeconds", scale=1e-9, scope="container")),
+    signal("gpuslo_container_memory_working_set_bytes", "bytes", Kind.GAUGE,
+           "container_memory_working_set_bytes",
+           ref(SUMMARY_PREFIX + "memory_workingSetBytes", scope="container")),
+    signal("gpuslo_pod_cpu_usage_seconds_total", "core-seconds", Kind.COUNTER,
+           "pod_cpu_usage_seconds_total",
+           ref(SUMMARY_PREFIX + "cpu_usageCoreNanoSeconds", scale=1e-9, scope="pod")),
+    signal("gpuslo_pod_memory_working_set_bytes", "bytes", Kind.GAUGE,
+           "pod_memory_working_set_bytes",
+           ref(SUMMARY_PREFIX + "memory_workingSetBytes", scope="pod")),
+    signal("gpuslo_node_cpu_usage_seconds_total", "core-seconds", Kind.COUNTER,
+           "node_cpu_usage_seconds_total",
+           ref(SUMMARY_PREFIX + "cpu_usageCoreNanoSeconds", scale=1e-9, scope="node")),
+    signal("gpuslo_node_memory_working_set_bytes", "bytes", Kind.GAUGE,
+           "node_memory_working_set_bytes",
+           ref(SUMMARY_PREFIX + "memory_workingSetBytes", scope="node")),
+)
+
+_CADVISOR_ONLY: tuple[Signal, ...] = (
+    signal("gpuslo_container_cpu_cfs_periods_total", "periods", Kind.COUNTER,
+           "container_cpu_cfs_periods_total"),
+    signal("gpuslo_container_cpu_cfs_throttled_periods_total", "periods", Kind.COUNTER,
+           "container_cpu_cfs_throttled_periods_total",
+           help="Throttled / total periods = CPU throttling ratio."),
+    signal("gpuslo_container_cpu_cfs_throttled_seconds_total", "seconds", Kind.COUNTER,
+           "container_cpu_cfs_throttled_seconds_total"),
+    signal("gpuslo_container_memory_limit_bytes", "bytes", Kind.GAUGE,
+           "container_spec_memory_limit_bytes"),
+    signal("gpuslo_container_oom_events_total", "events", Kind.COUNTER,
+           "container_oom_events_total"),
+    signal("gpuslo_pod_network_receive_bytes_total", "bytes", Kind.COUNTER,
+           "container_network_receive_bytes_total"),
+    signal("gpuslo_pod_network_transmit_bytes_total", "bytes", Kind.COUNTER,
+           "container_network_transmit_bytes_total"),
+    signal("gpuslo_container_fs_read_bytes_total", "bytes", Kind.COUNTER,
+           "container_fs_reads_bytes_total"),
+    signal("gpuslo_container_fs_written_bytes_total", "bytes", Kind.COUNTER,
+           "container_fs_writes_bytes_total"),
+)
+
+_SUMMARY_ONLY: tuple[Signal, ...] = (
+    signal("gpuslo_container_rootfs_used_bytes", "bytes", Kind.GAUGE,
+           ref(SUMMARY_PREFIX + "rootfs_usedBytes", scope="container")),
+    signal("gpuslo_pod_ephemeral_storage_used_bytes", "bytes", Kind.GAUGE,
+           ref(SUMMARY_PREFIX + "ephemeral-storage_usedBytes", scope="pod")),
+    signal("gpuslo_node_fs_used_bytes", "bytes", Kind.GAUGE,
+           ref(SUMMARY_PREFIX + "fs_usedBytes", scope="node")),
+    signal("gpuslo_node_fs_capacity_bytes", "bytes", Kind.GAUGE,
+           ref(SUMMARY_PREFIX + "fs_capacityBytes", scope="node")),
+    signal("gpuslo_pod_network_receive_bytes_total", "bytes", Kind.COUNTER,
+           ref(SUMMARY_PREFIX + "network_rxBytes", scope="pod")),
+    signal("gpuslo_pod_network_transmit_bytes_total", "bytes", Kind.COUNTER,
+           ref(SUMMARY_PREFIX + "network_txBytes", scope="pod")),
+)
+
+SIGNALS: tuple[Signal, ...] = _USAGE_SIGNALS + _CADVISOR_ONLY + _SUMMARY_ONLY
+
+
+def cadvisor_signals(with_usage: bool = True) -> tuple[Signal, ...]:
+    """Signals for ``/metrics/cadvisor``; without CPU/memory usage when another
+    endpoint (``/metrics/resource`` or ``/stats/summary``) already supplies them."""
+    return (_USAGE_SIGNALS if with_usage else ()) + _CADVISOR_ONLY
+
+
+# ---------------------------------------------------------------- metric endpoints
+
+
+def entity_expr() -> pl.Expr:
+    """``namespace/pod/container``, ``namespace/pod``, else the node name.
+
+    Raw cAdvisor (not behind the kubelet) has no pod labels; its cgroup ``id``
+    is used so containers stay apart.
+    """
+    ns, pod, ctr = label("namespace"), label("pod"), label("container")
+    has = lambda e: e.is_not_null() & (e != "")  # noqa: E731
+    return (
+        pl.when(has(pod) & has(ctr))
+        .then(pl.concat_str([ns.fill_null(""), pl.lit("/"), pod, pl.lit("/"), ctr]))
+        .when(has(pod))
+        .then(pl.concat_str([ns.fill_null(""), pl.lit("/"), pod]))
+        .when(has(label("id")))
+        .then(label("id"))
+        .otherwise(pl.col("node"))
+    )
+
+
+def derive_entities(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with ``entity`` set per row (see :func:`entity_expr`)."""
+    return frame.with_columns(entity=entity_expr().fill_null(""))
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    """Rows kept and how many were dropped as pod/QoS/sandbox aggregates."""
+
+    frame: pl.DataFrame
+    dropped: int
+
+
+def filter_cadvisor(frame: pl.DataFrame) -> FilterResult:
+    """Drop ``container=""``/``"POD"`` series from a ``/metrics/cadvisor`` frame.
+
+    Kept: rows without a ``container`` label at all (``machine_*``, raw
+    cAdvisor), real containers, and the sandbox's ``container_network_*``
+    series (``image`` set), which are the pod's only network counters.  The
+    pod and QoS cgroups (no ``image``) never survive, so nothing is summed twice.
+    """
+    ctr = label("container")
+    aggregate = ctr.is_in(["", "POD"]).fill_null(False)
+    sandbox_net = (
+        pl.col("metric").str.starts_with("container_network_")
+        & label("image").is_not_null()
+        & (label("image") != "")
+    )
+    kept = frame.filter(~aggregate | sandbox_net)
+    return FilterResult(kept, frame.height - kept.height)
+
+
+def map_cadvisor(frame: pl.DataFrame, *, with_usage: bool = True) -> tuple[pl.DataFrame, int]:
+    """Filter, entity and normalise a parsed ``/metrics/cadvisor`` frame.
+
+    Returns the mapped frame and the number of aggregate rows dropped.
+    """
+    filtered = filter_cadvisor(frame)
+    with_entities = derive_entities(filtered.frame)
+    mapped = pl.concat([with_entities.select(COLUMNS),
+                        normalised_rows(with_entities, cadvisor_signals(with_usage))])
+    return mapped, filtered.dropped
+
+
+def map_resource(frame: pl.DataFrame) -> pl.DataFrame:
+    """Entity and normalise a parsed ``/metrics/resource`` frame."""
+    with_entities = derive_entities(frame)
+    return pl.concat([with_entities.select(COLUMNS),
+                      normalised_rows(with_entities, _USAGE_SIGNALS)])
+
+
+# ---------------------------------------------------------------- /stats/summary
+
+# Cumulative fields of the summary API; every other numeric field is a gauge.
+_SUMMARY_COUNTERS = frozenset({
+    "usageCoreNanoSeconds", "pageFaults", "majorPageFaults",
+    "rxBytes", "rxErrors", "txBytes", "txErrors",
+})
+_STAT_BLOCKS = ("cpu", "memory", "swap", "network", "fs", "rootfs", "logs",
+                "ephemeral-storage", "rlimit")
+
+
+@dataclass(frozen=True)
+class SummaryResult:
+    """Samples from one ``/stats/summary`` and the fields that could not be used."""
+
+    frame: pl.DataFrame
+    errors: tuple[str, ...]
+    untimed_blocks: int
+
+
+def _parse_time(value: object) -> int | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+class _Summary:
+    def __init__(self, node: str, source: str, scrape_ts_ms: int) -> None:
+        self.node, self.source, self.scrape_ts_ms = node, source, scrape_ts_ms
+        self.rows: list[tuple[object, ...]] = []
+        self.errors: list[str] = []
+        self.untimed = 0
+
+    def block(self, where: str, name: str, block: object, entity: str,
+              labels: Mapping[str, str]) -> None:
+        if block is None:
+            return
+        if not isinstance(block, dict):
+            self.errors.append(f"{where}.{name}: expected an object, got {type(block).__name__}")
+            return
+        ts = _parse_time(block.get("time"))
+        if ts is None:
+            # A block without a usable time still has values; stamp them with
+            # the scrape time and count it, rather than invent an age.
+            if "time" in block:
+                self.errors.append(f"{where}.{name}.time: unparseable {block['time']!r}")
+            self.untimed += 1
+            ts = self.scrape_ts_ms
+        for key, value in block.items():
+            if key in ("time", "name", "interfaces", "psi"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                # null is "not reported"; nested objects are not stats of this block.
+                if value is not None and not isinstance(value, (dict, list)):
+                    self.errors.append(f"{where}.{name}.{key}: not a number: {value!r}")
+                continue
+            kind = Kind.COUNTER if key in _SUMMARY_COUNTERS else Kind.GAUGE
+            self.rows.append((ts, self.node, self.source, f"{SUMMARY_PREFIX}{name}_{key}",
+                              kind, float(value), entity, dict(labels)))
+
+    def stats(self, where: str, obj: Mapping[str, Any], entity: str,
+              labels: Mapping[str, str]) -> None:
+        for name in _STAT_BLOCKS:
+            self.block(where, name, obj.get(name), entity, labels)
+
+
+def summary_to_frame(
+    summary: Mapping[str, Any] | str | bytes,
+    *,
+    node: str,
+    scrape_ts_ms: int,
+    source: str = SOURCE,
+) -> SummaryResult:
+    """``/stats/summary`` JSON -> raw sample rows (``kubelet_summary_<block>_<field>``).
+
+    Labels: ``scope`` (``node``, ``system_container``, ``pod``, ``container``,
+    ``volume``), and ``namespace``/``pod``/``container``/``system_container``/
+    ``volume`` as applicable.  Field names keep the API's camelCase.  A pod
+    without ``podRef.name`` is skipped and reported; a non-numeric field is
+    reported and skipped; a missing field is simply absent.
+
+    Raises:
+        ValueError: the body is not JSON or not a JSON object.
+    """
+    if isinstance(summary, (str, bytes)):
+        try:
+            summary = json.loads(summary)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"/stats/summary is not JSON: {exc}") from exc
+    if not isinstance(summary, Mapping):
+        raise ValueError(f"/stats/summary is a JSON {type(summary).__name__}, expected an object")
+    s = _Summary(node, source, scrape_ts_ms)
+    node_obj = summary.get("node")
+    if isinstance(node_obj, Mapping):
+        s.stats("node", node_obj, node, {"scope": "node"})
+        runtime = node_obj.get("runtime")
+        if isinstance(runtime, Mapping):
+            for fs_name in ("imageFs", "containerFs"):
+                s.block("node.runtime", fs_name, runtime.get(fs_name), node,
+                        {"scope": "node"})
+        for i, sc in enumerate(_as_list(node_obj.get("systemContainers"), "node.systemContainers",
+                                        s.errors)):
+            name = sc.get("name")
+            if not isinstance(name, str) or not name:
+                s.errors.append(f"node.systemContainers[{i}]: no name, skipped")
+                continue
+            s.stats(f"node.systemContainers[{name}]", sc, f"{node}/{name}",
+                    {"scope": "system_container", "system_container": name})
+    elif node_obj is not None:
+        s.errors.append("node: expected an object")
+    for i, pod in enumerate(_as_list(summary.get("pods"), "pods", s.errors)):
+        ref_ = pod.get("podRef")
+        pname = ref_.get("name") if isinstance(ref_, Mapping) else None
+        ns = ref_.get("namespace") if isinstance(ref_, Mapping) else None
+        if not isinstance(pname, str) or not pname:
+            s.errors.append(f"pods[{i}]: no podRef.name, skipped")
+            continue
+        ns = ns if isinstance(ns, str) else ""
+        where = f"pods[{ns}/{pname}]"
+        pod_labels = {"scope": "pod", "namespace": ns, "pod": pname}
+        s.stats(where, pod, f"{ns}/{pname}", pod_labels)
+        for c in _as_list(pod.get("containers"), f"{where}.containers", s.errors):
+            cname = c.get("name")
+            if not isinstance(cname, str) or not cname:
+                s.errors.append(f"{where}.containers: container without a name, skipped")
+                continue
+            s.stats(f"{where}.containers[{cname}]", c, f"{ns}/{pname}/{cname}",
+                    {"scope": "container", "namespace": ns, "pod": pname, "container": cname})
+        for v in _as_list(pod.get("volume"), f"{where}.volume", s.errors):
+            vname = v.get("name")
+            if not isinstance(vname, str):
+                s.errors.append(f"{where}.volume: volume without a name, skipped")
+                continue
+            s.block(where, "volume", v, f"{ns}/{pname}",
+                    {"scope": "volume", "namespace": ns, "pod": pname, "volume": vname})
+    frame = frame_from_rows(s.rows) if s.rows else empty_frame()
+    return SummaryResult(frame, tuple(s.errors), s.untimed)
+
+
+def _as_list(value: object, where: str, errors: list[str]) -> list[Mapping[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        errors.append(f"{where}: expected a list")
+        return []
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, Mapping):
+            out.append(item)
+        else:
+            errors.append(f"{where}[{i}]: expected an object")
+    return out
+
+
+def map_summary(result: SummaryResult) -> pl.DataFrame:
+    """Raw summary rows + the normalised signals they yield."""
+    return pl.concat([result.frame.select(COLUMNS), normalised_rows(result.frame, SIGNALS)])
+
+
+# ---------------------------------------------------------------- token, redaction, fetch
+
+
+class Secret:
+    """A string that never prints itself: ``repr``/``str``/f-strings show ``<redacted>``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself; call only where it goes on the wire."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+REDACTED = "<redacted>"
+_BEARER = re.compile(r"Bearer\s+[^\s'\",]+")
+
+
+def redact(text: str, secrets: Iterable[Secret | str]) -> str:
+    """``text`` with every occurrence of each secret (and any ``Bearer <x>``) replaced."""
+    for s in secrets:
+        value = s.reveal() if isinstance(s, Secret) else s
+        if value:
+            text = text.replace(value, REDACTED)
+    return _BEARER.sub("Bearer " + REDACTED, text)
+
+
+class TokenError(RuntimeError):
+    """The bearer-token file cannot be used; the message names the path, never the token."""
+
+    retriable = True
+
+
+@dataclass
+class BearerTokenFile:
+    """The service-account token, re-read when its file changes.
+
+    Projected tokens rotate (the kubelet swaps a ``..data`` symlink); a stat per
+    request (mtime, size, inode) notices the swap, and ``max_age_s`` forces a
+    re-read anyway in case a change kept the same stat.  A failed re-read
+    keeps serving the last good token and says so once in the log (by path).
+    """
+
+    path: str | os.PathLike[str] = DEFAULT_TOKEN_PATH
+    max_age_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _token: Secret | None = field(default=None, init=False, repr=False)
+    _stat: tuple[int, int, int] | None = field(default=None, init=False, repr=False)
+    _read_at: float = field(default=0.0, init=False, repr=False)
+    reloads: int = field(default=0, init=False)
+
+    def get(self) -> Secret:
+        """The current token.
+
+        Raises:
+            TokenError: the file is missing, unreadable or empty and no earlier
+                token is known.
+        """
+        try:
+            st = os.stat(self.path)
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError as exc:
+            return self._fail(f"cannot stat token file {os.fspath(self.path)}: {exc.strerror}")
+        now = self.clock()
+        if self._token is not None and key == self._stat and now - self._read_at < self.max_age_s:
+            return self._token
+        try:
+            value = Path(self.path).read_text().strip()
+        except OSError as exc:
+            return self._fail(f"cannot read token file {os.fspath(self.path)}: {exc.strerror}")
+        if not value:
+            return self._fail(f"token file {os.fspath(self.path)} is empty")
+        if self._token is None or self._token.reveal() != value:
+            self.reloads += 1
+        self._token, self._stat, self._read_at = Secret(value), key, now
+        return self._token
+
+    def _fail(self, message: str) -> Secret:
+        if self._token is None:
+            raise TokenError(message)
+        log.warning("%s; keeping the previous token", message)
+        return self._token
+
+
+class KubeletFetchError(RuntimeError):
+    """A kubelet request failed; the message is already redacted."""
+
+    def __init__(self, message: str, *, reason: str, retriable: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retriable = retriable
+
+
+def make_ssl_context(ca_file: str | os.PathLike[str] | None = None, *,
+                     insecure: bool = False) -> ssl.SSLContext:
+    """TLS settings for the kubelet: verify against ``ca_file`` (or the system store).
+
+    ``insecure=True`` turns verification off, for kubelets serving their
+    self-signed certificate; it must be asked for explicitly.
+    """
+    if insecure:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context(cafile=os.fspath(ca_file) if ca_file else None)
+
+
+async def fetch(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    token: BearerTokenFile | None,
+    ssl_context: ssl.SSLContext,
+    timeout_s: float = 10.0,
+    max_body_bytes: int = 64 * 1024 * 1024,
+) -> bytes:
+    """GET one kubelet path with the bearer token; the body, or a redacted error.
+
+    Raises:
+        KubeletFetchError: with ``reason`` ``tls``, ``connect``, ``timeout``,
+            ``http_<status>``, ``body_too_large`` or ``token``.  Raised ``from
+            None``: the underlying aiohttp exception may hold request headers,
+            so it is not chained into logs.
+    """
+    headers: dict[str, str] = {}
+    secrets: list[Secret] = []
+    if token is not None:
+        try:
+            secret = token.get()
+        except TokenError as exc:
+            raise KubeletFetchError(str(exc), reason="token", retriable=True) from None
+        secrets.append(secret)
+        headers["Authorization"] = "Bearer " + secret.reveal()
+    try:
+        async with session.get(url, headers=headers, ssl=ssl_context,
+                               timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            if resp.status != 200:
+                raise KubeletFetchError(
+                    f"{url}: HTTP {resp.status}"
+                    + (" (token rejected or lacks nodes/metrics, nodes/stats)"
+                       if resp.status in (401, 403) else ""),
+                    reason=f"http_{resp.status}", retriable=resp.status >= 500)
+            body = await resp.content.read(max_body_bytes + 1)
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise KubeletFetchError(
+            redact(f"{url}: TLS verification failed ({exc.certificate_error}); "
+                   "pass the kubelet's CA bundle or, for a self-signed kubelet, insecure=True",
+                   secrets), reason="tls", retriable=False) from None
+    except aiohttp.ClientSSLError as exc:
+        raise KubeletFetchError(redact(f"{url}: TLS error: {exc}", secrets),
+                                reason="tls", retriable=False) from None
+    except TimeoutError:
+        raise KubeletFetchError(f"{url}: no answer within {timeout_s}s", reason="timeout",
+                                retriable=True) from None
+    except aiohttp.ClientError as exc:
+        raise KubeletFetchError(redact(f"{url}: {type(exc).__name__}: {exc}", secrets),
+                                reason="connect", retriable=True) from None
+    if len(body) > max_body_bytes:
+        raise KubeletFetchError(f"{url}: body exceeds {max_body_bytes} bytes",
+                                reason="body_too_large", retriable=False)
+    return body

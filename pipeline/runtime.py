@@ -1,0 +1,177 @@
+"""Wires a process together: collectors on their intervals → Kafka, and sample tails.
+
+Only coordination lives here.  Each collector runs in its own task so a slow
+one never delays another; a failed produce keeps the batch in a bounded
+retry buffer (oldest dropped first, and counted) so that a broker restart
+loses nothing that fits in memory and never crashes the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+
+from collectors.base import Collector, TargetResult
+from pipeline.kafka import SampleProducer, TransportError
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class CollectStats:
+    """Self-metrics of the collect loop (one contract for every collector)."""
+
+    scrapes: Counter[str] = field(default_factory=Counter)  # by collector
+    target_up: dict[str, bool] = field(default_factory=dict)  # by target
+    target_duration_s: dict[str, float] = field(default_factory=dict)
+    target_samples: dict[str, int] = field(default_factory=dict)
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (target, reason)
+    samples_produced: int = 0
+    records_produced: int = 0
+    produce_failures: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)  # by reason
+    pending: int = 0
+
+
+@dataclass(frozen=True)
+class _Pending:
+    key: str
+    frame: pl.DataFrame
+
+
+class CollectRunner:
+    """Run collectors on their intervals and produce their batches to Kafka."""
+
+    def __init__(
+        self,
+        collectors: list[tuple[Collector, float]],
+        producer: SampleProducer,
+        topic: str,
+        *,
+        clock: Clock = utc_now,
+        max_pending_batches: int = 1000,
+        jitter: float = 0.1,
+    ) -> None:
+        self._collectors = collectors
+        self._producer = producer
+        self._topic = topic
+        self._clock = clock
+        self._pending: deque[_Pending] = deque()
+        self._max_pending = max_pending_batches
+        self._jitter = jitter
+        self._lock = asyncio.Lock()
+        self.stats = CollectStats()
+
+    async def run_once(self, collector: Collector) -> list[TargetResult]:
+        """One scrape of one collector, produced; returns per-target results."""
+        results = await collector.collect(self._clock())
+        self.stats.scrapes[collector.name] += 1
+        for r in results:
+            self.stats.target_up[r.target] = r.ok
+            self.stats.target_duration_s[r.target] = r.duration_s
+            if r.ok and r.frame is not None:
+                self.stats.target_samples[r.target] = r.frame.height
+                if r.frame.height:
+                    self._enqueue(_Pending(r.node, r.frame))
+            else:
+                self.stats.errors[(r.target, r.error_reason or "error")] += 1
+                log.warning("scrape failed: %s", r.error)
+        await self.flush()
+        return results
+
+    def _enqueue(self, item: _Pending) -> None:
+        if len(self._pending) >= self._max_pending:
+            old = self._pending.popleft()
+            self.stats.dropped["retry_buffer_full"] += old.frame.height
+            log.error(
+                "retry buffer full (%d batches): dropped oldest batch of %d samples",
+                self._max_pending,
+                old.frame.height,
+            )
+        self._pending.append(item)
+        self.stats.pending = len(self._pending)
+
+    async def flush(self) -> bool:
+        """Send pending batches in order; stop at the first retriable failure."""
+        async with self._lock:
+            while self._pending:
+                item = self._pending[0]
+                try:
+                    sent = await self._producer.send_frame(self._topic, item.key, item.frame)
+                except TransportError as exc:
+                    self.stats.produce_failures += 1
+                    if exc.retriable:
+                        log.warning(
+                            "produce failed, %d batches kept for retry: %s", len(self._pending), exc
+                        )
+                        self.stats.pending = len(self._pending)
+                        return False
+                    self._pending.popleft()
+                    self.stats.dropped["produce_rejected"] += item.frame.height
+                    log.error("batch dropped, broker rejected it: %s", exc)
+                    continue
+                self._pending.popleft()
+                self.stats.samples_produced += item.frame.height
+                self.stats.records_produced += len(sent)
+            self.stats.pending = 0
+            return True
+
+    async def _loop(self, collector: Collector, interval_s: float, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        # Spread the first scrape so that many collectors do not fire in lockstep.
+        await _sleep_or_stop(stop, random.uniform(0, interval_s * self._jitter))
+        while not stop.is_set():
+            started = loop.time()
+            try:
+                await self.run_once(collector)
+            except Exception:  # a bug in one collector must not stop the others
+                log.exception("collector %s failed", collector.name)
+                self.stats.errors[(collector.name, "exception")] += 1
+            await _sleep_or_stop(stop, max(0.0, interval_s - (loop.time() - started)))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run every collector until ``stop`` is set, then flush what is pending."""
+        tasks = [
+            asyncio.create_task(self._loop(c, i, stop), name=f"collect:{c.name}")
+            for c, i in self._collectors
+        ]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            with contextlib.suppress(TransportError):
+                await self.flush()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def run_until(stop: asyncio.Event, duration_s: float | None, *aws: Awaitable[object]) -> None:
+    """Run ``aws`` concurrently until ``stop`` is set or ``duration_s`` passes."""
+
+    async def timer() -> None:
+        if duration_s is not None:
+            await _sleep_or_stop(stop, duration_s)
+            stop.set()
+
+    await asyncio.gather(timer(), *aws)

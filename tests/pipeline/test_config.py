@@ -1,0 +1,104 @@
+"""Config loading: every problem at once, with its path; environment overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+
+GOOD = """
+node: gpu-node-1
+kafka:
+  bootstrap_servers: kafka-0:9092,kafka-1:9092
+  enable_idempotence: true
+  replication_factor: 3
+collectors:
+  - type: prometheus
+    name: dcgm
+    source: dcgm
+    interval_s: 15
+    timeout_s: 5
+    targets:
+      - url: http://127.0.0.1:9400/metrics
+"""
+
+THREE_MISTAKES = """
+kafka:
+  partitions: 0
+collectors:
+  - type: prometheus
+    targets: [{url: "http://a/metrics"}]
+  - type: prometheus
+    targets: [{url: "http://b/metrics"}]
+  - type: prometheus
+    interval_s: -1
+    targets: [{url: "ftp://c/metrics"}]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "gpuslo.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_good_file_loads(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD), environ={})
+    assert cfg.node == "gpu-node-1"
+    assert cfg.kafka.enable_idempotence is True
+    assert cfg.collectors[0].targets[0].url == "http://127.0.0.1:9400/metrics"
+
+
+def test_three_mistakes_are_all_reported_with_their_paths(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, THREE_MISTAKES), environ={})
+    problems = info.value.problems
+    assert len(problems) == 3, problems
+    assert "kafka.partitions: must be > 0" in problems
+    assert "collectors[2].interval_s: must be > 0" in problems
+    assert any(p.startswith("collectors[2].targets[0].url:") for p in problems)
+
+
+def test_unknown_field_and_unknown_collector_type_are_named(tmp_path: Path) -> None:
+    text = "kafak: {}\ncollectors:\n  - type: nosuch\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    joined = "\n".join(info.value.problems)
+    assert "kafak: unknown field" in joined
+    assert "collectors[0]" in joined and "nosuch" in joined
+
+
+def test_environment_overrides_nested_fields(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, GOOD),
+        environ={
+            "GPUSLO_KAFKA__BOOTSTRAP_SERVERS": "other:9093",
+            "GPUSLO_KAFKA__ENABLE_IDEMPOTENCE": "false",
+            "GPUSLO_COLLECTORS__0__INTERVAL_S": "30",
+            "UNRELATED": "x",
+        },
+    )
+    assert cfg.kafka.bootstrap_servers == "other:9093"
+    assert cfg.kafka.enable_idempotence is False
+    assert cfg.collectors[0].interval_s == 30
+
+
+def test_bad_environment_value_is_reported_like_a_file_mistake(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.partitions: must be > 0"):
+        load_config(write(tmp_path, GOOD), environ={"GPUSLO_KAFKA__PARTITIONS": "0"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("a: [unclosed", "not valid YAML"), ("- just\n- a list\n", "top level must be a mapping")],
+)
+def test_unreadable_yaml_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), environ={})
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_config(tmp_path / "nope.yaml", environ={})
