@@ -57,7 +57,7 @@ def _load(path: Path | None) -> GpusloConfig:
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        err_console.print(f"[red]invalid configuration[/] {exc}", highlight=False)
+        err_console.print(f"[red]invalid configuration[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     _setup_logging(cfg.log_level)
     return cfg
@@ -96,7 +96,7 @@ def validate(config: Annotated[Path, typer.Argument(help="Config file to check."
     try:
         cfg = load_config(config)
     except ConfigError as exc:
-        err_console.print(f"[red]invalid[/] {exc}", highlight=False)
+        err_console.print(f"[red]invalid[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
     console.print(
         f"{config}: ok ({len(cfg.collectors)} collector(s), "
@@ -229,9 +229,9 @@ def demo(
 
 def _register_command_groups() -> None:
     """Commands of other areas live beside their area, each with a ``register(app)``."""
-    from pipeline import cli_collect, cli_sim, cli_slo
+    from pipeline import cli_alerts, cli_collect, cli_sim, cli_slo
 
-    for module in (cli_collect, cli_slo, cli_sim):
+    for module in (cli_collect, cli_slo, cli_sim, cli_alerts):
         module.register(app)
 
 
