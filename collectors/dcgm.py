@@ -28,8 +28,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import aiohttp
 import polars as pl
 
+from collectors.engine import ScrapeEngine, ScrapeTarget, settings_from_config
 from collectors.normalise import (
     ParseFn,
     Signal,
@@ -40,6 +42,7 @@ from collectors.normalise import (
     signal,
     with_entity,
 )
+from pipeline.config import DcgmCollectorConfig
 from pipeline.schema import COLUMNS, KIND_DTYPE, Kind, empty_frame, label
 
 SOURCE = "dcgm"
@@ -259,9 +262,43 @@ def canonical_attributes(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+class DcgmCollector(ScrapeEngine):
+    """Scrapes dcgm-exporter: upstream rows with GPU entities, normalised signals, XID events.
+
+    One frame per target per scrape (the engine's contract).  XID state lives
+    in this object, so an agent restart sets a new baseline rather than
+    re-reporting the XID a GPU showed before (see :class:`XidTracker`).
+    """
+
+    def __init__(
+        self,
+        config: DcgmCollectorConfig,
+        *,
+        default_node: str,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        from collectors.discovery import target_source
+
+        self.config = config
+        self.xids = XidTracker(emit_on_first_sight=config.xid_on_first_sight)
+        self.blank_samples = 0
+        super().__init__(config.name, settings_from_config(config),
+                         target_source(config, default_node=default_node, source=SOURCE),
+                         source=config.source, transform=self._map, session=session)
+
+    def _map(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
+        result = map_frame(frame)
+        self.blank_samples += result.blank_samples
+        if not self.config.xid_events:
+            return result.frame
+        events = self.xids.apply(result.frame.filter(pl.col("metric") == XID_METRIC))
+        return pl.concat([result.frame, events]) if events.height else result.frame
+
+
 __all__ = [
     "LABEL_ALIASES",
     "SIGNALS",
+    "DcgmCollector",
     "DcgmResult",
     "XidTracker",
     "alias",

@@ -30,8 +30,10 @@ the engine exposes (``engine`` for vLLM, ``engine_type``/``dp_rank``/
 
 from __future__ import annotations
 
+import aiohttp
 import polars as pl
 
+from collectors.engine import ScrapeEngine, ScrapeTarget, settings_from_config
 from collectors.normalise import (
     ParseFn,
     Signal,
@@ -43,6 +45,7 @@ from collectors.normalise import (
     signal,
     with_entity,
 )
+from pipeline.config import KvCacheCollectorConfig
 from pipeline.schema import Kind, label
 
 SOURCE = "kvcache"
@@ -228,3 +231,28 @@ def detect_engine(frame: pl.DataFrame) -> str | None:
         if names.str.starts_with(prefix).any():
             return engine
     return None
+
+
+class KvCacheCollector(ScrapeEngine):
+    """Scrapes inference engines (vLLM v0/v1, SGLang, Triton, trtllm-serve) on any path.
+
+    The target's ``replica`` (the pod, from discovery, or set in the config)
+    joins the entity so two replicas of one model on one node stay apart.
+    """
+
+    def __init__(
+        self,
+        config: KvCacheCollectorConfig,
+        *,
+        default_node: str,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        from collectors.discovery import target_source
+
+        self.config = config
+        super().__init__(config.name, settings_from_config(config),
+                         target_source(config, default_node=default_node, source=SOURCE),
+                         source=config.source, transform=self._map, session=session)
+
+    def _map(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
+        return map_frame(frame, target.replica)

@@ -1,61 +1,29 @@
 """Generic Prometheus text-format scrape.
 
-The parse step is a pure function (:func:`parse_text`) so the reference parser
-(``prometheus_client``) can be swapped for a faster one without touching the
-fetch loop.  The fetch loop is a thin aiohttp shell: one request per target,
-each bounded by its own timeout, all targets concurrently, so one dead target
-costs the others nothing.
+The parse step is a pure function.  :func:`parse_text` is the fast, exact
+parser (:func:`collectors.exposition.parse_exposition`); the original
+``prometheus_client``-based parser stays as :func:`parse_text_reference`,
+the oracle of the equality tests and the baseline of the benchmark.  Fetching
+is the shared scrape engine's job (:mod:`collectors.engine`); this module's
+collector adds nothing to the samples.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
-from datetime import datetime
 
 import aiohttp
 import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.base import TargetResult
+from collectors.engine import ScrapeEngine, ScrapeTarget, settings_from_config
+from collectors.exposition import parse_exposition, sample_kind
 from pipeline.config import PrometheusCollectorConfig
-from pipeline.schema import SAMPLE_SCHEMA, Kind, canonical_labels
+from pipeline.schema import SAMPLE_SCHEMA, canonical_labels
 
 ParseFn = Callable[..., pl.DataFrame]
 
-_SUFFIX_KIND = {
-    "histogram": {
-        "_bucket": Kind.HISTOGRAM_BUCKET,
-        "_sum": Kind.HISTOGRAM_SUM,
-        "_count": Kind.HISTOGRAM_COUNT,
-        "_created": Kind.GAUGE,
-    },
-    "gaugehistogram": {
-        "_bucket": Kind.HISTOGRAM_BUCKET,
-        "_gsum": Kind.HISTOGRAM_SUM,
-        "_gcount": Kind.HISTOGRAM_COUNT,
-    },
-    "summary": {"_sum": Kind.SUMMARY_SUM, "_count": Kind.SUMMARY_COUNT, "_created": Kind.GAUGE},
-    "counter": {"_total": Kind.COUNTER, "_created": Kind.GAUGE},
-}
-_TYPE_KIND = {
-    "counter": Kind.COUNTER,
-    "gauge": Kind.GAUGE,
-    "summary": Kind.SUMMARY_QUANTILE,
-    "histogram": Kind.HISTOGRAM_BUCKET,
-    "gaugehistogram": Kind.HISTOGRAM_BUCKET,
-}
-
-
-def sample_kind(family_type: str, family_name: str, sample_name: str) -> Kind:
-    """The sample's kind from its family type and the suffix it carries."""
-    suffix = sample_name[len(family_name) :] if sample_name.startswith(family_name) else ""
-    by_suffix = _SUFFIX_KIND.get(family_type, {})
-    if suffix in by_suffix:
-        return by_suffix[suffix]
-    return _TYPE_KIND.get(family_type, Kind.UNTYPED)
-
+__all__ = ["ParseFn", "PrometheusCollector", "parse_text", "parse_text_reference", "sample_kind"]
 
 def _timestamp_ms(ts: object) -> int:
     """prometheus_client gives float seconds (text) or a Timestamp (OpenMetrics)."""
@@ -65,6 +33,29 @@ def _timestamp_ms(ts: object) -> int:
 
 
 def parse_text(
+    text: str | bytes,
+    *,
+    node: str,
+    source: str,
+    scrape_ts_ms: int,
+    entity_label: str | None = None,
+    openmetrics: bool | None = False,
+) -> pl.DataFrame:
+    """Parse a Prometheus text 0.0.4 payload into a sample frame (the fast parser).
+
+    Same samples as :func:`parse_text_reference`; see
+    :func:`collectors.exposition.parse_exposition` for the contract.  Text
+    format unless told otherwise (``openmetrics=True``, or ``None`` to detect
+    a final ``# EOF``), like the reference, which reads ``# EOF`` as a comment.
+
+    Raises:
+        collectors.exposition.ExpositionError: (a ``ValueError``) naming the line.
+    """
+    return parse_exposition(text, node=node, source=source, scrape_ts_ms=scrape_ts_ms,
+                            entity_label=entity_label, openmetrics=openmetrics)
+
+
+def parse_text_reference(
     text: str,
     *,
     node: str,
@@ -72,7 +63,11 @@ def parse_text(
     scrape_ts_ms: int,
     entity_label: str | None = None,
 ) -> pl.DataFrame:
-    """Parse Prometheus text exposition 0.0.4 into a sample frame.
+    """Parse Prometheus text exposition 0.0.4 into a sample frame with ``prometheus_client``.
+
+    The reference implementation: slow (one Python object per sample) but
+    written directly over the upstream library, so the fast parser is tested
+    for equality against it.
 
     Samples without their own timestamp get ``scrape_ts_ms``.  ``entity`` is
     the value of ``entity_label`` when given and present, else the empty
@@ -112,8 +107,12 @@ def parse_text(
     )
 
 
-class PrometheusCollector:
-    """Scrape a static list of Prometheus text endpoints."""
+class PrometheusCollector(ScrapeEngine):
+    """Scrape Prometheus text endpoints and keep their samples as they are.
+
+    A :class:`~collectors.engine.ScrapeEngine`: targets from the config's list
+    and/or discovery, each on its own schedule, health as self-metrics.
+    """
 
     def __init__(
         self,
@@ -123,70 +122,22 @@ class PrometheusCollector:
         session: aiohttp.ClientSession | None = None,
         parse: ParseFn = parse_text,
     ) -> None:
-        self.config = config
-        self.name = config.name
-        self._default_node = default_node
-        self._session = session
-        self._owns_session = session is None
-        self._parse = parse
+        from collectors.discovery import target_source
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
+        self.config = config
+        source = config.source
+
+        def parse_step(text: str, openmetrics: bool, target: ScrapeTarget, ts_ms: int) -> (
+                pl.DataFrame):
+            if parse is parse_text:
+                return parse_text(text, node=target.node, source=source, scrape_ts_ms=ts_ms,
+                                  openmetrics=openmetrics)
+            return parse(text, node=target.node, source=source, scrape_ts_ms=ts_ms)
+
+        super().__init__(config.name, settings_from_config(config),
+                         target_source(config, default_node=default_node, source=source),
+                         source=source, parse=parse_step, session=session)
 
     async def stop(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def __aenter__(self) -> PrometheusCollector:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def collect(self, now: datetime) -> list[TargetResult]:
-        if self._session is None:
-            await self.start()
-        scrape_ts_ms = int(now.timestamp() * 1000)
-        return list(
-            await asyncio.gather(
-                *(
-                    self._scrape_one(t.url, t.node or self._default_node, scrape_ts_ms)
-                    for t in self.config.targets
-                )
-            )
-        )
-
-    async def _scrape_one(self, url: str, node: str, scrape_ts_ms: int) -> TargetResult:
-        assert self._session is not None
-        started = time.perf_counter()
-
-        def failed(reason: str, message: str) -> TargetResult:
-            return TargetResult(
-                url, node, None, time.perf_counter() - started, error=message, error_reason=reason
-            )
-
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        try:
-            async with self._session.get(url, timeout=timeout) as resp:
-                if resp.status != 200:
-                    return failed(f"http_{resp.status}", f"{url}: HTTP {resp.status}")
-                body = await resp.content.read(self.config.max_body_bytes + 1)
-                if len(body) > self.config.max_body_bytes:
-                    return failed(
-                        "body_too_large", f"{url}: body exceeds {self.config.max_body_bytes} bytes"
-                    )
-        except TimeoutError:
-            return failed("timeout", f"{url}: no answer within {self.config.timeout_s}s")
-        except aiohttp.ClientError as exc:
-            return failed("connect", f"{url}: {type(exc).__name__}: {exc}")
-        try:
-            text = body.decode("utf-8")
-            frame = self._parse(
-                text, node=node, source=self.config.source, scrape_ts_ms=scrape_ts_ms
-            )
-        except (UnicodeDecodeError, ValueError) as exc:
-            return failed("parse", f"{url}: malformed exposition: {exc}")
-        return TargetResult(url, node, frame, time.perf_counter() - started)
+        """Close the HTTP session (same as :meth:`aclose`)."""
+        await self.aclose()

@@ -7,15 +7,21 @@ rejected by the config model, which lists the known ones.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from collectors.base import Collector
+from collectors.dcgm import DcgmCollector
+from collectors.kvcache import KvCacheCollector
 from collectors.prometheus import PrometheusCollector
-from pipeline.config import CollectorConfig, GpusloConfig
+from pipeline.config import GpusloConfig
 
-Factory = Callable[[CollectorConfig, GpusloConfig], Collector]
+# The config argument is the member of the CollectorConfig union named by the key.
+Factory = Callable[[Any, GpusloConfig], Collector]
 
 COLLECTORS: dict[str, Factory] = {
     "prometheus": lambda c, g: PrometheusCollector(c, default_node=g.node),
+    "dcgm": lambda c, g: DcgmCollector(c, default_node=g.node),
+    "kvcache": lambda c, g: KvCacheCollector(c, default_node=g.node),
 }
 
 

@@ -208,20 +208,68 @@ def tail(
 def demo(
     duration: DurationOption = None,
     interval: Annotated[float, typer.Option(help="Scrape interval in seconds.")] = 1.0,
-    nodes: Annotated[int, typer.Option(help="Simulated nodes.", min=1)] = 2,
+    nodes: Annotated[
+        int | None, typer.Option(help="Simulated nodes (default: the scenario's).", min=1)
+    ] = None,
+    scenario: Annotated[
+        Path | None, typer.Option("--scenario", "-s", help="Scenario YAML (default: built in).")
+    ] = None,
+    inject: Annotated[
+        list[str] | None,
+        typer.Option(help="Inject a fault: KIND:TARGET[@SECONDS after start]; repeatable."),
+    ] = None,
+    speed: Annotated[
+        float | None, typer.Option(help="Simulated seconds per real second (default: 60).")
+    ] = None,
+    ground_truth: Annotated[
+        Path | None, typer.Option(help="Write the faults (ground truth) here as JSON lines.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Simulator port (default: 9800 if free).")
+    ] = None,
+    specs: Annotated[
+        list[Path] | None, typer.Option(help="SLO spec files or folders (default: catalog).")
+    ] = None,
+    alertmanager: Annotated[
+        list[str] | None, typer.Option(help="Alertmanager URL to send alerts to; repeatable.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus /metrics on this port.")
+    ] = None,
 ) -> None:
-    """Embedded broker + collectors + live view, with nothing to install or configure."""
+    """Simulated fleet + embedded broker + collectors + SLO engine + live view."""
     from pipeline.demo import run_demo
+    from simulator.faults import FaultError
+    from simulator.scenario import ScenarioError
+    from slo.spec import SpecError
 
     _setup_logging("WARNING")
     seen = 0
 
     async def main(stop: asyncio.Event) -> None:
         nonlocal seen
-        tail = await run_demo(duration, interval, nodes, console)
+        tail = await run_demo(
+            duration,
+            interval,
+            nodes,
+            console,
+            scenario=scenario,
+            inject=inject or (),
+            speed=speed,
+            sim_port=port,
+            ground_truth=ground_truth,
+            stop=stop,
+            specs=specs,
+            alertmanager=alertmanager or (),
+            metrics_port=metrics_port,
+        )
         seen = tail.samples
 
-    _run(main)
+    try:
+        _run(main)
+    except (FaultError, ScenarioError, SpecError) as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
     if seen == 0:
         err_console.print("[red]no samples reached the live view[/]")
         raise typer.Exit(1)

@@ -112,28 +112,119 @@ class ConsumerConfig(_Model):
     session_timeout_ms: int = Field(10_000, gt=0, description="Group session timeout.")
 
 
+class SloConfig(_Model):
+    """The SLO engine's stages (``gpuslo aggregate``, and the demo)."""
+
+    specs: list[Path] = Field(
+        default_factory=list,
+        description="OpenSLO spec files or directories of *.yaml files (e.g. examples/slos).",
+    )
+    checkpoint_dir: Path = Field(
+        Path("gpuslo-state"),
+        description="Where stage state is checkpointed before offsets are committed. Members "
+        "of one consumer group must share it (one host or a shared volume).",
+    )
+    checkpoint_interval_s: float = Field(
+        1.0,
+        ge=0,
+        description="Least seconds between checkpoints (and so offset commits); 0: after "
+        "every poll. Longer means less I/O and more records re-read after a crash.",
+    )
+    tick_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between report and alert evaluations in stage 2."
+    )
+    open_minutes: int = Field(
+        10,
+        gt=0,
+        le=1440,
+        description="Minutes a one-minute bucket stays open to late samples (both stages).",
+    )
+    stage1_group_id: str = Field(
+        "gpuslo-sli", min_length=1, description="Consumer group of stage 1 (samples -> sli)."
+    )
+    stage2_group_id: str = Field(
+        "gpuslo-slo", min_length=1, description="Consumer group of stage 2 (sli -> reports)."
+    )
+
+
 class PrometheusTarget(_Model):
     url: Annotated[str, Field(pattern=r"^https?://", description="Full URL of the /metrics page.")]
     node: str | None = Field(
         None, description="Node the samples belong to (Kafka key); defaults to the process's node."
     )
+    replica: str | None = Field(
+        None,
+        description="Replica name (e.g. the pod) added to KV-cache entities when the engine "
+        "exposes none.",
+    )
 
 
-class PrometheusCollectorConfig(_Model):
-    type: Literal["prometheus"] = "prometheus"
-    name: str = Field("prometheus", description="Name in logs and self-metrics.")
-    source: str = Field("prometheus", description="Value of the samples' `source` column.")
+class DiscoveryConfig(_Model):
+    """Targets found at run time instead of listed (see collectors.discovery)."""
+
+    mode: Literal["kubernetes", "sidecar"] = Field(
+        ...,
+        description="kubernetes: opted-in pods on this node (gpuslo.io/* annotations); "
+        "sidecar: localhost ports.",
+    )
+    api: Literal["kubelet", "apiserver"] = Field(
+        "kubelet", description="kubernetes: read pods from the kubelet's /pods or the API server."
+    )
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="kubernetes: kubelet base URL (https://$NODE_IP:10250) or API server URL "
+        "(https://kubernetes.default.svc).",
+    )
+    node_name: str | None = Field(
+        None, description="kubernetes: this node's name (default: the top-level `node`)."
+    )
+    refresh_s: float = Field(30.0, gt=0, description="kubernetes: seconds between pod lookups.")
+    token_file: Path | None = Field(
+        None,
+        description="kubernetes: bearer token file, re-read when it rotates (the service "
+        "account token in a pod).",
+    )
+    ca_file: Path | None = Field(None, description="kubernetes: CA bundle to verify the server.")
+    insecure_skip_verify: bool = Field(
+        False, description="kubernetes: do not verify TLS (kubelets with self-signed certs)."
+    )
+    ports: list[Annotated[int, Field(gt=0, lt=65536)]] = Field(
+        default_factory=list, description="sidecar: localhost ports to scrape."
+    )
+    path: str = Field("/metrics", description="sidecar: path on each port.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> DiscoveryConfig:
+        if self.mode == "kubernetes" and not self.url:
+            raise ValueError("discovery mode kubernetes needs url (kubelet or API server)")
+        if self.mode == "sidecar" and not self.ports:
+            raise ValueError("discovery mode sidecar needs ports")
+        return self
+
+
+class ScrapeCollectorConfig(_Model):
+    """Settings every HTTP collector shares (the scrape engine's)."""
+
     targets: list[PrometheusTarget] = Field(
         default_factory=list, description="Endpoints to scrape."
     )
+    discovery: DiscoveryConfig | None = Field(
+        None, description="Find targets at run time (in addition to `targets`)."
+    )
     interval_s: float = Field(15.0, gt=0, description="Seconds between scrapes.")
     timeout_s: float = Field(10.0, gt=0, description="Per-target request timeout.")
+    jitter: float = Field(
+        0.5, ge=0, le=1, description="Share of the interval over which targets are spread."
+    )
     max_body_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest accepted response body."
     )
+    max_series: int = Field(200_000, gt=0, description="Most samples accepted from one target.")
+    concurrency: int = Field(32, gt=0, description="Most requests in flight at once.")
 
     @model_validator(mode="after")
-    def _timeout_within_interval(self) -> PrometheusCollectorConfig:
+    def _timeout_within_interval(self) -> ScrapeCollectorConfig:
         if self.timeout_s > self.interval_s:
             raise ValueError(
                 f"timeout_s ({self.timeout_s}) must not exceed interval_s ({self.interval_s})"
@@ -141,10 +232,176 @@ class PrometheusCollectorConfig(_Model):
         return self
 
 
+class PrometheusCollectorConfig(ScrapeCollectorConfig):
+    type: Literal["prometheus"] = "prometheus"
+    name: str = Field("prometheus", description="Name in logs and self-metrics.")
+    source: str = Field("prometheus", description="Value of the samples' `source` column.")
+
+
+class DcgmCollectorConfig(ScrapeCollectorConfig):
+    type: Literal["dcgm"] = "dcgm"
+    name: str = Field("dcgm", description="Name in logs and self-metrics.")
+    source: str = Field("dcgm", description="Value of the samples' `source` column.")
+    xid_events: bool = Field(
+        True, description="Turn changes of DCGM_FI_DEV_XID_ERRORS into gpuslo_gpu_xid_event rows."
+    )
+    xid_on_first_sight: bool = Field(
+        False,
+        description="Also emit an event for the XID a GPU already shows when first seen "
+        "(off: a restart would re-report old XIDs).",
+    )
+
+
+class KvCacheCollectorConfig(ScrapeCollectorConfig):
+    type: Literal["kvcache"] = "kvcache"
+    name: str = Field("kvcache", description="Name in logs and self-metrics.")
+    source: str = Field("kvcache", description="Value of the samples' `source` column.")
+
+
 # The collector registry: config `type:` -> config model.  Later collectors add
 # their model to this union (and their class to collectors.registry).
-CollectorConfig = Annotated[PrometheusCollectorConfig, Field(discriminator="type")]
-COLLECTOR_TYPES: frozenset[str] = frozenset({"prometheus"})
+CollectorConfig = Annotated[
+    PrometheusCollectorConfig | DcgmCollectorConfig | KvCacheCollectorConfig,
+    Field(discriminator="type"),
+]
+COLLECTOR_TYPES: frozenset[str] = frozenset({"prometheus", "dcgm", "kvcache"})
+
+
+# --- Alert delivery and exporters (alerts/, exporters/) -------------------------------------
+
+
+class BasicAuthConfig(_Model):
+    username: str = Field(..., min_length=1, description="User name.")
+    password: SecretStr = Field(..., description="Password (never logged).")
+
+
+class TlsConfig(_Model):
+    ca_file: Path | None = Field(None, description="CA bundle to verify the server.")
+    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="Client key (mutual TLS).")
+    insecure_skip_verify: bool = Field(
+        False, description="Do not verify the server certificate (tests only)."
+    )
+
+    @model_validator(mode="after")
+    def _cert_pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class AlertmanagerConfig(_Model):
+    """Where and how SLO alerts are pushed (``POST /api/v2/alerts``)."""
+
+    urls: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(
+        default_factory=list,
+        description="Base URL of every Alertmanager replica; each gets every alert (never put "
+        "a load balancer in front of an HA pair).",
+    )
+    basic_auth: BasicAuthConfig | None = Field(None, description="HTTP basic auth.")
+    bearer_token: SecretStr | None = Field(None, description="Bearer token (never logged).")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings for https URLs.")
+    resend_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds between re-sends of firing alerts; endsAt is now + 4x this.",
+    )
+    resolved_retention_s: float = Field(
+        900.0,
+        ge=300,
+        description="Seconds a resolved alert keeps being re-sent (Alertmanager asks for "
+        ">= 5 min).",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Per-request timeout.")
+    queue_capacity: int = Field(
+        10_000, gt=0, description="Alerts queued per Alertmanager; the oldest are dropped beyond."
+    )
+    max_batch: int = Field(64, gt=0, description="Most alerts per POST.")
+    backoff_initial_s: float = Field(0.5, gt=0, description="First retry delay after a failure.")
+    backoff_max_s: float = Field(30.0, gt=0, description="Longest retry delay.")
+    external_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="gpuslo's own URL, for each alert's generatorURL (<url>/slo/<id>).",
+    )
+    runbook_url: str | None = Field(
+        None,
+        description="Default runbook_url annotation; '{slo}' and '{service}' are filled in. "
+        "An SLO's own `runbook_url` annotation wins.",
+    )
+    dashboard_url: str | None = Field(
+        None,
+        description="Default dashboard_url annotation; '{slo}' and '{service}' are filled in.",
+    )
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> AlertmanagerConfig:
+        if self.basic_auth is not None and self.bearer_token is not None:
+            raise ValueError("set basic_auth or bearer_token, not both")
+        return self
+
+
+class ReceiverConfig(_Model):
+    """gpuslo's Alertmanager webhook receiver (``gpuslo receiver``)."""
+
+    host: str = Field("127.0.0.1", description="Listen address.")
+    port: int = Field(9095, ge=0, lt=65536, description="Listen port (0: any free port).")
+    path: str = Field("/alertmanager/webhook", pattern=r"^/", description="Webhook path.")
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token Alertmanager must send (http_config.authorization); "
+        "required to start the receiver.",
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest accepted notification body (413 beyond)."
+    )
+    keep: int = Field(100, gt=0, description="Recent notifications kept in memory.")
+
+
+class AlertsConfig(_Model):
+    alertmanager: AlertmanagerConfig = Field(
+        default_factory=AlertmanagerConfig, description="Alertmanager delivery."
+    )
+    receiver: ReceiverConfig = Field(
+        default_factory=ReceiverConfig, description="Webhook receiver."
+    )
+
+
+class PrometheusExporterConfig(_Model):
+    enabled: bool = Field(True, description="Serve /metrics.")
+    host: str = Field("0.0.0.0", description="Listen address.")
+    port: int = Field(9464, ge=0, lt=65536, description="Listen port (0: any free port).")
+    sloth_compat: bool = Field(
+        False,
+        description="Also expose Sloth's recording-rule series (slo:sli_error:ratio_rate5m, ...) "
+        "so Sloth dashboards work unchanged. Leave off when Prometheus also evaluates gpuslo's "
+        "generated rules, or the series collide.",
+    )
+
+
+class OtlpExporterConfig(_Model):
+    enabled: bool = Field(False, description="Push metrics (and traces) over OTLP/HTTP.")
+    endpoint: str = Field(
+        "http://localhost:4318",
+        pattern=r"^https?://",
+        description="OTLP/HTTP base URL; /v1/metrics and /v1/traces are appended.",
+    )
+    interval_s: float = Field(60.0, gt=0, description="Seconds between metric exports.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-export timeout.")
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Extra request headers (e.g. an API key)."
+    )
+    traces: bool = Field(True, description="Also export pipeline stage spans.")
+    service_name: str = Field("gpuslo", description="Resource attribute service.name.")
+
+
+class ExportersConfig(_Model):
+    prometheus: PrometheusExporterConfig = Field(
+        default_factory=PrometheusExporterConfig, description="Prometheus /metrics endpoint."
+    )
+    otlp: OtlpExporterConfig = Field(
+        default_factory=OtlpExporterConfig, description="OTLP/HTTP push."
+    )
 
 
 class GpusloConfig(_Model):
@@ -159,6 +416,15 @@ class GpusloConfig(_Model):
     consumer: ConsumerConfig = Field(default_factory=ConsumerConfig, description="Consumers.")
     collectors: list[CollectorConfig] = Field(
         default_factory=list, description="What to scrape; each item has a `type`."
+    )
+    slo: SloConfig = Field(
+        default_factory=SloConfig, description="SLO engine: specs, checkpoints, evaluation."
+    )
+    alerts: AlertsConfig = Field(
+        default_factory=AlertsConfig, description="Alertmanager delivery and webhook receiver."
+    )
+    exporters: ExportersConfig = Field(
+        default_factory=ExportersConfig, description="Prometheus and OTLP exporters."
     )
 
 
@@ -196,6 +462,8 @@ def _problems(exc: ValidationError) -> list[str]:
             msg = f"must be <= {_num(ctx.get('le'))}"
         elif err["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown type {ctx.get('tag')!r} (known: {ctx.get('expected_tags')})"
         elif msg.startswith("Value error, "):
             msg = msg.removeprefix("Value error, ")
         lines.append(f"{format_location(tuple(err['loc']))}: {msg}")

@@ -1,25 +1,38 @@
 """`gpuslo demo`: the whole path on one machine with nothing installed but gpuslo.
 
-Embedded broker → collectors scraping endpoints the demo serves itself →
-Kafka → a live view of what arrives.  Later stages plug into the same
-composition.
+A simulated GPU fleet (:mod:`simulator`, a scenario, 60x real time) serves the
+real exporters' formats → one collector per source scrapes it → the embedded
+Kafka-compatible broker → a live view of what arrives: a fleet panel (active
+faults from the simulator's ground truth, and per-node signals read back from
+the *consumed* samples, so a fault is visible only if it really went through
+the pipeline) above the stream table.  Faults can be scheduled up front
+(``inject``) or posted while it runs (``gpuslo inject ... --url``).  Later
+stages plug into the same composition.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
-import random
-from collections.abc import Callable
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from rich.console import Console
+import polars as pl
+from rich.console import Console, Group
 from rich.live import Live
+from rich.table import Table
 
+from collectors.base import Collector
 from collectors.prometheus import PrometheusCollector
+from exporters.base import HealthSnapshot, Snapshot
+from exporters.registry import build_hub
 from pipeline.broker import EmbeddedBroker
+from pipeline.cli_slo import report_table
 from pipeline.config import (
     ConsumerConfig,
     GpusloConfig,
@@ -29,88 +42,340 @@ from pipeline.config import (
 )
 from pipeline.kafka import SampleConsumer, SampleProducer, TransportError, ensure_topics
 from pipeline.runtime import CollectRunner, run_until
+from pipeline.stages import SloEngine
 from pipeline.tail import SampleTail
+from simulator.faults import FaultError
+from simulator.fleet import Fleet
+from simulator.scenario import (
+    Scenario,
+    default_scenario,
+    load_scenario,
+    parse_inject,
+    write_ground_truth,
+)
+from simulator.server import FleetServer, Target
+from slo.spec import SpecError, load_specs
+
+# Where `gpuslo simulate` listens and `gpuslo inject` posts by default; the demo
+# takes it too when it is free, so `gpuslo inject KIND TARGET` needs no --url.
+SIM_PORT = 9800
+
+# Target kinds served in Prometheus text format (the generic collector's diet);
+# kubelet_summary (JSON) and diskstats (procfs) need their own readers.
+PROMETHEUS_KINDS = frozenset(
+    {
+        "dcgm",
+        "node_exporter",
+        "kubelet_resource",
+        "kubelet_cadvisor",
+        "ceph",
+        "vllm",
+        "sglang",
+        "triton",
+        "training",
+    }
+)
+
+CollectorFactory = Callable[[Sequence[Target], float], list[tuple[Collector, float]]]
 
 
-class DemoExporter:
-    """A tiny DCGM-shaped endpoint served with prometheus-client, values moving each scrape."""
+def prometheus_configs(
+    targets: Sequence[Target], interval_s: float, timeout_s: float | None = None
+) -> list[PrometheusCollectorConfig]:
+    """One generic collector config per sample source, over the Prometheus-format targets."""
+    by_source: dict[str, list[PrometheusTarget]] = {}
+    for t in targets:
+        if t.kind in PROMETHEUS_KINDS:
+            by_source.setdefault(t.source, []).append(PrometheusTarget(url=t.url, node=t.node))
+    timeout = min(5.0, interval_s) if timeout_s is None else timeout_s
+    return [
+        PrometheusCollectorConfig(
+            name=f"sim-{source}",
+            source=source,
+            targets=tgts,
+            interval_s=interval_s,
+            timeout_s=timeout,
+        )
+        for source, tgts in sorted(by_source.items())
+    ]
 
-    def __init__(self, node: str, gpus: int = 4, seed: int = 0) -> None:
-        self.node = node
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._rng = random.Random(seed)
-        labels = ["gpu", "UUID", "modelName", "Hostname"]
-        self._util = Gauge(
-            "DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", labels, registry=self.registry
-        )
-        self._power = Gauge(
-            "DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", labels, registry=self.registry
-        )
-        self._temp = Gauge(
-            "DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", labels, registry=self.registry
-        )
-        self._energy = Counter(
-            "gpuslo_demo_energy_joules", "Energy used.", labels, registry=self.registry
-        )
-        self._gpus = [
-            (str(i), f"GPU-{node}-{i:04d}", "NVIDIA H100 80GB HBM3", node) for i in range(gpus)
-        ]
-        self._step = 0
 
-    def render(self) -> bytes:
-        self._step += 1
-        phase = math.sin(self._step / 5.0)
-        for g in self._gpus:
-            util = max(0.0, min(100.0, 60 + 30 * phase + self._rng.gauss(0, 5)))
-            power = 90 + 6 * util
-            self._util.labels(*g).set(round(util))
-            self._power.labels(*g).set(power)
-            self._temp.labels(*g).set(35 + util * 0.4)
-            self._energy.labels(*g).inc(power)
-        return generate_latest(self.registry)
+def collectors_for_targets(
+    targets: Sequence[Target], interval_s: float
+) -> list[tuple[Collector, float]]:
+    """The demo's collectors for the fleet's targets, with their intervals.
+
+    The one place that decides which collector class reads which target; a
+    source-specific collector (DCGM, KV cache, ...) replaces the generic one here.
+    """
+    return [
+        (PrometheusCollector(c, default_node="demo"), c.interval_s)
+        for c in prometheus_configs(targets, interval_s)
+    ]
+
+
+# ---- the fleet panel: per-node signals from the consumed samples ----------------------
+
+_IB_ERRORS = frozenset(
+    {
+        "node_infiniband_symbol_error_total",
+        "node_infiniband_port_errors_received_total",
+        "node_infiniband_link_downed_total",
+        "node_infiniband_link_error_recovery_total",
+        "node_infiniband_local_link_integrity_errors_total",
+        "node_infiniband_port_receive_remote_physical_errors_total",
+        "node_infiniband_out_of_buffer_drops_total",
+        "node_infiniband_packet_sequence_errors_total",
+    }
+)
+_KV_USAGE = frozenset(
+    {"vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage"}
+)
+_TTFT = "time_to_first_token_seconds"
+_GPU_GAUGES = {
+    "DCGM_FI_DEV_GPU_TEMP": "temp",
+    "DCGM_FI_DEV_GPU_UTIL": "util",
+    "DCGM_FI_DEV_POWER_USAGE": "power",
+    "DCGM_FI_DEV_XID_ERRORS": "xid",
+}
+_WATCHED = frozenset({*_IB_ERRORS, *_KV_USAGE, *_GPU_GAUGES, "node_infiniband_state_id"})
+
+Labels = tuple[tuple[str, str], ...]
 
 
 @dataclass
-class DemoServer:
-    """Serve one DemoExporter per node on a loopback port."""
+class NodeSignals:
+    """What the consumed samples say about one node; GPU values are from its latest scrape."""
 
-    nodes: int = 2
-    host: str = "127.0.0.1"
+    dcgm_ts: datetime | None = None
+    gpu: dict[str, dict[str, tuple[datetime, float]]] = field(default_factory=dict)
+    gpus_seen: set[str] = field(default_factory=set)
+    ib_errors: float = 0.0  # increase of the port error counters since the demo started
+    _ib_last: dict[tuple[str, Labels], float] = field(default_factory=dict)
+    ports: dict[Labels, float] = field(default_factory=dict)  # state_id per port
+    kv: dict[Labels, float] = field(default_factory=dict)  # KV-cache usage per replica
+    _ttft_last: dict[tuple[str, Labels], tuple[float, float]] = field(default_factory=dict)
+    ttft: dict[tuple[str, Labels], tuple[float, float]] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.exporters = {f"node-{i}": DemoExporter(f"node-{i}", seed=i) for i in range(self.nodes)}
-        self._runner: web.AppRunner | None = None
-        self.port = 0
+    def current(self, name: str) -> dict[str, float]:
+        """``gpu -> value`` of one DCGM gauge in the node's latest scrape."""
+        out: dict[str, float] = {}
+        for gpu, values in self.gpu.items():
+            tv = values.get(name)
+            if tv is not None and tv[0] == self.dcgm_ts:
+                out[gpu] = tv[1]
+        return out
 
-    async def start(self) -> DemoServer:
-        app = web.Application()
+    @property
+    def gpus(self) -> int:
+        """GPUs in the latest scrape (one that fell off the bus is missing)."""
+        return len(self.current("temp"))
 
-        async def metrics(request: web.Request) -> web.Response:
-            exporter = self.exporters.get(request.match_info["node"])
-            if exporter is None:
-                raise web.HTTPNotFound()
-            return web.Response(body=exporter.render(), content_type="text/plain", charset="utf-8")
+    @property
+    def lost(self) -> list[str]:
+        """GPUs seen before but absent from the latest scrape."""
+        return sorted(self.gpus_seen - set(self.current("temp")), key=int)
 
-        app.router.add_get("/nodes/{node}/metrics", metrics)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        return self
+    @property
+    def xid(self) -> dict[str, int]:
+        """Non-zero last-XID codes by GPU."""
+        return {g: int(v) for g, v in self.current("xid").items() if v}
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    @property
+    def temp_max(self) -> float | None:
+        return max(self.current("temp").values(), default=None)
 
-    def targets(self) -> list[PrometheusTarget]:
-        return [
-            PrometheusTarget(url=f"http://{self.host}:{self.port}/nodes/{n}/metrics", node=n)
-            for n in self.exporters
-        ]
+    @property
+    def util_mean(self) -> float | None:
+        u = self.current("util")
+        return sum(u.values()) / len(u) if u else None
+
+    @property
+    def ports_down(self) -> int:
+        """Ports whose state is not ACTIVE (4)."""
+        return sum(1 for v in self.ports.values() if v != 4)
+
+    @property
+    def kv_max(self) -> float | None:
+        return max(self.kv.values(), default=None)
+
+    @property
+    def ttft_mean_s(self) -> float | None:
+        """Mean TTFT over each replica's last scrape interval (Δsum / Δcount)."""
+        ds = sum(s for s, _ in self.ttft.values())
+        dc = sum(c for _, c in self.ttft.values())
+        return ds / dc if dc > 0 else None
+
+
+@dataclass
+class FleetSignals:
+    """Per-node signals folded from sample frames (pure: testable without a fleet)."""
+
+    nodes: dict[str, NodeSignals] = field(default_factory=dict)
+
+    def add(self, frame: pl.DataFrame) -> None:
+        if frame.is_empty():
+            return
+        metric = pl.col("metric")
+        rows = frame.filter(
+            metric.is_in(list(_WATCHED))
+            | metric.str.ends_with(f"{_TTFT}_sum")
+            | metric.str.ends_with(f"{_TTFT}_count")
+        ).select("ts", "node", "metric", "value", "labels")
+        ttft: dict[tuple[str, str, Labels], dict[str, float]] = {}
+        for ts, node, name, value, labels in rows.iter_rows():
+            ns = self.nodes.setdefault(node, NodeSignals())
+            lbl: Labels = tuple((d["name"], d["value"]) for d in labels)
+            if name in _GPU_GAUGES:
+                gpu = dict(lbl).get("gpu", "?")
+                ns.gpu.setdefault(gpu, {})[_GPU_GAUGES[name]] = (ts, value)
+                ns.gpus_seen.add(gpu)
+                if ns.dcgm_ts is None or ts > ns.dcgm_ts:
+                    ns.dcgm_ts = ts
+            elif name in _IB_ERRORS:
+                prev = ns._ib_last.get((name, lbl))
+                if prev is not None:
+                    ns.ib_errors += value - prev if value >= prev else value
+                ns._ib_last[(name, lbl)] = value
+            elif name == "node_infiniband_state_id":
+                ns.ports[lbl] = value
+            elif name in _KV_USAGE:
+                ns.kv[lbl] = value
+            else:
+                base, _, part = name.rpartition("_")
+                ttft.setdefault((node, base, lbl), {})[part] = value
+        for (node, base, lbl), sc in ttft.items():
+            if "sum" not in sc or "count" not in sc:
+                continue
+            ns = self.nodes[node]
+            prev_sc = ns._ttft_last.get((base, lbl))
+            ns._ttft_last[(base, lbl)] = (sc["sum"], sc["count"])
+            if prev_sc is not None and sc["count"] > prev_sc[1]:
+                ns.ttft[(base, lbl)] = (sc["sum"] - prev_sc[0], sc["count"] - prev_sc[1])
+
+
+def _hms(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S")
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None or math.isnan(v) else format(v, spec)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"
+
+
+def fault_nodes(fleet: Fleet, target: str) -> set[str]:
+    """The nodes a fault's target lives on (a service: every node with a replica of it)."""
+    head = target.split("/", 1)[0]
+    if head in fleet.node_by_name:
+        return {head}
+    if target.startswith("osd."):
+        return {"ceph"}
+    return {r.node for r in fleet.replicas if target in (r.service, r.key)}
+
+
+@dataclass
+class DemoTail(SampleTail):
+    """The demo's view: the stream totals plus the fleet panel, fed the same frames."""
+
+    signals: FleetSignals = field(default_factory=FleetSignals)
+    faults: list[dict[str, object]] = field(default_factory=list)  # the fleet's ground truth
+    now_s: float = 0.0  # simulated time when the view was last refreshed
+    fleet_name: str = "fleet"
+    fault_nodes: dict[str, set[str]] = field(default_factory=dict)  # target -> nodes
+    endpoints: int = 0  # endpoints scraped
+    endpoints_down: int = 0  # of which the last scrape failed (a crashed replica answers 503)
+
+    def add(self, frame: pl.DataFrame) -> None:
+        super().add(frame)
+        self.signals.add(frame)
+
+    def active_faults(self) -> list[dict[str, object]]:
+        """Faults whose cause is present at ``now_s``."""
+        return [f for f in self.faults if float(f["start_s"]) <= self.now_s < float(f["end_s"])]  # type: ignore[arg-type]
+
+    def fault_table(self) -> Table:
+        t = Table(
+            title=f"faults: {len(self.active_faults())} active; endpoints down: "
+            f"{self.endpoints_down}/{self.endpoints}",
+            title_justify="left",
+        )
+        for col in ("state", "fault", "target", "start", "end", "intensity"):
+            t.add_column(col)
+        for f in self.faults:
+            start, end = float(f["start_s"]), float(f["end_s"])  # type: ignore[arg-type]
+            state = (
+                "[bold red]ACTIVE[/]"
+                if start <= self.now_s < end
+                else "scheduled"
+                if self.now_s < start
+                else "[dim]over[/]"
+            )
+            t.add_row(
+                state,
+                str(f["kind"]),
+                str(f["target"]),
+                _hms(start),
+                _hms(end),
+                f"{f['intensity']:g}",
+            )
+        return t
+
+    def fleet_table(self) -> Table:
+        hot: dict[str, list[str]] = {}
+        for f in self.active_faults():
+            for n in self.fault_nodes.get(str(f["target"]), set()):
+                hot.setdefault(n, []).append(str(f["kind"]))
+        sim = datetime.fromtimestamp(self.now_s, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        t = Table(title=f"{self.fleet_name} at {sim} UTC (simulated)", title_justify="left")
+        # Short headings: the panel must fit an 80-column terminal.
+        for col, justify in (
+            ("node", "left"),
+            ("GPUs", "right"),
+            ("util%", "right"),
+            ("temp", "right"),
+            ("XID", "left"),
+            ("IB err", "right"),
+            ("down", "right"),
+            ("KV", "right"),
+            ("TTFT", "right"),
+            ("faults", "left"),
+        ):
+            t.add_column(
+                col,
+                justify=justify,  # type: ignore[arg-type]
+                no_wrap=col in ("node", "TTFT"),
+                overflow="fold",
+            )
+        for name in sorted(self.signals.nodes, key=lambda n: (len(n), n)):
+            s = self.signals.nodes[name]
+            if not s.gpus_seen and not s.kv and not s.ports:
+                continue
+            xid = ", ".join(f"gpu{g}:{c}" for g, c in sorted(s.xid.items()))
+            if s.lost:
+                xid = ", ".join([xid, *(f"gpu{g}:gone" for g in s.lost)]).strip(", ")
+            temp = s.temp_max
+            t.add_row(
+                name,
+                f"{s.gpus}/{len(s.gpus_seen)}" if s.gpus_seen else "-",
+                _fmt(s.util_mean, ".0f"),
+                ("[red]" if temp is not None and temp >= 85 else "") + _fmt(temp, ".0f"),
+                f"[red]{xid}[/]" if xid else "",
+                _fmt(s.ib_errors, ".0f") if s.ports else "-",
+                str(s.ports_down) if s.ports else "-",
+                _fmt(s.kv_max, ".2f"),
+                _duration(s.ttft_mean_s),
+                f"[red]{', '.join(sorted(set(hot.get(name, []))))}[/]" if name in hot else "",
+            )
+        return t
+
+    def render(self) -> Group:
+        """Fleet panel, fault list, then the per-source stream totals."""
+        return Group(self.fleet_table(), self.fault_table(), self.source_table())
 
 
 async def tail_samples(
@@ -121,9 +386,13 @@ async def tail_samples(
     *,
     bootstrap_servers: str | None = None,
     group_id: str = "gpuslo-tail",
+    tail: SampleTail | None = None,
 ) -> SampleTail:
-    """Consume the samples topic until ``stop`` and then until drained; commit after counting."""
-    tail = SampleTail()
+    """Consume the samples topic until ``stop`` and then until drained; commit after counting.
+
+    ``tail`` lets a caller pass its own accumulator (the demo's adds the fleet panel).
+    """
+    tail = SampleTail() if tail is None else tail
     async with SampleConsumer(
         kafka,
         consumer_cfg,
@@ -152,56 +421,285 @@ async def tail_samples(
     return tail
 
 
+async def start_fleet_server(
+    fleet: Fleet, *, speed: float, port: int | None, host: str = "127.0.0.1"
+) -> FleetServer:
+    """Start the fleet's server; ``port=None``: :data:`SIM_PORT` if free, else any port."""
+    for p in [SIM_PORT, 0] if port is None else [port]:
+        srv = FleetServer(fleet, host=host, port=p, speed=speed)
+        try:
+            await srv.start()
+        except OSError:
+            await srv.stop()
+            if p != 0 and port is None:
+                continue
+            raise
+        return srv
+    raise AssertionError("unreachable")
+
+
+class _DropScrapeFailures(logging.Filter):
+    """In the demo a failed scrape is part of the show (a faulted replica answers 503):
+    it is counted in the view instead of being logged over the live display."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("scrape failed")
+
+
+def _resolve(scenario: Scenario | str | Path | None) -> Scenario:
+    if scenario is None:
+        return default_scenario()
+    if isinstance(scenario, Scenario):
+        return scenario
+    return load_scenario(scenario)
+
+
+def demo_spec_paths(specs: Sequence[str | Path] | None) -> list[Path]:
+    """The SLO specs to evaluate: the given ones, else the catalog beside the code."""
+    if specs:
+        return [Path(p) for p in specs]
+    catalog = Path(__file__).resolve().parent.parent / "examples" / "slos"
+    if not catalog.is_dir():
+        raise SpecError("demo", [f"no SLO catalog at {catalog}: pass --specs PATH"])
+    return [catalog]
+
+
+def demo_config(
+    state_dir: str, alertmanager: Sequence[str], metrics_port: int | None
+) -> GpusloConfig:
+    """The demo's settings: embedded broker, fast SLO ticks, exporters on request."""
+    return GpusloConfig.model_validate(
+        {
+            "node": "demo",
+            "slo": {
+                "checkpoint_dir": state_dir,
+                "tick_interval_s": 2.0,
+                "checkpoint_interval_s": 2.0,
+            },
+            "alerts": {"alertmanager": {"urls": list(alertmanager)}},
+            "exporters": {
+                "prometheus": {
+                    "enabled": metrics_port is not None,
+                    "host": "127.0.0.1",
+                    "port": metrics_port or 9464,
+                }
+            },
+        }
+    )
+
+
 async def run_demo(
-    duration_s: float | None, interval_s: float, nodes: int, console: Console
-) -> SampleTail:
-    cfg = GpusloConfig(node="demo")
-    async with EmbeddedBroker() as broker:
+    duration_s: float | None,
+    interval_s: float = 1.0,
+    nodes: int | None = None,
+    console: Console | None = None,
+    *,
+    scenario: Scenario | str | Path | None = None,
+    inject: Sequence[str] = (),
+    inject_duration_s: float = 1800.0,
+    speed: float | None = None,
+    sim_port: int | None = None,
+    ground_truth: str | Path | None = None,
+    stop: asyncio.Event | None = None,
+    collector_factory: CollectorFactory = collectors_for_targets,
+    specs: Sequence[str | Path] | None = None,
+    alertmanager: Sequence[str] = (),
+    metrics_port: int | None = None,
+) -> DemoTail:
+    """Run fleet + broker + collectors + live view until ``duration_s`` or ``stop``.
+
+    ``nodes`` overrides the scenario's node count (faults on missing nodes are
+    dropped, with a note); ``inject`` items are ``KIND:TARGET[@SECONDS]``, SECONDS
+    of real time after start, each lasting ``inject_duration_s`` simulated
+    seconds.  ``ground_truth`` is kept up to date with every fault, scheduled or
+    injected.  ``specs`` are OpenSLO files or folders (default: the shipped
+    catalog), evaluated by the SLO stages in simulated time; ``alertmanager``
+    URLs receive the alerts and ``metrics_port`` serves Prometheus /metrics.
+    Raises :class:`~simulator.faults.FaultError` (bad ``inject``),
+    :class:`~simulator.scenario.ScenarioError` or :class:`~slo.spec.SpecError`
+    before anything starts.
+    """
+    console = console or Console()
+    sc = _resolve(scenario)
+    sim_speed = speed if speed is not None else sc.speed
+    fleet, skipped = sc.build(nodes, strict=False)
+    scheduled = len(fleet.faults)
+    for line in skipped:
+        console.print(f"[yellow]skipped[/] scenario {line}", highlight=False)
+    for item in inject:
+        fleet.inject(
+            parse_inject(item, origin_s=fleet.t, speed=sim_speed, duration_s=inject_duration_s)
+        )
+    truth_path = Path(ground_truth) if ground_truth is not None else None
+    slo_specs = load_specs(demo_spec_paths(specs))
+
+    state_dir = tempfile.TemporaryDirectory(prefix="gpuslo-demo-")
+    cfg = demo_config(state_dir.name, alertmanager, metrics_port)
+    stop = stop if stop is not None else asyncio.Event()
+    async with EmbeddedBroker() as broker, contextlib.AsyncExitStack() as slo_stack:
+        slo_stack.callback(state_dir.cleanup)
         servers = broker.bootstrap_servers
         console.print(f"[bold]gpuslo demo[/]: embedded Kafka-compatible broker on {servers}")
-        await ensure_topics(
-            cfg.kafka, [cfg.kafka.topics.samples, cfg.kafka.topics.dlq], bootstrap_servers=servers
-        )
-        fleet = await DemoServer(nodes=nodes).start()
+        t = cfg.kafka.topics
+        await ensure_topics(cfg.kafka, [t.samples, t.sli, t.dlq], bootstrap_servers=servers)
+        srv = await start_fleet_server(fleet, speed=sim_speed, port=sim_port)
         try:
-            ccfg = PrometheusCollectorConfig(
-                name="demo",
-                source="dcgm",
-                targets=fleet.targets(),
-                interval_s=interval_s,
-                timeout_s=min(5.0, interval_s),
+            targets = srv.targets()
+            collectors = collector_factory(targets, interval_s)
+            console.print(
+                f"simulated fleet [bold]{sc.name}[/]: {len(fleet.nodes)} nodes, "
+                f"{sum(len(n.gpus) for n in fleet.nodes)} GPUs, {len(targets)} endpoints at "
+                f"{srv.base_url} ({sim_speed:g}x real time); {len(collectors)} collectors "
+                f"every {interval_s:g}s"
             )
-            console.print(f"scraping {len(ccfg.targets)} endpoints every {interval_s}s")
-            stop = asyncio.Event()
-            async with (
-                SampleProducer(cfg.kafka, bootstrap_servers=servers) as producer,
-                PrometheusCollector(ccfg, default_node=cfg.node) as collector,
-            ):
-                runner = CollectRunner(
-                    [(collector, interval_s)], producer, cfg.kafka.topics.samples
+            url = (
+                ""
+                if srv.port == SIM_PORT and srv.host == "127.0.0.1"
+                else (f" --url {srv.base_url}")
+            )
+            console.print(
+                f"inject a fault: gpuslo inject KIND TARGET{url}  (POST {srv.base_url}/faults)",
+                highlight=False,
+            )
+            view = DemoTail(fleet_name=f"fleet {sc.name!r}")
+            written = -1
+
+            def sim_now() -> datetime:
+                return datetime.fromtimestamp(srv.now(), UTC)
+
+            # SLO stages run in simulated time: the samples carry simulated timestamps.
+            engine = SloEngine(cfg, slo_specs, bootstrap_servers=servers, clock=sim_now)
+
+            async def run_engine() -> None:
+                # Started beside the collectors: joining two consumer groups takes
+                # seconds that the fleet (and its faults) should not wait for.
+                await engine.start()
+                try:
+                    await engine.run(stop)
+                finally:
+                    await engine.stop()
+
+            hub = await slo_stack.enter_async_context(build_hub(cfg))
+            console.print(
+                f"SLO engine: {len(slo_specs)} SLOs, evaluated every "
+                f"{cfg.slo.tick_interval_s:g}s"
+                + (f"; alerts to {', '.join(alertmanager)}" if alertmanager else "")
+                + (f"; /metrics on port {metrics_port}" if metrics_port is not None else ""),
+                highlight=False,
+            )
+
+            def render() -> Group:
+                snap = engine.board.latest()
+                return Group(
+                    view.render(), report_table(snap.reports, snap.alerts, snap.evaluated_at)
                 )
+
+            def refresh() -> None:
+                nonlocal written
+                view.now_s = srv.now()
+                view.faults = [
+                    {**f, "origin": "scenario" if i < scheduled else "injected"}
+                    for i, f in enumerate(fleet.ground_truth())
+                ]
+                for f in view.faults:
+                    target = str(f["target"])
+                    if target not in view.fault_nodes:
+                        view.fault_nodes[target] = fault_nodes(fleet, target)
+                if truth_path is not None and written != len(fleet.faults):
+                    write_ground_truth(fleet, truth_path, scheduled)
+                    written = len(fleet.faults)
+
+            refresh()
+            quiet = _DropScrapeFailures()
+            runtime_log = logging.getLogger("pipeline.runtime")
+            runtime_log.addFilter(quiet)
+            async with contextlib.AsyncExitStack() as stack:
+                stack.callback(runtime_log.removeFilter, quiet)
+                for c, _ in collectors:
+                    if isinstance(c, contextlib.AbstractAsyncContextManager):
+                        await stack.enter_async_context(c)
+                producer = await stack.enter_async_context(
+                    SampleProducer(cfg.kafka, bootstrap_servers=servers)
+                )
+                runner = CollectRunner(collectors, producer, cfg.kafka.topics.samples)
+
+                def count_down() -> None:
+                    up = runner.stats.target_up
+                    view.endpoints = len(up)
+                    view.endpoints_down = sum(1 for ok in up.values() if not ok)
+
+                async def publish() -> None:
+                    version = 0
+                    while not stop.is_set():
+                        snap = await engine.board.wait(version, timeout_s=0.5)
+                        if snap.version == version:
+                            continue
+                        version = snap.version
+                        health = HealthSnapshot.from_runtime(runner.stats)
+                        await hub.publish(
+                            Snapshot.build(
+                                reports=snap.reports,
+                                alerts=snap.alerts,
+                                health=health,
+                                taken_at=snap.evaluated_at or sim_now(),
+                                specs=slo_specs,
+                            )
+                        )
+
                 with Live(
-                    SampleTail().table(),
+                    render(),
                     console=console,
                     refresh_per_second=4,
                     transient=not console.is_terminal,
                 ) as live:
+
+                    async def repaint() -> None:
+                        while not stop.is_set():
+                            refresh()
+                            count_down()
+                            live.update(render())
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(stop.wait(), 0.25)
+
                     tail_task = asyncio.create_task(
                         tail_samples(
                             cfg.kafka,
                             cfg.consumer,
                             stop,
-                            lambda t: live.update(t.table()),
+                            lambda _t: None,
                             bootstrap_servers=servers,
+                            tail=view,
                         )
                     )
-                    await run_until(stop, duration_s, runner.run(stop))
-                    tail = await tail_task
-                console.print(tail.table())
+                    await run_until(
+                        stop, duration_s, runner.run(stop), repaint(), run_engine(), publish()
+                    )
+                    await tail_task
+                refresh()
+                count_down()
+                console.print(render())
                 console.print(
                     f"produced {runner.stats.samples_produced} samples in "
-                    f"{runner.stats.records_produced} records; samples seen: {tail.samples}"
+                    f"{runner.stats.records_produced} records; samples seen: {view.samples}"
                 )
-                return tail
+                if truth_path is not None:
+                    console.print(f"ground truth: {truth_path}", highlight=False)
+                return view
         finally:
-            await fleet.stop()
+            await srv.stop()
+
+
+__all__ = [
+    "SIM_PORT",
+    "CollectorFactory",
+    "DemoTail",
+    "FaultError",
+    "FleetSignals",
+    "NodeSignals",
+    "collectors_for_targets",
+    "fault_nodes",
+    "prometheus_configs",
+    "run_demo",
+    "start_fleet_server",
+    "tail_samples",
+]

@@ -20,13 +20,13 @@ import contextlib
 import logging
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import polars as pl
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
@@ -313,7 +313,13 @@ class SampleConsumer:
         group_id: str | None = None,
         bootstrap_servers: str | None = None,
         dlq: SampleProducer | None = None,
+        decoder: Callable[[bytes], pl.DataFrame] = decode,
+        listener: ConsumerRebalanceListener | None = None,
     ) -> None:
+        """``decoder`` turns a record value into a frame (raising :class:`SchemaError`
+        dead-letters it): other frame types than samples travel the same way.
+        ``listener`` is told of partition assignments and revocations, for
+        callers that keep per-partition state."""
         self.cfg = cfg
         self.consumer_cfg = consumer_cfg
         self.topics = list(topics)
@@ -321,6 +327,8 @@ class SampleConsumer:
         self._bootstrap = bootstrap_servers
         self._dlq = dlq
         self._owns_dlq = dlq is None
+        self._decoder = decoder
+        self._listener = listener
         self._consumer: AIOKafkaConsumer | None = None
         self.dead_letters = 0
 
@@ -338,7 +346,7 @@ class SampleConsumer:
             options["request_timeout_ms"], c.session_timeout_ms + 5000
         )
         consumer = AIOKafkaConsumer(
-            *self.topics,
+            *(self.topics if self._listener is None else ()),
             **options,
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -346,6 +354,8 @@ class SampleConsumer:
             session_timeout_ms=c.session_timeout_ms,
             max_partition_fetch_bytes=max(1_048_576, self.cfg.max_record_bytes * 2),
         )
+        if self._listener is not None:
+            consumer.subscribe(topics=self.topics, listener=self._listener)
         try:
             await consumer.start()
         except KafkaError as exc:
@@ -413,7 +423,7 @@ class SampleConsumer:
         try:
             if msg.value is None:
                 raise SchemaError("record has no value")
-            frame = decode(msg.value)
+            frame = self._decoder(msg.value)
         except SchemaError as exc:
             reason = str(exc)
             await self._dead_letter(msg, reason)

@@ -16,6 +16,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
 
 import polars as pl
 
@@ -29,6 +30,25 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+Submit = Callable[[list[TargetResult]], Awaitable[object]]
+
+
+@runtime_checkable
+class ScheduledCollector(Collector, Protocol):
+    """A collector that keeps its own per-target schedule (the HTTP scrape engine).
+
+    ``collect(now)`` returns when the slowest target is done; a collector with
+    many targets of different health would make every batch wait for its worst
+    target.  Such a collector instead runs until ``stop`` and hands each
+    target's result to ``submit`` as soon as it exists; the runner does the
+    accounting and the producing exactly as for ``collect``.
+    """
+
+    async def run(self, submit: Submit, stop: asyncio.Event) -> None:
+        """Scrape until ``stop`` is set, calling ``submit`` with each target's results."""
+        ...
 
 
 @dataclass
@@ -65,6 +85,7 @@ class CollectRunner:
         clock: Clock = utc_now,
         max_pending_batches: int = 1000,
         jitter: float = 0.1,
+        stop_grace_s: float = 10.0,
     ) -> None:
         self._collectors = collectors
         self._producer = producer
@@ -73,25 +94,34 @@ class CollectRunner:
         self._pending: deque[_Pending] = deque()
         self._max_pending = max_pending_batches
         self._jitter = jitter
+        self._stop_grace_s = stop_grace_s
         self._lock = asyncio.Lock()
         self.stats = CollectStats()
 
     async def run_once(self, collector: Collector) -> list[TargetResult]:
         """One scrape of one collector, produced; returns per-target results."""
         results = await collector.collect(self._clock())
-        self.stats.scrapes[collector.name] += 1
+        await self.submit(collector.name, results)
+        return results
+
+    async def submit(self, collector_name: str, results: list[TargetResult]) -> None:
+        """Account for and produce one scrape's results.
+
+        A failed result may still carry a frame (the scrape engine's health
+        rows, so ``up == 0`` reaches Kafka); it is produced too.
+        """
+        self.stats.scrapes[collector_name] += 1
         for r in results:
             self.stats.target_up[r.target] = r.ok
             self.stats.target_duration_s[r.target] = r.duration_s
             if r.ok and r.frame is not None:
-                self.stats.target_samples[r.target] = r.frame.height
-                if r.frame.height:
-                    self._enqueue(_Pending(r.node, r.frame))
+                self.stats.target_samples[r.target] = int(r.extra.get("samples", r.frame.height))
             else:
                 self.stats.errors[(r.target, r.error_reason or "error")] += 1
                 log.warning("scrape failed: %s", r.error)
+            if r.frame is not None and r.frame.height:
+                self._enqueue(_Pending(r.node, r.frame))
         await self.flush()
-        return results
 
     def _enqueue(self, item: _Pending) -> None:
         if len(self._pending) >= self._max_pending:
@@ -131,6 +161,9 @@ class CollectRunner:
             return True
 
     async def _loop(self, collector: Collector, interval_s: float, stop: asyncio.Event) -> None:
+        if isinstance(collector, ScheduledCollector):
+            await self._scheduled(collector, stop)
+            return
         loop = asyncio.get_running_loop()
         # Spread the first scrape so that many collectors do not fire in lockstep.
         await _sleep_or_stop(stop, random.uniform(0, interval_s * self._jitter))
@@ -143,6 +176,18 @@ class CollectRunner:
                 self.stats.errors[(collector.name, "exception")] += 1
             await _sleep_or_stop(stop, max(0.0, interval_s - (loop.time() - started)))
 
+    async def _scheduled(self, collector: ScheduledCollector, stop: asyncio.Event) -> None:
+        async def submit(results: list[TargetResult]) -> None:
+            await self.submit(collector.name, results)
+
+        while not stop.is_set():
+            try:
+                await collector.run(submit, stop)
+            except Exception:  # restart it: a bug in one collector must not stop the others
+                log.exception("collector %s failed", collector.name)
+                self.stats.errors[(collector.name, "exception")] += 1
+                await _sleep_or_stop(stop, 1.0)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run every collector until ``stop`` is set, then flush what is pending."""
         tasks = [
@@ -151,6 +196,9 @@ class CollectRunner:
         ]
         try:
             await stop.wait()
+            # Let each loop finish the scrape and produce in hand: cancelling a send
+            # half-way would leave a delivered batch in the retry buffer (a duplicate).
+            await asyncio.wait(tasks, timeout=self._stop_grace_s)
         finally:
             for t in tasks:
                 t.cancel()

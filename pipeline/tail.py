@@ -85,3 +85,30 @@ class SampleTail:
                 r.example,
             )
         return t
+
+    def source_table(self, title: str = "gpuslo.samples") -> Table:
+        """One row per source (a compact form of :meth:`table` for a fleet of many nodes)."""
+        t = Table(
+            title=f"{title}: {self.samples} samples in {self.batches} batches"
+            + (f", {self.dead} dead-lettered" if self.dead else ""),
+            title_justify="left",
+        )
+        for col in ("source", "nodes", "batches", "samples", "series", "last sample", "latest"):
+            t.add_column(col, justify="left" if col in ("source", "last sample", "latest")
+                         else "right")
+        by_source: dict[str, list[StreamRow]] = {}
+        for (source, _node), r in sorted(self.rows.items()):
+            by_source.setdefault(source, []).append(r)
+        for source, rows in by_source.items():
+            stamps = [r.last_ts for r in rows if r.last_ts is not None]
+            last = max(stamps) if stamps else None
+            t.add_row(
+                source,
+                str(len(rows)),
+                str(sum(r.batches for r in rows)),
+                str(sum(r.samples for r in rows)),
+                str(sum(r.series for r in rows)),
+                last.strftime("%H:%M:%S") if last else "-",
+                rows[-1].example,
+            )
+        return t

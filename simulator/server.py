@@ -137,7 +137,11 @@ class FleetServer:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()  # a busy port must not leak the runner (callers retry)
+            raise
         self._runners.append(runner)
         addr = runner.addresses[0]
         return int(addr[1])

@@ -10,7 +10,9 @@ keep working when a team moves from Sloth to gpuslo.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 # --- Prometheus recording rules (Sloth-compatible) -------------------------------------------
 
@@ -140,3 +142,154 @@ def scope_labels(scope: str) -> dict[str, str]:
     if not isinstance(loaded, dict):
         raise ValueError(f"not a scope key: {scope!r}")
     return {str(k): str(v) for k, v in loaded.items()}
+
+
+# --- Exported series (Prometheus /metrics and OTLP) -------------------------------------------
+#
+# Each figure gpuslo exports has one row here: the Prometheus name (base units, ``_ratio``,
+# ``_seconds``, ``_total``) and the OpenTelemetry name and unit (dotted, unit kept apart, as the
+# OTel semantic conventions ask).  Exporters spell names only from this table.
+
+
+@dataclass(frozen=True)
+class ExportedMetric:
+    """One exported figure: its Prometheus and OTLP names, unit, kind and help text."""
+
+    prometheus: str
+    otel: str
+    unit: str
+    kind: Literal["gauge", "counter"]
+    help: str
+
+    def __post_init__(self) -> None:
+        # A counter without _total breaks every rate() written against the Prometheus naming
+        # guide; catch it when this module is imported, not in a dashboard.
+        if self.kind == "counter" and not self.prometheus.endswith("_total"):
+            raise ValueError(f"counter {self.prometheus} must end in _total")
+
+
+# Label names on exported series.
+EXPORT_LABEL_SLO = "slo"
+EXPORT_LABEL_SERVICE = "service"
+EXPORT_LABEL_WINDOW = "window"
+EXPORT_LABEL_STATE = "state"
+EXPORT_LABEL_SEVERITY = "severity"
+EXPORT_LABEL_ALERTNAME = "alertname"
+EXPORT_LABEL_ALERTSTATE = "alertstate"
+EXPORT_LABEL_TARGET = "target"
+EXPORT_LABEL_COLLECTOR = "collector"
+EXPORT_LABEL_REASON = "reason"
+EXPORT_LABEL_CONSUMER = "consumer"
+EXPORT_LABEL_DETECTOR = "detector"
+EXPORT_LABEL_ENTITY = "entity"
+EXPORT_LABEL_METRIC = "metric"
+EXPORT_LABEL_ALERTMANAGER = "alertmanager"
+
+# Per SLO scope.
+M_SLO_OBJECTIVE = ExportedMetric(
+    "gpuslo_slo_objective_ratio", "gpuslo.slo.objective", "1", "gauge",
+    "Target share of good events (0.999 for 99.9 %).")
+M_SLO_ERROR_BUDGET = ExportedMetric(
+    "gpuslo_slo_error_budget_ratio", "gpuslo.slo.error_budget", "1", "gauge",
+    "Allowed share of bad events, 1 - objective.")
+M_SLO_SLI = ExportedMetric(
+    "gpuslo_slo_sli_ratio", "gpuslo.slo.sli", "1", "gauge",
+    "Share of good events over the window (absent unless the window state is ok).")
+M_SLO_ERROR_RATIO = ExportedMetric(
+    "gpuslo_slo_error_ratio", "gpuslo.slo.error_ratio", "1", "gauge",
+    "Share of bad events over the window, 1 - SLI.")
+M_SLO_BURN_RATE = ExportedMetric(
+    "gpuslo_slo_burn_rate_ratio", "gpuslo.slo.burn_rate", "1", "gauge",
+    "Error ratio over the window divided by the error budget (1 spends it exactly in a period).")
+M_SLO_WINDOW_STATE = ExportedMetric(
+    "gpuslo_slo_window_state", "gpuslo.slo.window_state", "1", "gauge",
+    "1 for the window's current state (ok, no_data, too_little_traffic), 0 for the others.")
+M_SLO_BUDGET_REMAINING = ExportedMetric(
+    "gpuslo_slo_error_budget_remaining_ratio", "gpuslo.slo.error_budget.remaining", "1", "gauge",
+    "Share of the period's error budget left; negative once overspent.")
+M_SLO_TIME_TO_EXHAUSTION = ExportedMetric(
+    "gpuslo_slo_time_to_exhaustion_seconds", "gpuslo.slo.time_to_exhaustion", "s", "gauge",
+    "Seconds until the budget is gone at the last hour's burn rate (absent when not burning).")
+M_SLO_EVALUATED_AT = ExportedMetric(
+    "gpuslo_slo_evaluation_timestamp_seconds", "gpuslo.slo.evaluation.timestamp", "s", "gauge",
+    "Unix time of the evaluation these figures come from.")
+M_SLO_ALERTS = ExportedMetric(
+    "gpuslo_slo_alerts", "gpuslo.slo.alerts", "1", "gauge",
+    "1 per alert that is pending, firing or resolved (like Prometheus' ALERTS series).")
+M_ANOMALY_SCORE = ExportedMetric(
+    "gpuslo_anomaly_score", "gpuslo.anomaly.score", "1", "gauge",
+    "Latest anomaly score per detector and entity (higher is more unusual).")
+
+# gpuslo's own health.
+M_SCRAPE_UP = ExportedMetric(
+    "gpuslo_scrape_up", "gpuslo.scrape.up", "1", "gauge",
+    "1 when the target's last scrape succeeded, else 0.")
+M_SCRAPE_DURATION = ExportedMetric(
+    "gpuslo_scrape_duration_seconds", "gpuslo.scrape.duration", "s", "gauge",
+    "Duration of the target's last scrape.")
+M_SCRAPE_SAMPLES = ExportedMetric(
+    "gpuslo_scrape_samples", "gpuslo.scrape.samples", "{sample}", "gauge",
+    "Samples in the target's last scrape.")
+M_SCRAPES = ExportedMetric(
+    "gpuslo_scrapes_total", "gpuslo.scrapes", "{scrape}", "counter",
+    "Scrapes run, by collector.")
+M_SCRAPE_ERRORS = ExportedMetric(
+    "gpuslo_scrape_errors_total", "gpuslo.scrape.errors", "{error}", "counter",
+    "Failed scrapes, by target and reason.")
+M_SAMPLES_PRODUCED = ExportedMetric(
+    "gpuslo_samples_produced_total", "gpuslo.samples.produced", "{sample}", "counter",
+    "Samples written to Kafka.")
+M_RECORDS_PRODUCED = ExportedMetric(
+    "gpuslo_records_produced_total", "gpuslo.records.produced", "{record}", "counter",
+    "Kafka records written.")
+M_PRODUCE_FAILURES = ExportedMetric(
+    "gpuslo_produce_failures_total", "gpuslo.produce.failures", "{failure}", "counter",
+    "Kafka produce attempts that failed.")
+M_DROPPED = ExportedMetric(
+    "gpuslo_dropped_total", "gpuslo.dropped", "{batch}", "counter",
+    "Items dropped, by reason.")
+M_CONSUMER_LAG = ExportedMetric(
+    "gpuslo_consumer_lag_records", "gpuslo.consumer.lag", "{record}", "gauge",
+    "Records behind the end of the consumer's assigned partitions.")
+M_DEAD_LETTERS = ExportedMetric(
+    "gpuslo_dead_letters_total", "gpuslo.dead_letters", "{record}", "counter",
+    "Records sent to the dead-letter topic.")
+M_ALERTMANAGER_SENT = ExportedMetric(
+    "gpuslo_alertmanager_alerts_sent_total", "gpuslo.alertmanager.alerts.sent", "{alert}",
+    "counter", "Alerts accepted by an Alertmanager.")
+M_ALERTMANAGER_ERRORS = ExportedMetric(
+    "gpuslo_alertmanager_errors_total", "gpuslo.alertmanager.errors", "{request}", "counter",
+    "Failed POSTs to an Alertmanager (each is retried).")
+M_ALERTMANAGER_DROPPED = ExportedMetric(
+    "gpuslo_alertmanager_alerts_dropped_total", "gpuslo.alertmanager.alerts.dropped", "{alert}",
+    "counter", "Alerts dropped because an Alertmanager's queue was full (oldest first).")
+M_ALERTMANAGER_QUEUE = ExportedMetric(
+    "gpuslo_alertmanager_queue_length", "gpuslo.alertmanager.queue.length", "{alert}", "gauge",
+    "Alerts waiting to be sent to an Alertmanager.")
+
+SLO_METRICS: tuple[ExportedMetric, ...] = (
+    M_SLO_OBJECTIVE, M_SLO_ERROR_BUDGET, M_SLO_SLI, M_SLO_ERROR_RATIO, M_SLO_BURN_RATE,
+    M_SLO_WINDOW_STATE, M_SLO_BUDGET_REMAINING, M_SLO_TIME_TO_EXHAUSTION, M_SLO_EVALUATED_AT,
+    M_SLO_ALERTS, M_ANOMALY_SCORE,
+)
+HEALTH_METRICS: tuple[ExportedMetric, ...] = (
+    M_SCRAPE_UP, M_SCRAPE_DURATION, M_SCRAPE_SAMPLES, M_SCRAPES, M_SCRAPE_ERRORS,
+    M_SAMPLES_PRODUCED, M_RECORDS_PRODUCED, M_PRODUCE_FAILURES, M_DROPPED, M_CONSUMER_LAG,
+    M_DEAD_LETTERS, M_ALERTMANAGER_SENT, M_ALERTMANAGER_ERRORS, M_ALERTMANAGER_DROPPED,
+    M_ALERTMANAGER_QUEUE,
+)
+
+# Alertmanager payloads (labels beyond ALERT_LABEL_SLO / ALERT_LABEL_SEVERITY, annotations).
+ALERT_LABEL_SERVICE = "service"
+ANNOTATION_SUMMARY = "summary"
+ANNOTATION_DESCRIPTION = "description"
+ANNOTATION_RUNBOOK_URL = "runbook_url"
+ANNOTATION_DASHBOARD_URL = "dashboard_url"
+ANNOTATION_RCA = "rca"
+
+# Pipeline stage span names (OTLP traces): scrape -> produce -> stage1 -> stage2 -> alert.
+SPAN_SCRAPE = "gpuslo.scrape"
+SPAN_PRODUCE = "gpuslo.produce"
+SPAN_STAGE1 = "gpuslo.stage1"
+SPAN_STAGE2 = "gpuslo.stage2"
+SPAN_ALERT = "gpuslo.alert"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import uuid
 from collections.abc import Iterator
 
@@ -40,14 +38,3 @@ def kafka_cfg(broker: EmbeddedBroker) -> KafkaConfig:
 @pytest.fixture
 def consumer_cfg() -> ConsumerConfig:
     return ConsumerConfig(max_records=1000, poll_timeout_ms=500, session_timeout_ms=6000)
-
-
-def require_binary(name: str, package: str) -> str:
-    """Path of a Debian-packaged server binary; skip (or fail under CI) when missing."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found: install the Debian package '{package}'"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path

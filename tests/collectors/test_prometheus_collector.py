@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import polars as pl
 import pytest
 from aiohttp import web
 
-from collectors.prometheus import PrometheusCollector, parse_text
+from collectors.prometheus import PrometheusCollector, parse_text, parse_text_reference
 from pipeline.config import PrometheusCollectorConfig
 from pipeline.schema import SAMPLE_SCHEMA, Kind
 
@@ -34,6 +35,9 @@ vllm:num_preemptions_total{model_name="m"} 7
 
 def test_parse_text_keeps_names_labels_and_explicit_timestamps() -> None:
     frame = parse_text(PAYLOAD, node="n1", source="dcgm", scrape_ts_ms=NOW_MS, entity_label="UUID")
+    reference = parse_text_reference(PAYLOAD, node="n1", source="dcgm", scrape_ts_ms=NOW_MS,
+                                     entity_label="UUID")
+    assert frame.equals(reference)  # the fast parser is the default, and exact
     assert frame.schema == SAMPLE_SCHEMA
     rows = {(r["metric"], r["entity"]): r for r in frame.iter_rows(named=True)}
     temp_b = rows[("DCGM_FI_DEV_GPU_TEMP", "GPU-b")]
@@ -105,9 +109,10 @@ async def test_bad_targets_fail_alone_with_a_reason(targets: str) -> None:
         elapsed = asyncio.get_running_loop().time() - started
     by_path = {r.target.rsplit("/", 1)[-1]: r for r in results}
     assert by_path["good"].ok and by_path["good"].frame is not None
-    assert by_path["good"].frame.height == 7
+    # The samples, plus the engine's health rows (source "gpuslo").
+    assert by_path["good"].frame.filter(pl.col("source") == "prometheus").height == 7
     assert by_path["slow"].error_reason == "timeout"
     assert by_path["garbage"].error_reason == "parse"
-    assert by_path["503"].error_reason == "http_503"
+    assert by_path["503"].error_reason == "not_ready"
     assert by_path["metrics"].error_reason == "connect" and by_path["metrics"].node == "n9"
     assert elapsed < 2.0  # the slow target did not hold the others up

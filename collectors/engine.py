@@ -1,0 +1,471 @@
+"""The scrape engine shared by every HTTP collector.
+
+Why one engine: timing, isolation and accounting are the hard part of
+scraping, and they are the same whatever the exporter.  A collector only
+supplies what differs: how a payload becomes samples (``parse``, by default
+the fast exposition parser) and how samples become upstream + normalised rows
+(``transform``).
+
+Why a per-target scheduler: :class:`pipeline.runtime.CollectRunner` can drive
+any :class:`~collectors.base.Collector` through ``collect(now)``, which scrapes
+every target and returns when the *slowest* one is done, so one hanging
+target would hold every other target's batch back until its timeout.  The
+engine therefore also offers :meth:`ScrapeEngine.run`: one task per target on
+that target's own interval (with a stable per-target phase so targets do not
+fire in lockstep), each result handed to the runner the moment it exists.  The
+runner uses ``run`` when a collector has it and ``collect`` otherwise;
+``collect`` stays for one-shot use (tests, ``gpuslo scrape``).
+
+Guarantees per target, independent of the others:
+
+* ``timeout_s`` bounds the whole request (connect + headers + body);
+* the body is streamed into one buffer and the request aborted as soon as it
+  passes ``max_body_bytes`` (a declared ``Content-Length`` over the limit is
+  refused before reading anything);
+* a payload with more than ``max_series`` samples is refused before parsing;
+* at most ``concurrency`` requests are in flight per engine;
+* samples that carry their own timestamp keep it; the others get the scrape
+  time;
+* a 503 (Ceph mgr warming up, an engine still loading its model) is reason
+  ``not_ready`` and retried after ``not_ready_retry_s`` rather than a full
+  interval; every other failure has a reason (``timeout``, ``connect``,
+  ``http_<code>``, ``too_large``, ``too_many_series``, ``parse``) and never
+  raises out of the engine.
+
+Health is kept per target (:class:`TargetHealth`) and emitted with every scrape
+as self-metric rows (``gpuslo_scrape_up``, ``gpuslo_scrape_duration_seconds``,
+``gpuslo_scrape_samples``, ``gpuslo_scrape_errors_total{reason}``; source
+``gpuslo``, entity = target URL), so a dead target is visible downstream as
+``up == 0`` rather than as silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import ssl
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import aiohttp
+import polars as pl
+
+from collectors.base import TargetResult
+from collectors.exposition import ExpositionError, detect_openmetrics, parse_exposition
+from pipeline.config import ScrapeCollectorConfig
+from pipeline.schema import COLUMNS, Kind, frame_from_rows
+
+log = logging.getLogger(__name__)
+
+HEALTH_SOURCE = "gpuslo"
+UP = "gpuslo_scrape_up"
+DURATION = "gpuslo_scrape_duration_seconds"
+SAMPLES = "gpuslo_scrape_samples"
+ERRORS = "gpuslo_scrape_errors_total"
+
+_CHUNK = 256 * 1024
+# Payloads above this are parsed in a worker thread so the event loop keeps
+# serving the other targets' timers (Polars releases the GIL for most of it).
+_THREAD_PARSE_BYTES = 512 * 1024
+_SAMPLE_LINE = re.compile(r"^[ \t]*[^#\s]", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """One URL to scrape and what its samples belong to.
+
+    Attributes:
+        url: the page (``http(s)://host:port/path``).
+        node: Kafka key and ``node`` column of its samples.
+        replica: a name that tells two replicas of one model apart when the
+            exporter does not (the pod, from discovery); used by KV-cache.
+        interval_s: overrides the collector's interval for this target.
+        meta: discovery metadata (``pod``, ``namespace``...), for logs and display.
+    """
+
+    url: str
+    node: str
+    replica: str | None = None
+    interval_s: float | None = None
+    meta: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ScrapeSettings:
+    """Limits and timing of one engine (one collector's targets)."""
+
+    interval_s: float = 15.0
+    timeout_s: float = 10.0
+    jitter: float = 0.5  # share of the interval over which targets' phases are spread
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_series: int = 200_000
+    concurrency: int = 32
+    not_ready_retry_s: float = 5.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TargetHealth:
+    """What is known about one target's scrapes (the engine's self-metrics)."""
+
+    up: bool = False
+    duration_s: float = 0.0
+    samples: int = 0
+    scrapes: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    last_error: str | None = None
+    last_reason: str | None = None
+
+
+class ScrapeFailed(Exception):
+    """A scrape that produced no samples, with its self-metric reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# parse(text, openmetrics, target, scrape_ts_ms) -> upstream sample frame
+ParseStep = Callable[[str, bool, ScrapeTarget, int], pl.DataFrame]
+# transform(upstream frame, target) -> upstream + normalised rows (+ events)
+Transform = Callable[[pl.DataFrame, ScrapeTarget], pl.DataFrame]
+Submit = Callable[[list[TargetResult]], Awaitable[object]]
+# A per-request header source (the kubelet's rotating bearer token).
+HeaderSource = Callable[[], Mapping[str, str]]
+
+
+class TargetSource(Protocol):
+    """Where the engine gets its targets (see :mod:`collectors.discovery`)."""
+
+    refresh_s: float
+
+    async def targets(self) -> list[ScrapeTarget]:
+        """The current targets; on a failed lookup, the last known ones."""
+        ...
+
+
+def settings_from_config(cfg: ScrapeCollectorConfig) -> ScrapeSettings:
+    """The engine settings of a collector's config section."""
+    return ScrapeSettings(interval_s=cfg.interval_s, timeout_s=cfg.timeout_s, jitter=cfg.jitter,
+                          max_body_bytes=cfg.max_body_bytes, max_series=cfg.max_series,
+                          concurrency=cfg.concurrency)
+
+
+def exposition_parse(source: str, entity_label: str | None = None) -> ParseStep:
+    """The default parse step: the fast exposition parser, format from the Content-Type."""
+
+    def parse(text: str, openmetrics: bool, target: ScrapeTarget, scrape_ts_ms: int) -> (
+            pl.DataFrame):
+        return parse_exposition(text, node=target.node, source=source,
+                                scrape_ts_ms=scrape_ts_ms, entity_label=entity_label,
+                                openmetrics=openmetrics)
+
+    return parse
+
+
+def count_sample_lines(text: str) -> int:
+    """Sample lines in an exposition payload (non-blank, not a comment); cheap, C-speed."""
+    return sum(1 for _ in _SAMPLE_LINE.finditer(text))
+
+
+def phase(url: str, interval_s: float, jitter: float) -> float:
+    """A stable offset in ``[0, interval_s * jitter)`` for a target.
+
+    Stable (a hash of the URL, not a random draw) so a restart keeps each
+    target's place in the interval and a fleet of agents spreads its load.
+    """
+    h = int.from_bytes(hashlib.blake2b(url.encode(), digest_size=8).digest(), "big")
+    return (h / 2**64) * interval_s * max(0.0, min(jitter, 1.0))
+
+
+def health_frame(
+    health: TargetHealth, target: ScrapeTarget, *, collector: str, ts_ms: int
+) -> pl.DataFrame:
+    """Self-metric rows for one target after a scrape."""
+    base = {"collector": collector, "target": target.url}
+    rows: list[tuple[object, ...]] = [
+        (ts_ms, target.node, HEALTH_SOURCE, UP, Kind.GAUGE, 1.0 if health.up else 0.0,
+         target.url, base),
+        (ts_ms, target.node, HEALTH_SOURCE, DURATION, Kind.GAUGE, health.duration_s,
+         target.url, base),
+        (ts_ms, target.node, HEALTH_SOURCE, SAMPLES, Kind.GAUGE, float(health.samples),
+         target.url, base),
+    ]
+    for reason, n in sorted(health.errors.items()):
+        rows.append((ts_ms, target.node, HEALTH_SOURCE, ERRORS, Kind.COUNTER, float(n),
+                     target.url, {**base, "reason": reason}))
+    return frame_from_rows(rows)
+
+
+class ScrapeEngine:
+    """Scrape HTTP targets on their intervals, isolated from each other.
+
+    Args:
+        name: collector name (logs, self-metrics' ``collector`` label).
+        settings: timing and limits.
+        targets: a static list, or a :class:`TargetSource` (discovery).
+        parse: payload -> upstream frame (default: the fast exposition parser).
+        transform: upstream frame -> rows to produce (default: unchanged).
+        ssl_context: TLS settings for ``https`` targets (``None``: system defaults).
+        header_source: extra headers read before every request (rotating tokens).
+        redact: applied to every error message (keeps secrets out of logs).
+        clock: wall clock for scrape timestamps.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: ScrapeSettings,
+        targets: Sequence[ScrapeTarget] | TargetSource,
+        *,
+        source: str,
+        parse: ParseStep | None = None,
+        transform: Transform | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        header_source: HeaderSource | None = None,
+        redact: Callable[[str], str] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.source = source
+        if isinstance(targets, Sequence):
+            self._static: list[ScrapeTarget] | None = list(targets)
+            self._discovery: TargetSource | None = None
+        else:
+            self._static = None
+            self._discovery = targets
+        self._parse = parse or exposition_parse(source)
+        self._transform = transform
+        self._ssl = ssl_context
+        self._header_source = header_source
+        self._redact = redact or (lambda s: s)
+        self._clock = clock
+        self._session = session
+        self._owns_session = session is None
+        self._sem = asyncio.Semaphore(settings.concurrency)
+        self.health: dict[str, TargetHealth] = {}
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+            self._owns_session = True
+
+    async def aclose(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    async def __aenter__(self) -> ScrapeEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def current_targets(self) -> list[ScrapeTarget]:
+        """The static list, or what discovery says now."""
+        if self._static is not None:
+            return list(self._static)
+        assert self._discovery is not None
+        return await self._discovery.targets()
+
+    # ---- one scrape ---------------------------------------------------------------------
+
+    async def collect(self, now: datetime) -> list[TargetResult]:
+        """Scrape every target once, concurrently (the :class:`Collector` contract)."""
+        await self.start()
+        targets = await self.current_targets()
+        return list(await asyncio.gather(*(self.scrape(t, now) for t in targets)))
+
+    async def scrape(self, target: ScrapeTarget, now: datetime | None = None) -> TargetResult:
+        """Scrape one target once; never raises for anything the target does."""
+        await self.start()
+        now = now or self._clock()
+        ts_ms = int(now.timestamp() * 1000)
+        started = time.perf_counter()
+        health = self.health.setdefault(target.url, TargetHealth())
+        frame: pl.DataFrame | None = None
+        error: str | None = None
+        reason: str | None = None
+        samples = 0
+        try:
+            async with self._sem:
+                text, content_type = await self._fetch(target)
+            upstream = await self._run_parse(text, content_type, target, ts_ms)
+            samples = upstream.height
+            frame = self._transform(upstream, target) if self._transform else upstream
+        except ScrapeFailed as exc:
+            error, reason = self._redact(str(exc)), exc.reason
+        except Exception as exc:  # a mapping bug must not take the other targets down
+            log.exception("%s: processing %s failed", self.name, target.url)
+            error, reason = self._redact(f"{target.url}: {type(exc).__name__}: {exc}"), "internal"
+        duration = time.perf_counter() - started
+        health.scrapes += 1
+        health.up = error is None
+        health.duration_s = duration
+        health.samples = samples
+        health.last_error, health.last_reason = error, reason
+        if reason is not None:
+            health.errors[reason] += 1
+        hf = health_frame(health, target, collector=self.name, ts_ms=ts_ms)
+        out = hf if frame is None else pl.concat([frame.select(COLUMNS), hf], how="vertical")
+        return TargetResult(target.url, target.node, out, duration, error=error,
+                            error_reason=reason, extra={"samples": float(samples)})
+
+    async def _run_parse(
+        self, text: str, content_type: str | None, target: ScrapeTarget, ts_ms: int
+    ) -> pl.DataFrame:
+        n = count_sample_lines(text)
+        if n > self.settings.max_series:
+            raise ScrapeFailed("too_many_series", f"{target.url}: {n} samples exceed "
+                               f"max_series {self.settings.max_series}")
+        openmetrics = detect_openmetrics(text, content_type)
+        try:
+            if len(text) > _THREAD_PARSE_BYTES:
+                return await asyncio.to_thread(self._parse, text, openmetrics, target, ts_ms)
+            return self._parse(text, openmetrics, target, ts_ms)
+        except ExpositionError as exc:
+            raise ScrapeFailed("parse", f"{target.url}: malformed payload: {exc}") from None
+        except ValueError as exc:
+            raise ScrapeFailed("parse", f"{target.url}: malformed payload: {exc}") from None
+
+    async def _fetch(self, target: ScrapeTarget) -> tuple[str, str | None]:
+        assert self._session is not None
+        s = self.settings
+        headers = dict(s.headers)
+        if self._header_source is not None:
+            headers.update(self._header_source())
+        timeout = aiohttp.ClientTimeout(total=s.timeout_s)
+        url = target.url
+        try:
+            async with self._session.get(url, timeout=timeout, headers=headers,
+                                         ssl=self._ssl if self._ssl is not None else True,
+                                         allow_redirects=False) as resp:
+                if resp.status == 503:
+                    raise ScrapeFailed("not_ready", f"{url}: HTTP 503 (not ready yet)")
+                if resp.status != 200:
+                    raise ScrapeFailed(f"http_{resp.status}", f"{url}: HTTP {resp.status}")
+                declared = resp.content_length
+                if declared is not None and declared > s.max_body_bytes:
+                    resp.close()
+                    raise ScrapeFailed("too_large", f"{url}: Content-Length {declared} exceeds "
+                                       f"max_body_bytes {s.max_body_bytes}")
+                buf = bytearray()
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    buf += chunk
+                    if len(buf) > s.max_body_bytes:
+                        resp.close()  # stop reading: the rest never leaves the socket buffer
+                        raise ScrapeFailed("too_large", f"{url}: body exceeds max_body_bytes "
+                                           f"{s.max_body_bytes}")
+                content_type = resp.headers.get("Content-Type")
+        except TimeoutError:
+            raise ScrapeFailed("timeout", f"{url}: no complete answer within {s.timeout_s}s"
+                               ) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise ScrapeFailed("tls", f"{url}: TLS verification failed "
+                               f"({exc.certificate_error})") from None
+        except aiohttp.ClientSSLError as exc:
+            raise ScrapeFailed("tls", f"{url}: TLS error: {exc}") from None
+        except aiohttp.ClientError as exc:
+            raise ScrapeFailed("connect", f"{url}: {type(exc).__name__}: {exc}") from None
+        try:
+            return buf.decode("utf-8"), content_type
+        except UnicodeDecodeError as exc:
+            raise ScrapeFailed("parse", f"{url}: payload is not UTF-8 ({exc})") from None
+
+    # ---- the per-target scheduler -------------------------------------------------------
+
+    async def run(self, submit: Submit, stop: asyncio.Event) -> None:
+        """Scrape each target on its own interval until ``stop``; hand results to ``submit``.
+
+        Targets from discovery are re-read every ``refresh_s``: new ones get a
+        task, vanished ones lose theirs.  Closes the engine's session on exit.
+        """
+        await self.start()
+        tasks: dict[ScrapeTarget, asyncio.Task[None]] = {}
+        try:
+            while not stop.is_set():
+                try:
+                    wanted = set(await self.current_targets())
+                except Exception:  # discovery must not stop the targets already known
+                    log.exception("%s: target discovery failed", self.name)
+                    wanted = set(tasks)
+                for t in list(tasks):
+                    if t not in wanted:
+                        tasks.pop(t).cancel()
+                        self.health.pop(t.url, None)
+                for t in wanted - set(tasks):
+                    tasks[t] = asyncio.create_task(self._target_loop(t, submit, stop),
+                                                   name=f"scrape:{self.name}:{t.url}")
+                refresh = self._discovery.refresh_s if self._discovery else None
+                await _sleep_or_stop(stop, refresh)
+            if tasks:  # stopping: let scrapes in hand finish and be handed over
+                await asyncio.wait(tasks.values(), timeout=self.settings.timeout_s + 1.0)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            for task in tasks.values():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.aclose()
+
+    async def _target_loop(self, target: ScrapeTarget, submit: Submit,
+                           stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        interval = target.interval_s or self.settings.interval_s
+        next_at = loop.time() + phase(target.url, interval, self.settings.jitter)
+        while not stop.is_set():
+            await _sleep_or_stop(stop, max(0.0, next_at - loop.time()))
+            if stop.is_set():
+                return
+            result = await self.scrape(target)
+            try:
+                await submit([result])
+            except Exception:
+                log.exception("%s: handing over the batch of %s failed", self.name, target.url)
+            if result.error_reason == "not_ready":
+                next_at = loop.time() + min(interval, self.settings.not_ready_retry_s)
+                continue
+            # Fixed grid: an overrun skips the missed slots instead of bunching up.
+            next_at += interval
+            now = loop.time()
+            if next_at < now:
+                next_at += ((now - next_at) // interval + 1) * interval
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float | None) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+__all__ = [
+    "DURATION",
+    "ERRORS",
+    "HEALTH_SOURCE",
+    "SAMPLES",
+    "UP",
+    "ParseStep",
+    "ScrapeEngine",
+    "ScrapeFailed",
+    "ScrapeSettings",
+    "ScrapeTarget",
+    "TargetHealth",
+    "TargetSource",
+    "Transform",
+    "count_sample_lines",
+    "exposition_parse",
+    "health_frame",
+    "phase",
+    "settings_from_config",
+]

@@ -1,0 +1,114 @@
+"""Exporter interface: the hub's fan-out and isolation, the in-memory exporter, the registry,
+and self-health taken from the collect loop's live counters."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Literal
+
+from prometheus_client.metrics_core import Metric
+from report_builders import snapshot
+
+from alerts.alertmanager import AlertmanagerClient
+from exporters.base import (
+    DeliveryStats,
+    ExportHub,
+    ExportResult,
+    HealthSnapshot,
+    InMemoryExporter,
+    PullExporter,
+    PushExporter,
+    Snapshot,
+)
+from exporters.otlp import OtlpExporter
+from exporters.prometheus import PrometheusExporter
+from exporters.registry import EXPORTERS, build_exporters
+from pipeline.config import load_config
+from pipeline.runtime import CollectStats
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+class Broken:
+    kind: Literal["push"] = "push"
+    name = "broken"
+
+    async def start(self) -> None: ...
+
+    async def export(self, snapshot: Snapshot) -> ExportResult:
+        raise RuntimeError("bug in an exporter")
+
+    async def shutdown(self) -> None:
+        raise RuntimeError("and in its shutdown")
+
+
+class Pull:
+    kind: Literal["pull"] = "pull"
+    name = "pull"
+
+    def __init__(self) -> None:
+        self.latest: Snapshot | None = None
+
+    def publish(self, snapshot: Snapshot) -> None:
+        self.latest = snapshot
+
+    def collect(self, snapshot: Snapshot) -> Iterable[Metric]:
+        return []
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+async def test_one_broken_exporter_never_stops_the_others() -> None:
+    memory, pull = InMemoryExporter(), Pull()
+    snap = snapshot(T0)
+    async with ExportHub([Broken(), memory, pull]) as hub:
+        results = await hub.publish(snap)
+    assert results == {"broken": ExportResult.FAILURE, "memory": ExportResult.SUCCESS,
+                       "pull": ExportResult.SUCCESS}
+    assert memory.snapshots == [snap] and pull.latest is snap
+    assert memory.started and memory.stopped
+    assert hub.results[("broken", ExportResult.FAILURE)] == 1
+
+
+def test_the_kinds_are_protocols_the_real_exporters_satisfy() -> None:
+    assert isinstance(InMemoryExporter(), PushExporter)
+    assert isinstance(Pull(), PullExporter)
+
+
+def test_the_registry_builds_what_the_config_switches_on() -> None:
+    assert set(EXPORTERS) == {"prometheus", "otlp", "alertmanager"}
+    cfg = load_config(environ={})
+    assert [type(e) for e in build_exporters(cfg)] == [PrometheusExporter]
+    cfg = load_config(environ={
+        "GPUSLO_EXPORTERS__OTLP__ENABLED": "true",
+        "GPUSLO_EXPORTERS__PROMETHEUS__ENABLED": "false",
+        "GPUSLO_ALERTS__ALERTMANAGER__URLS": '["http://am-0:9093", "http://am-1:9093"]',
+    })
+    built = build_exporters(cfg)
+    assert [type(e) for e in built] == [OtlpExporter, AlertmanagerClient]
+    otlp = built[0]
+    assert isinstance(otlp, OtlpExporter)
+    otlp.provider.shutdown()
+
+
+def test_health_is_frozen_from_the_runtime_counters() -> None:
+    stats = CollectStats()
+    stats.target_up["t1"] = True
+    stats.target_duration_s["t1"] = 0.5
+    stats.samples_produced = 10
+    stats.dropped.update({"queue_full": 2})
+    stats.errors[("t2", "timeout")] += 1
+    h = HealthSnapshot.from_runtime(
+        stats, consumer_lag_records={"gpuslo-sli": 3}, dead_letters_total=1,
+        deliveries={"http://am": DeliveryStats(1, 0, 0, 0)}, extra_dropped={"late": 4})
+    stats.samples_produced = 99  # later changes do not leak into the snapshot
+    stats.dropped["queue_full"] = 50
+    assert h.samples_produced_total == 10
+    assert h.dropped_total == Counter({"queue_full": 2, "late": 4})
+    assert h.scrape_errors_total == {("t2", "timeout"): 1}
+    assert h.consumer_lag_records == {"gpuslo-sli": 3}
+    assert HealthSnapshot.from_runtime(None, dead_letters_total=2).dead_letters_total == 2

@@ -1,0 +1,129 @@
+"""SLO reports, alerts and snapshots for the alert and exporter tests.
+
+Reports are built directly (the engine's arithmetic has its own tests); alerts
+come from the real :class:`slo.alerting.AlertEvaluator`, so what is sent is what
+the engine would send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+from exporters.base import AnomalyScore, DeliveryStats, HealthSnapshot, Snapshot
+from slo import conventions as cv
+from slo.alerting import AlertEvaluator, AlertReport
+from slo.budget import SliState, SloReport, WindowReport
+from slo.spec import SloSpec, parse_yaml
+from slo.windows import REPORT_WINDOWS
+
+SPEC_YAML = """
+apiVersion: openslo/v1
+kind: SLO
+metadata:
+  name: vllm-ttft
+  displayName: vLLM time to first token
+  labels: {team: inference, tier: gold}
+  annotations: {runbook_url: "https://runbooks.example/vllm-ttft"}
+spec:
+  service: vllm
+  indicator:
+    metadata: {name: vllm-ttft-sli}
+    spec:
+      ratioMetric:
+        counter: true
+        good: {metricSource: {type: gpuslo, spec: {metric: req_good_total, by: [model_name]}}}
+        total: {metricSource: {type: gpuslo, spec: {metric: req_total, by: [model_name]}}}
+  timeWindow: [{duration: 30d, isRolling: true}]
+  budgetingMethod: Occurrences
+  objectives:
+    - target: 0.999
+"""
+
+SCOPE = {"model_name": "llama-70b"}
+
+
+def spec() -> SloSpec:
+    """A 99.9 % / 30 d SLO scoped by model, with metadata labels and a runbook."""
+    (s,) = parse_yaml(SPEC_YAML)
+    return s
+
+
+def report(
+    s: SloSpec,
+    now: datetime,
+    *,
+    burn_rate: float,
+    scope: Mapping[str, str] = SCOPE,
+    budget_remaining: float | None = 0.42,
+    time_to_exhaustion: timedelta | None = timedelta(hours=3),
+    no_data: frozenset[timedelta] = frozenset(),
+) -> SloReport:
+    """A report whose every window burns at ``burn_rate`` (except ``no_data`` windows)."""
+    eps = float(s.error_budget)
+
+    def win(w: timedelta) -> WindowReport:
+        if w in no_data:
+            return WindowReport(w, SliState.NO_DATA, 0.0, 0.0, None, None, None)
+        err = burn_rate * eps
+        total = w.total_seconds()
+        return WindowReport(w, SliState.OK, total * (1 - err), total, 1 - err, err, burn_rate)
+
+    windows = sorted(set(REPORT_WINDOWS) | {w for t in s.windows for w in (t.short, t.long)})
+    return SloReport(
+        slo_id=s.id,
+        scope=dict(scope),
+        scope_key=cv.scope_key(dict(scope)),
+        evaluated_at=now,
+        objective=s.objective,
+        error_budget=eps,
+        windows=tuple(win(w) for w in windows if w != s.period),
+        period=win(s.period),
+        period_start=now - s.period,
+        budget_remaining=budget_remaining,
+        time_to_exhaustion=time_to_exhaustion,
+    )
+
+
+def fire(
+    ev: AlertEvaluator, s: SloSpec, now: datetime, burn_rate: float = 20.0
+) -> tuple[SloReport, list[AlertReport]]:
+    """One evaluation at ``burn_rate`` (20x trips every default tier: page and ticket)."""
+    rep = report(s, now, burn_rate=burn_rate)
+    return rep, ev.evaluate([rep], now)
+
+
+def health() -> HealthSnapshot:
+    """Self-health with one target up, one down, some drops, lag and dead letters."""
+    return HealthSnapshot(
+        target_up={"http://gpu-node-1:9400/metrics": True, "http://gpu-node-2:9400/metrics": False},
+        target_duration_s={"http://gpu-node-1:9400/metrics": 0.125,
+                           "http://gpu-node-2:9400/metrics": 10.0},
+        target_samples={"http://gpu-node-1:9400/metrics": 1234},
+        scrapes_total={"dcgm": 42},
+        scrape_errors_total={("http://gpu-node-2:9400/metrics", "timeout"): 3},
+        samples_produced_total=51_234,
+        records_produced_total=40,
+        produce_failures_total=1,
+        dropped_total={"queue_full": 2, "too_many_series": 5},
+        consumer_lag_records={"gpuslo-sli": 17},
+        dead_letters_total=4,
+        deliveries={"http://am-0:9093": DeliveryStats(10, 1, 0, 2)},
+    )
+
+
+def snapshot(now: datetime | None = None, burn_rate: float = 20.0) -> Snapshot:
+    """A full snapshot: one firing SLO scope, its alerts, an anomaly score, health."""
+    now = now or datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    s = spec()
+    ev = AlertEvaluator([s])
+    rep, alerts = fire(ev, s, now, burn_rate)
+    return Snapshot.build(
+        reports=[rep],
+        alerts=alerts,
+        health=health(),
+        taken_at=now,
+        anomaly_scores=[AnomalyScore("isolation-forest", "gpu-node-1/GPU-3", 0.87,
+                                     metric="DCGM_FI_DEV_GPU_TEMP", labels={"node": "gpu-node-1"})],
+        specs=[s],
+    )
