@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/gpuslo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,8 @@ lint: $(BIN)/gpuslo
 bench: $(BIN)/gpuslo
 	$(BIN)/python benchmarks/bench_kafka.py
 	$(BIN)/python benchmarks/bench_parser.py
+	$(BIN)/python benchmarks/bench_slo.py
+	$(BIN)/python -m simulator.bench --nodes 64
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

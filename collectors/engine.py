@@ -32,6 +32,15 @@ Guarantees per target, independent of the others:
   ``http_<code>``, ``too_large``, ``too_many_series``, ``parse``) and never
   raises out of the engine.
 
+Local files are targets too: a ``file://<path>`` target (a sysfs root, a
+``/proc/diskstats``) is handed to the collector's ``read`` step in a worker
+thread (sysfs reads block, and a hung NFS-backed ``/proc`` must not stall the
+event loop), on the same per-target schedule and with the same health rows,
+so an unreadable file is ``up == 0`` with reason ``missing``/``unreadable``
+rather than a crash.  A parse or read step that got *some* series and not
+others returns :class:`Partial`; the target stays up and the per-series
+problems are counted in ``gpuslo_scrape_series_errors_total{reason}``.
+
 Health is kept per target (:class:`TargetHealth`) and emitted with every scrape
 as self-metric rows (``gpuslo_scrape_up``, ``gpuslo_scrape_duration_seconds``,
 ``gpuslo_scrape_samples``, ``gpuslo_scrape_errors_total{reason}``; source
@@ -45,6 +54,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import ssl
 import time
@@ -69,6 +79,8 @@ UP = "gpuslo_scrape_up"
 DURATION = "gpuslo_scrape_duration_seconds"
 SAMPLES = "gpuslo_scrape_samples"
 ERRORS = "gpuslo_scrape_errors_total"
+SERIES_ERRORS = "gpuslo_scrape_series_errors_total"
+FILE_SCHEME = "file://"
 
 _CHUNK = 256 * 1024
 # Payloads above this are parsed in a worker thread so the event loop keeps
@@ -120,8 +132,11 @@ class TargetHealth:
     samples: int = 0
     scrapes: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    # Series that could not be read in scrapes that otherwise worked (cumulative).
+    series_errors: Counter[str] = field(default_factory=Counter)
     last_error: str | None = None
     last_reason: str | None = None
+    last_problem: str | None = None
 
 
 class ScrapeFailed(Exception):
@@ -132,8 +147,26 @@ class ScrapeFailed(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class Partial:
+    """Samples from a payload or file tree that was only partly readable.
+
+    Attributes:
+        frame: the samples that were read.
+        problems: reason (``missing``, ``unreadable``, ``malformed``, ...) -> series.
+        detail: one problem in words, for the log (never a secret).
+    """
+
+    frame: pl.DataFrame
+    problems: Mapping[str, int] = field(default_factory=dict)
+    detail: str | None = None
+
+
 # parse(text, openmetrics, target, scrape_ts_ms) -> upstream sample frame
-ParseStep = Callable[[str, bool, ScrapeTarget, int], pl.DataFrame]
+ParseStep = Callable[[str, bool, ScrapeTarget, int], pl.DataFrame | Partial]
+# read(target, scrape_ts_ms) -> upstream sample frame, for ``file://`` targets.  Runs
+# in a worker thread; OSError means the target itself is unreadable.
+ReadStep = Callable[[ScrapeTarget, int], pl.DataFrame | Partial]
 # transform(upstream frame, target) -> upstream + normalised rows (+ events)
 Transform = Callable[[pl.DataFrame, ScrapeTarget], pl.DataFrame]
 Submit = Callable[[list[TargetResult]], Awaitable[object]]
@@ -149,6 +182,17 @@ class TargetSource(Protocol):
     async def targets(self) -> list[ScrapeTarget]:
         """The current targets; on a failed lookup, the last known ones."""
         ...
+
+
+def file_target(path: str | os.PathLike[str], node: str, *,
+                interval_s: float | None = None) -> ScrapeTarget:
+    """A local file or directory as a target (read by the collector's ``read`` step)."""
+    return ScrapeTarget(FILE_SCHEME + os.fspath(path), node, interval_s=interval_s)
+
+
+def target_path(target: ScrapeTarget) -> str | None:
+    """The path of a ``file://`` target, ``None`` for an HTTP one."""
+    return target.url[len(FILE_SCHEME):] if target.url.startswith(FILE_SCHEME) else None
 
 
 def settings_from_config(cfg: ScrapeCollectorConfig) -> ScrapeSettings:
@@ -201,6 +245,9 @@ def health_frame(
     for reason, n in sorted(health.errors.items()):
         rows.append((ts_ms, target.node, HEALTH_SOURCE, ERRORS, Kind.COUNTER, float(n),
                      target.url, {**base, "reason": reason}))
+    for reason, n in sorted(health.series_errors.items()):
+        rows.append((ts_ms, target.node, HEALTH_SOURCE, SERIES_ERRORS, Kind.COUNTER, float(n),
+                     target.url, {**base, "reason": reason}))
     return frame_from_rows(rows)
 
 
@@ -213,6 +260,8 @@ class ScrapeEngine:
         targets: a static list, or a :class:`TargetSource` (discovery).
         parse: payload -> upstream frame (default: the fast exposition parser).
         transform: upstream frame -> rows to produce (default: unchanged).
+        read: reads a ``file://`` target (in a worker thread); without it such
+            targets fail with reason ``internal``.
         ssl_context: TLS settings for ``https`` targets (``None``: system defaults).
         header_source: extra headers read before every request (rotating tokens).
         redact: applied to every error message (keeps secrets out of logs).
@@ -228,6 +277,7 @@ class ScrapeEngine:
         source: str,
         parse: ParseStep | None = None,
         transform: Transform | None = None,
+        read: ReadStep | None = None,
         ssl_context: ssl.SSLContext | None = None,
         header_source: HeaderSource | None = None,
         redact: Callable[[str], str] | None = None,
@@ -245,6 +295,7 @@ class ScrapeEngine:
             self._discovery = targets
         self._parse = parse or exposition_parse(source)
         self._transform = transform
+        self._read = read
         self._ssl = ssl_context
         self._header_source = header_source
         self._redact = redact or (lambda s: s)
@@ -299,10 +350,22 @@ class ScrapeEngine:
         error: str | None = None
         reason: str | None = None
         samples = 0
+        problems: Mapping[str, int] = {}
         try:
-            async with self._sem:
-                text, content_type = await self._fetch(target)
-            upstream = await self._run_parse(text, content_type, target, ts_ms)
+            path = target_path(target)
+            if path is not None:
+                got = await self._run_read(target, path, ts_ms)
+            else:
+                async with self._sem:
+                    text, content_type = await self._fetch(target)
+                got = await self._run_parse(text, content_type, target, ts_ms)
+            if isinstance(got, Partial):
+                upstream, problems = got.frame, got.problems
+                if problems and got.detail:
+                    health.last_problem = self._redact(got.detail)
+                    log.debug("%s: %s: %s", self.name, target.url, health.last_problem)
+            else:
+                upstream = got
             samples = upstream.height
             frame = self._transform(upstream, target) if self._transform else upstream
         except ScrapeFailed as exc:
@@ -318,14 +381,38 @@ class ScrapeEngine:
         health.last_error, health.last_reason = error, reason
         if reason is not None:
             health.errors[reason] += 1
+        for problem, n in problems.items():
+            if n:
+                health.series_errors[problem] += n
         hf = health_frame(health, target, collector=self.name, ts_ms=ts_ms)
         out = hf if frame is None else pl.concat([frame.select(COLUMNS), hf], how="vertical")
         return TargetResult(target.url, target.node, out, duration, error=error,
                             error_reason=reason, extra={"samples": float(samples)})
 
+    async def _run_read(self, target: ScrapeTarget, path: str, ts_ms: int) -> (
+            pl.DataFrame | Partial):
+        if self._read is None:
+            raise ScrapeFailed("internal", f"{target.url}: this collector reads no files")
+        timeout = self.settings.timeout_s
+        try:
+            # The thread cannot be cancelled; the timeout only stops waiting for it, so a
+            # hung mount shows as ``timeout`` instead of freezing this target's schedule.
+            return await asyncio.wait_for(asyncio.to_thread(self._read, target, ts_ms), timeout)
+        except TimeoutError:
+            raise ScrapeFailed("timeout", f"{target.url}: not read within {timeout}s") from None
+        except FileNotFoundError:
+            raise ScrapeFailed("missing", f"{target.url}: {path} does not exist") from None
+        except PermissionError as exc:
+            raise ScrapeFailed("unreadable", f"{target.url}: {path}: {exc.strerror}") from None
+        except OSError as exc:
+            raise ScrapeFailed("unreadable", f"{target.url}: {path}: "
+                               f"{exc.strerror or type(exc).__name__}") from None
+        except ValueError as exc:
+            raise ScrapeFailed("parse", f"{target.url}: malformed: {exc}") from None
+
     async def _run_parse(
         self, text: str, content_type: str | None, target: ScrapeTarget, ts_ms: int
-    ) -> pl.DataFrame:
+    ) -> pl.DataFrame | Partial:
         n = count_sample_lines(text)
         if n > self.settings.max_series:
             raise ScrapeFailed("too_many_series", f"{target.url}: {n} samples exceed "
@@ -452,10 +539,14 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float | None) -> None:
 __all__ = [
     "DURATION",
     "ERRORS",
+    "FILE_SCHEME",
     "HEALTH_SOURCE",
     "SAMPLES",
+    "SERIES_ERRORS",
     "UP",
     "ParseStep",
+    "Partial",
+    "ReadStep",
     "ScrapeEngine",
     "ScrapeFailed",
     "ScrapeSettings",
@@ -465,7 +556,9 @@ __all__ = [
     "Transform",
     "count_sample_lines",
     "exposition_parse",
+    "file_target",
     "health_frame",
     "phase",
     "settings_from_config",
+    "target_path",
 ]

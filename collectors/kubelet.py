@@ -28,6 +28,10 @@ pods, the node name for node-level series.
 The token is a secret: it only ever lives in a :class:`Secret`, whose
 ``repr``/``str`` are redacted, and :func:`redact` scrubs it from any text
 (exception messages included) before it can be logged.
+
+:class:`KubeletCollector` reads the endpoints on the scrape engine (per-target
+schedule, caps, health rows); it adds the token header before every request
+and runs every error message through :func:`redact`.
 """
 
 from __future__ import annotations
@@ -47,12 +51,21 @@ from typing import Any
 import aiohttp
 import polars as pl
 
+from collectors.engine import (
+    Partial,
+    ScrapeEngine,
+    ScrapeFailed,
+    ScrapeTarget,
+    exposition_parse,
+    settings_from_config,
+)
 from collectors.normalise import (
     Signal,
     normalised_rows,
     ref,
     signal,
 )
+from pipeline.config import KubeletCollectorConfig, kubelet_endpoint
 from pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows, label
 
 log = logging.getLogger(__name__)
@@ -361,9 +374,20 @@ def _as_list(value: object, where: str, errors: list[str]) -> list[Mapping[str, 
     return out
 
 
-def map_summary(result: SummaryResult) -> pl.DataFrame:
-    """Raw summary rows + the normalised signals they yield."""
-    return pl.concat([result.frame.select(COLUMNS), normalised_rows(result.frame, SIGNALS)])
+def map_summary(result: SummaryResult, *, with_usage: bool = True) -> pl.DataFrame:
+    """Raw summary rows + the normalised signals they yield.
+
+    ``with_usage=False`` leaves CPU/memory usage to ``/metrics/resource`` when
+    both are read, so each quantity arrives once.
+    """
+    signals = SIGNALS if with_usage else _CADVISOR_ONLY + _SUMMARY_ONLY
+    return pl.concat([result.frame.select(COLUMNS), normalised_rows(result.frame, signals)])
+
+
+USAGE_SIGNAL_NAMES: frozenset[str] = frozenset(s.name for s in _USAGE_SIGNALS)
+POD_NETWORK_SIGNAL_NAMES: frozenset[str] = frozenset(
+    {"gpuslo_pod_network_receive_bytes_total", "gpuslo_pod_network_transmit_bytes_total"}
+)
 
 
 # ---------------------------------------------------------------- token, redaction, fetch
@@ -544,3 +568,112 @@ async def fetch(
         raise KubeletFetchError(f"{url}: body exceeds {max_body_bytes} bytes",
                                 reason="body_too_large", retriable=False)
     return body
+
+
+# ---------------------------------------------------------------- the collector
+
+
+def summary_partial(result: SummaryResult) -> Partial:
+    """A ``/stats/summary`` read as the engine's :class:`~collectors.engine.Partial`.
+
+    Unusable fields and nameless pods/containers are the problems (reason
+    ``summary_field``); a block without a time is stamped with the scrape time
+    and not counted, since the kubelet omits it routinely.
+    """
+    detail = (f"{len(result.errors)} /stats/summary field(s) not used, e.g. {result.errors[0]}"
+              if result.errors else None)
+    return Partial(result.frame, {"summary_field": len(result.errors)}, detail)
+
+
+def _skip_signals(endpoint: str, present: set[str]) -> frozenset[str]:
+    """Normalised names an endpoint leaves to another one read from the same kubelet."""
+    if endpoint == "cadvisor" and present & {"resource", "summary"}:
+        return USAGE_SIGNAL_NAMES
+    if endpoint == "summary":
+        skip: set[str] = set()
+        if "resource" in present:
+            skip |= USAGE_SIGNAL_NAMES
+        if "cadvisor" in present:
+            skip |= POD_NETWORK_SIGNAL_NAMES
+        return frozenset(skip)
+    return frozenset()
+
+
+class KubeletCollector(ScrapeEngine):
+    """The kubelet's resource, cAdvisor and summary endpoints over HTTPS with a bearer token.
+
+    The token file is stat-ed before every request and re-read when it
+    rotates; the ``Authorization`` header is built per request and every error
+    message is scrubbed of the token (and of any ``Bearer`` value) before it
+    reaches a log, a health row or Kafka.  When several endpoints of one
+    kubelet carry the same quantity (CPU/memory usage in resource, cAdvisor
+    and summary; pod network in cAdvisor and summary) only one of them maps
+    it, so a normalised signal arrives once per entity.
+    """
+
+    def __init__(
+        self,
+        config: KubeletCollectorConfig,
+        *,
+        default_node: str,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.config = config
+        self.token = BearerTokenFile(config.token_file) if config.token_file is not None else None
+        self._sent: list[Secret] = []  # the tokens sent recently (the current and last one)
+        self.aggregates_dropped = 0
+        targets: list[ScrapeTarget] = []
+        for url, node in config.endpoint_urls():
+            endpoint = kubelet_endpoint(url)
+            assert endpoint is not None  # the config validated every path
+            targets.append(ScrapeTarget(url, node or default_node, meta=(("endpoint", endpoint),)))
+        present: dict[str, set[str]] = {}
+        for t in targets:
+            present.setdefault(t.node, set()).add(_endpoint(t))
+        self._skip = {t.url: _skip_signals(_endpoint(t), present[t.node]) for t in targets}
+        ctx = None
+        if any(t.url.startswith("https://") for t in targets):
+            ctx = make_ssl_context(config.ca_file, insecure=config.insecure_skip_verify)
+        self._exposition = exposition_parse(config.source)
+        super().__init__(config.name, settings_from_config(config), targets,
+                         source=config.source, parse=self._parse, transform=self._map,
+                         ssl_context=ctx,
+                         header_source=self._headers if self.token is not None else None,
+                         redact=self._redact, session=session)
+
+    def _headers(self) -> dict[str, str]:
+        assert self.token is not None
+        try:
+            secret = self.token.get()
+        except TokenError as exc:  # names the path, never the token
+            raise ScrapeFailed("token", str(exc)) from None
+        if secret not in self._sent:
+            self._sent = [*self._sent[-1:], secret]
+        return {"Authorization": "Bearer " + secret.reveal()}
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._sent)
+
+    def _parse(self, text: str, openmetrics: bool, target: ScrapeTarget, ts_ms: int) -> (
+            pl.DataFrame | Partial):
+        if _endpoint(target) == "summary":
+            result = summary_to_frame(text, node=target.node, scrape_ts_ms=ts_ms,
+                                      source=self.source)
+            return summary_partial(result)
+        return self._exposition(text, openmetrics, target, ts_ms)
+
+    def _map(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
+        endpoint = _endpoint(target)
+        skip = self._skip.get(target.url, frozenset())
+        if endpoint == "cadvisor":
+            mapped, dropped = map_cadvisor(frame, with_usage=not (skip & USAGE_SIGNAL_NAMES))
+            self.aggregates_dropped += dropped
+        elif endpoint == "summary":
+            mapped = map_summary(SummaryResult(frame, (), 0))
+        else:
+            mapped = map_resource(frame)
+        return mapped.filter(~pl.col("metric").is_in(list(skip))) if skip else mapped
+
+
+def _endpoint(target: ScrapeTarget) -> str:
+    return dict(target.meta).get("endpoint") or kubelet_endpoint(target.url) or "resource"

@@ -28,27 +28,44 @@ Raw row names: ``infiniband_port_counters_<file>``,
 ``infiniband_port_rate_gbps`` and ``infiniband_device_info``; labels
 ``device`` and ``port``.  The file name survives verbatim in the metric name.
 Entity = ``device/port`` (``device`` for device-level counters).
+
+:class:`RdmaCollector` runs both paths on the scrape engine: each sysfs root
+is a ``file://`` target read in a worker thread, each node_exporter page an
+HTTP target; per-file problems are counted in the target's health rows.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import polars as pl
 
+from collectors.engine import (
+    Partial,
+    ScrapeEngine,
+    ScrapeTarget,
+    TargetSource,
+    file_target,
+    settings_from_config,
+    target_path,
+)
 from collectors.normalise import (
     Signal,
     normalised_rows,
     ref,
     signal,
 )
+from pipeline.config import RdmaCollectorConfig
 from pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows, label
 
 SOURCE = "rdma"
+NODE_EXPORTER_PREFIX = "node_infiniband_"
 NA_VALUE = "N/A (no PMA)"
 
 PORT_COUNTER_PREFIX = "infiniband_port_counters_"
@@ -454,9 +471,76 @@ def map_node_exporter(frame: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([with_entities.select(COLUMNS), normal, saturation_rows(normal)])
 
 
+def read_result_partial(result: RdmaReadResult) -> Partial:
+    """A sysfs read as the engine's :class:`~collectors.engine.Partial`.
+
+    Only errors (missing, unreadable, malformed) are problems; ``N/A (no PMA)``
+    is the driver saying "not supported" and is not counted against the target.
+    """
+    errors = result.errors
+    detail = None
+    if errors:
+        first = errors[0]
+        detail = f"{len(errors)} sysfs file(s) not read, e.g. {first.path}: {first.reason}" + (
+            f" ({first.detail})" if first.detail else "")
+    return Partial(result.frame, Counter(p.reason for p in errors), detail)
+
+
+class RdmaCollector(ScrapeEngine):
+    """InfiniBand/RoCE counters from sysfs roots and/or node_exporter pages.
+
+    Sysfs roots are ``file://`` targets of the scrape engine, read in a worker
+    thread on the collector's interval; a missing root is the target's
+    ``missing`` error (``up == 0``), a missing or malformed file inside it a
+    per-series problem (``gpuslo_scrape_series_errors_total``) while the rest
+    of the tree is still read.  node_exporter pages keep only their
+    ``node_infiniband_*`` families by default (the page is shared with the
+    storage collector, which takes ``node_disk_*``).
+    """
+
+    def __init__(
+        self,
+        config: RdmaCollectorConfig,
+        *,
+        default_node: str,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        from collectors.discovery import CombinedTargets, StaticTargets, target_source
+
+        self.config = config
+        self.unavailable = 0  # counter files reading "N/A (no PMA)", cumulative
+        http = target_source(config, default_node=default_node, source=SOURCE)
+        files = [file_target(s.path, s.node or default_node) for s in config.sysfs_sources()]
+        targets: TargetSource = (
+            CombinedTargets([http, StaticTargets(files)]) if files else http
+        )
+        super().__init__(config.name, settings_from_config(config), targets,
+                         source=config.source, transform=self._map, read=self._read,
+                         session=session)
+
+    def _read(self, target: ScrapeTarget, ts_ms: int) -> Partial:
+        root = Path(target_path(target) or "")
+        if not root.is_dir():
+            # read_sysfs treats a missing class/infiniband as "no RDMA hardware"; a
+            # missing root is a mount mistake and must show as the target being down.
+            raise FileNotFoundError(str(root))
+        result = read_sysfs(root, node=target.node, scrape_ts_ms=ts_ms, source=self.source,
+                            devices=self.config.devices)
+        self.unavailable += result.unavailable
+        return read_result_partial(result)
+
+    def _map(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
+        if target_path(target) is not None:
+            return map_sysfs(RdmaReadResult(frame, ()))
+        if self.config.own_families_only:
+            frame = frame.filter(pl.col("metric").str.starts_with(NODE_EXPORTER_PREFIX))
+        return map_node_exporter(frame)
+
+
 __all__ = [
     "COUNTER_WIDTHS",
     "SIGNALS",
+    "RdmaCollector",
     "RdmaReadResult",
     "SysfsProblem",
     "counter_increase",
@@ -466,6 +550,7 @@ __all__ = [
     "parse_counter",
     "parse_rate_gbps",
     "parse_state",
+    "read_result_partial",
     "read_sysfs",
     "saturation_rows",
 ]

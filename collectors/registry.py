@@ -11,8 +11,11 @@ from typing import Any
 
 from collectors.base import Collector
 from collectors.dcgm import DcgmCollector
+from collectors.kubelet import KubeletCollector
 from collectors.kvcache import KvCacheCollector
 from collectors.prometheus import PrometheusCollector
+from collectors.rdma import RdmaCollector
+from collectors.storage import StorageCollector
 from pipeline.config import GpusloConfig
 
 # The config argument is the member of the CollectorConfig union named by the key.
@@ -22,6 +25,9 @@ COLLECTORS: dict[str, Factory] = {
     "prometheus": lambda c, g: PrometheusCollector(c, default_node=g.node),
     "dcgm": lambda c, g: DcgmCollector(c, default_node=g.node),
     "kvcache": lambda c, g: KvCacheCollector(c, default_node=g.node),
+    "rdma": lambda c, g: RdmaCollector(c, default_node=g.node),
+    "kubelet": lambda c, g: KubeletCollector(c, default_node=g.node),
+    "storage": lambda c, g: StorageCollector(c, default_node=g.node),
 }
 
 

@@ -27,6 +27,11 @@ Lustre (lustrefs-exporter): capacities are **KiB** (``*_kilobytes``) -> bytes.
 Entities: disk = device name (``sda``); OSD = ``ceph_daemon`` (``osd.3``);
 pool = ``pool:<name>`` (``pool_id:<id>`` when unnamed); Ceph cluster-wide =
 ``ceph``; Lustre = target (``ai400x2-OST0000``).
+
+:class:`StorageCollector` runs it on the scrape engine: diskstats files are
+``file://`` targets read in a worker thread; HTTP targets may be any of the
+exporters above, or a page in diskstats format (the simulated fleet serves
+one), recognised by its first line.
 """
 
 from __future__ import annotations
@@ -36,17 +41,31 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import polars as pl
 
+from collectors.engine import (
+    Partial,
+    ScrapeEngine,
+    ScrapeTarget,
+    TargetSource,
+    exposition_parse,
+    file_target,
+    settings_from_config,
+    target_path,
+)
 from collectors.normalise import (
     Signal,
     normalised_rows,
     ref,
     signal,
 )
+from pipeline.config import StorageCollectorConfig
 from pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows, label
 
 SOURCE = "storage"
+# Families this collector keeps from a shared page (node_exporter serves many more).
+OWN_PREFIXES: tuple[str, ...] = ("node_disk_", "ceph_", "lustre_", "diskstats_")
 SECTOR_BYTES = 512
 
 # node_exporter's default --collector.diskstats.device-exclude: partitions and
@@ -321,3 +340,88 @@ def strip_insta_header(text: str) -> str:
         return text
     end = text.find("\n---\n", 4)
     return text if end < 0 else text[end + 5:]
+
+
+def looks_like_diskstats(text: str) -> bool:
+    """Whether a payload is ``/proc/diskstats`` (first line: major, minor, device, numbers).
+
+    An exposition line cannot start with a digit (metric names do not), so
+    the first non-blank line decides.
+    """
+    for line in text.splitlines():
+        parts = line.split()
+        if parts:
+            return len(parts) >= 14 and parts[0].isdigit() and parts[1].isdigit()
+    return False
+
+
+def diskstats_partial(result: DiskstatsResult) -> Partial:
+    """A diskstats read as the engine's :class:`~collectors.engine.Partial` (bad lines counted)."""
+    detail = (f"{len(result.errors)} diskstats line(s) not read, e.g. {result.errors[0]}"
+              if result.errors else None)
+    return Partial(result.frame, {"malformed": len(result.errors)}, detail)
+
+
+def exclude_pattern(config: StorageCollectorConfig) -> str | None:
+    """The device-exclude regex of a config: its own, node_exporter's by default, '' = none."""
+    if config.device_exclude is None:
+        return DEFAULT_DEVICE_EXCLUDE
+    return config.device_exclude or None
+
+
+class StorageCollector(ScrapeEngine):
+    """Block devices, Ceph and Lustre: diskstats files and exporter pages, one engine.
+
+    A Ceph mgr answering 503 while it builds its first cache is the engine's
+    ``not_ready``: retried after a few seconds, not an error of the cluster.
+    From shared pages (node_exporter) only the storage families are kept by
+    default, so RDMA rows of the same page are not produced twice.
+    """
+
+    def __init__(
+        self,
+        config: StorageCollectorConfig,
+        *,
+        default_node: str,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        from collectors.discovery import CombinedTargets, StaticTargets, target_source
+
+        self.config = config
+        self.excluded = 0  # partition/virtual devices skipped, cumulative
+        self._exclude = exclude_pattern(config)
+        self._exposition = exposition_parse(config.source)
+        http = target_source(config, default_node=default_node, source=SOURCE)
+        files = [file_target(s.path, s.node or default_node)
+                 for s in config.diskstats_sources()]
+        targets: TargetSource = (
+            CombinedTargets([http, StaticTargets(files)]) if files else http
+        )
+        super().__init__(config.name, settings_from_config(config), targets,
+                         source=config.source, parse=self._parse, transform=self._map,
+                         read=self._read, session=session)
+
+    def _diskstats(self, text: str, target: ScrapeTarget, ts_ms: int) -> Partial:
+        result = parse_diskstats(text, node=target.node, scrape_ts_ms=ts_ms, source=self.source,
+                                 device_exclude=self._exclude)
+        self.excluded += result.excluded
+        return diskstats_partial(result)
+
+    def _read(self, target: ScrapeTarget, ts_ms: int) -> Partial:
+        text = Path(target_path(target) or "").read_text()
+        return self._diskstats(text, target, ts_ms)
+
+    def _parse(self, text: str, openmetrics: bool, target: ScrapeTarget, ts_ms: int) -> (
+            pl.DataFrame | Partial):
+        if looks_like_diskstats(text):
+            return self._diskstats(text, target, ts_ms)
+        return self._exposition(text, openmetrics, target, ts_ms)
+
+    def _map(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
+        if self.config.own_families_only:
+            metric = pl.col("metric")
+            keep = metric.str.starts_with(OWN_PREFIXES[0])
+            for prefix in OWN_PREFIXES[1:]:
+                keep = keep | metric.str.starts_with(prefix)
+            frame = frame.filter(keep)
+        return map_frame(frame)

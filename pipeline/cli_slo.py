@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import polars as pl
 import typer
@@ -22,6 +23,9 @@ from rich.table import Table
 
 from pipeline.schema import SAMPLE_SCHEMA, SchemaError, validate
 from slo.spec import SloSpec, SpecError, load_specs, parse_duration
+
+if TYPE_CHECKING:
+    from pipeline.stages import BoardSnapshot
 
 SpecsArg = Annotated[
     list[Path], typer.Argument(help="OpenSLO spec files or directories of *.yaml files.")
@@ -128,6 +132,47 @@ def read_samples(path: Path) -> pl.DataFrame:
         raise SchemaError(f"{path}: {exc}") from exc
 
 
+def _read_replay_input(path: Path) -> pl.DataFrame:
+    """Samples for ``gpuslo replay``: a sample frame file, or timestamped exposition text.
+
+    Exposition text (what a Prometheus exports) is read in chunks with a
+    progress bar over the bytes read, since a month of a fleet runs to
+    gigabytes.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from slo.openmetrics_input import is_exposition_file, read_exposition
+
+    if not is_exposition_file(path):
+        return read_samples(path)
+    with Progress(
+        TextColumn("reading"), BarColumn(), DownloadColumn(), console=_err(), transient=True,
+    ) as progress:
+        task = progress.add_task("read", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        return read_exposition(path, progress=advance)
+
+
+def write_board_json(path: Path, snap: BoardSnapshot) -> None:
+    """Write one evaluation as JSON, atomically (a reader never sees a torn file).
+
+    For scripts and tests that watch a running ``gpuslo aggregate`` without
+    scraping its exporters: the file always holds one whole evaluation.
+    """
+    doc = {
+        "version": snap.version,
+        "evaluated_at": snap.evaluated_at.isoformat() if snap.evaluated_at else None,
+        "reports": [r.to_dict() for r in snap.reports],
+        "alerts": [a.to_dict() for a in snap.alerts],
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to app."""
 
@@ -182,7 +227,11 @@ def register(app: typer.Typer) -> None:
     def replay(
         specs: SpecsArg,
         samples: Annotated[
-            Path, typer.Option("--samples", "-s", help="Parquet or Arrow IPC sample frames.")
+            Path, typer.Option(
+                "--samples", "-s",
+                help="Parquet or Arrow IPC sample frames, or OpenMetrics / Prometheus text "
+                     "with timestamps (.om, .txt; detected by extension or content).",
+            )
         ],
         json_out: Annotated[
             Path | None,
@@ -194,6 +243,7 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         from slo.backtest import backtest
+        from slo.openmetrics_input import OpenMetricsInputError
 
         slos = _specs(specs)
         try:
@@ -202,8 +252,8 @@ def register(app: typer.Typer) -> None:
             _err().print(f"[red]bad --step[/] {exc}")
             raise typer.Exit(2) from exc
         try:
-            frame = read_samples(samples)
-        except SchemaError as exc:
+            frame = _read_replay_input(samples)
+        except (SchemaError, OpenMetricsInputError) as exc:
             _err().print(f"[red]cannot replay[/] {exc}", highlight=False)
             raise typer.Exit(2) from exc
         if frame.height == 0:
@@ -253,13 +303,21 @@ def register(app: typer.Typer) -> None:
         duration: Annotated[
             float | None, typer.Option("--duration", help="Stop after this many seconds.")
         ] = None,
+        report_json: Annotated[
+            Path | None,
+            typer.Option("--report-json",
+                         help="Keep the latest reports and alerts in this JSON file "
+                              "(replaced atomically on every tick)."),
+        ] = None,
     ) -> None:
         """Run SLO stage 1 and stage 2 in one process and show a live table of SLO reports."""
         from rich.live import Live
 
+        from exporters.registry import build_hub
         from pipeline.broker import EmbeddedBroker
         from pipeline.cli import _load, _run
         from pipeline.kafka import ensure_topics
+        from pipeline.publish import publish_board
         from pipeline.runtime import run_until
         from pipeline.stages import SloEngine
 
@@ -281,7 +339,9 @@ def register(app: typer.Typer) -> None:
                     await ensure_topics(cfg.kafka, [t.samples, t.sli, t.dlq],
                                         bootstrap_servers=servers)
                 engine = SloEngine(cfg, slos, bootstrap_servers=servers)
-                _out().print(f"aggregating {len(slos)} SLO(s) from {t.samples} on {servers}")
+                hub = build_hub(cfg)
+                _out().print(f"aggregating {len(slos)} SLO(s) from {t.samples} on {servers}; "
+                             f"exporters: {', '.join(e.name for e in hub.exporters) or 'none'}")
                 await engine.start()
                 try:
                     with Live(report_table((), (), None), console=_out(),
@@ -295,8 +355,12 @@ def register(app: typer.Typer) -> None:
                                     version = snap.version
                                     live.update(report_table(snap.reports, snap.alerts,
                                                              snap.evaluated_at))
+                                    if report_json is not None:
+                                        write_board_json(report_json, snap)
 
-                        await run_until(stop, duration, engine.run(stop), show())
+                        async with hub:
+                            await run_until(stop, duration, engine.run(stop), show(),
+                                            publish_board(engine.board, hub, slos, stop))
                 finally:
                     await engine.stop()
             finally:

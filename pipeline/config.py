@@ -13,7 +13,9 @@ with values read as YAML scalars: ``GPUSLO_KAFKA__BOOTSTRAP_SERVERS=k:9092``,
 from __future__ import annotations
 
 import os
+import re
 import socket
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -258,13 +260,188 @@ class KvCacheCollectorConfig(ScrapeCollectorConfig):
     source: str = Field("kvcache", description="Value of the samples' `source` column.")
 
 
+class LocalSource(_Model):
+    """A file or directory read on this host (a sysfs root, a ``/proc/diskstats``)."""
+
+    path: Path = Field(..., description="Where to read (the host's file, mounted read-only).")
+    node: str | None = Field(
+        None, description="Node the samples belong to; defaults to the process's node."
+    )
+
+
+def _uses_http_targets(cfg: ScrapeCollectorConfig) -> bool:
+    return bool(cfg.targets) or cfg.discovery is not None
+
+
+class RdmaCollectorConfig(ScrapeCollectorConfig):
+    """InfiniBand/RoCE counters from sysfs, or node_exporter pages listed in ``targets``."""
+
+    type: Literal["rdma"] = "rdma"
+    name: str = Field("rdma", description="Name in logs and self-metrics.")
+    source: str = Field("rdma", description="Value of the samples' `source` column.")
+    sysfs: list[LocalSource] | None = Field(
+        None,
+        description="sysfs roots to read (<path>/class/infiniband). Default: /sys when no "
+        "`targets`/`discovery` are given, none otherwise (so one port is not counted twice); "
+        "[] reads none.",
+    )
+    devices: list[str] | None = Field(
+        None, description="Only these RDMA devices (mlx5_0, ...) from sysfs; default all."
+    )
+    own_families_only: bool = Field(
+        True,
+        description="From node_exporter pages keep only node_infiniband_* (the page is shared "
+        "with the storage collector); false keeps every series.",
+    )
+
+    def sysfs_sources(self) -> list[LocalSource]:
+        """The sysfs roots to read, the default applied."""
+        if self.sysfs is not None:
+            return list(self.sysfs)
+        return [] if _uses_http_targets(self) else [LocalSource(path=Path("/sys"))]
+
+
+class StorageCollectorConfig(ScrapeCollectorConfig):
+    """Block devices (/proc/diskstats or node_exporter), Ceph mgr/ceph-exporter, Lustre.
+
+    HTTP pages go in ``targets``: node_exporter (:9100), Ceph mgr (:9283/metrics),
+    ceph-exporter (:9926/metrics), lustrefs-exporter.  A 503 from a warming-up mgr is
+    retried after a few seconds and counted as ``not_ready``, not as an error.
+    """
+
+    type: Literal["storage"] = "storage"
+    name: str = Field("storage", description="Name in logs and self-metrics.")
+    source: str = Field("storage", description="Value of the samples' `source` column.")
+    diskstats: list[LocalSource] | None = Field(
+        None,
+        description="diskstats files to read. Default: /proc/diskstats when no "
+        "`targets`/`discovery` are given, none otherwise; [] reads none.",
+    )
+    device_exclude: str | None = Field(
+        None,
+        description="Regex of device names to skip in diskstats. Default: node_exporter's "
+        "(partitions, ram, loop, fd); '' keeps every device.",
+    )
+    own_families_only: bool = Field(
+        True,
+        description="From shared pages (node_exporter) keep only node_disk_*, ceph_* and "
+        "lustre_*; false keeps every series.",
+    )
+
+    @model_validator(mode="after")
+    def _regex_compiles(self) -> StorageCollectorConfig:
+        if self.device_exclude:
+            try:
+                re.compile(self.device_exclude)
+            except re.error as exc:
+                raise ValueError(f"device_exclude is not a valid regex: {exc}") from None
+        return self
+
+    def diskstats_sources(self) -> list[LocalSource]:
+        """The diskstats files to read, the default applied."""
+        if self.diskstats is not None:
+            return list(self.diskstats)
+        return [] if _uses_http_targets(self) else [LocalSource(path=Path("/proc/diskstats"))]
+
+
+KubeletEndpoint = Literal["resource", "cadvisor", "summary"]
+# kubelet endpoint name -> path on the kubelet.
+KUBELET_ENDPOINTS: dict[str, str] = {
+    "resource": "/metrics/resource",
+    "cadvisor": "/metrics/cadvisor",
+    "summary": "/stats/summary",
+}
+KUBELET_TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def kubelet_endpoint(url: str) -> str | None:
+    """Which kubelet endpoint a URL names (``resource``, ``cadvisor``, ``summary``), if any."""
+    path = urllib.parse.urlsplit(url).path.rstrip("/")
+    for name, suffix in KUBELET_ENDPOINTS.items():
+        if path.endswith(suffix):
+            return name
+    return None
+
+
+class KubeletCollectorConfig(ScrapeCollectorConfig):
+    """The kubelet's /metrics/resource, /metrics/cadvisor and /stats/summary.
+
+    HTTPS with the service-account bearer token (re-read when it rotates) and TLS
+    verification on by default.  Plain ``http://`` is accepted only without a token
+    (``token_file: null``), for the simulated fleet: a token never crosses the wire
+    in clear text.
+    """
+
+    type: Literal["kubelet"] = "kubelet"
+    name: str = Field("kubelet", description="Name in logs and self-metrics.")
+    source: str = Field("kubelet", description="Value of the samples' `source` column.")
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Kubelet base URL (https://$NODE_IP:10250); one target per `endpoints` "
+        "item. Full endpoint URLs may be listed in `targets` instead.",
+    )
+    endpoints: list[KubeletEndpoint] = Field(
+        default_factory=lambda: list[KubeletEndpoint](["resource", "cadvisor"]),
+        min_length=1,
+        description="Which endpoints to read from `url`. resource and summary both carry CPU "
+        "and memory usage; with both, usage is taken from resource only.",
+    )
+    token_file: Path | None = Field(
+        KUBELET_TOKEN_PATH,
+        description="Bearer token file, re-read when it rotates (never logged); null: no token.",
+    )
+    ca_file: Path | None = Field(
+        None, description="CA bundle that signed the kubelet's serving certificate."
+    )
+    insecure_skip_verify: bool = Field(
+        False, description="Do not verify TLS (kubelets serving a self-signed certificate)."
+    )
+
+    @model_validator(mode="after")
+    def _kubelet_targets(self) -> KubeletCollectorConfig:
+        if self.discovery is not None:
+            raise ValueError("kubelet takes `url` or `targets`, not `discovery`")
+        if not self.url and not self.targets:
+            raise ValueError("kubelet needs `url` (https://$NODE_IP:10250) or `targets`")
+        if len(set(self.endpoints)) != len(self.endpoints):
+            raise ValueError("endpoints: each endpoint once")
+        for i, t in enumerate(self.targets):
+            if kubelet_endpoint(t.url) is None:
+                raise ValueError(f"targets[{i}].url: path must end in one of "
+                                 f"{', '.join(KUBELET_ENDPOINTS.values())}")
+        urls = [t.url for t in self.targets] + ([self.url] if self.url else [])
+        if self.token_file is not None and any(u.startswith("http://") for u in urls):
+            raise ValueError("the bearer token is never sent over plain http: use https, or "
+                             "token_file: null (simulator only)")
+        if self.insecure_skip_verify and self.ca_file is not None:
+            raise ValueError("set ca_file or insecure_skip_verify, not both")
+        return self
+
+    def endpoint_urls(self) -> list[tuple[str, str | None]]:
+        """``(url, node)`` of every page to read: ``url`` x ``endpoints``, then ``targets``."""
+        out: list[tuple[str, str | None]] = []
+        if self.url:
+            base = self.url.rstrip("/")
+            out += [(base + KUBELET_ENDPOINTS[e], None) for e in self.endpoints]
+        out += [(t.url, t.node) for t in self.targets]
+        return out
+
+
 # The collector registry: config `type:` -> config model.  Later collectors add
 # their model to this union (and their class to collectors.registry).
 CollectorConfig = Annotated[
-    PrometheusCollectorConfig | DcgmCollectorConfig | KvCacheCollectorConfig,
+    PrometheusCollectorConfig
+    | DcgmCollectorConfig
+    | KvCacheCollectorConfig
+    | RdmaCollectorConfig
+    | KubeletCollectorConfig
+    | StorageCollectorConfig,
     Field(discriminator="type"),
 ]
-COLLECTOR_TYPES: frozenset[str] = frozenset({"prometheus", "dcgm", "kvcache"})
+COLLECTOR_TYPES: frozenset[str] = frozenset(
+    {"prometheus", "dcgm", "kvcache", "rdma", "kubelet", "storage"}
+)
 
 
 # --- Alert delivery and exporters (alerts/, exporters/) -------------------------------------
@@ -449,24 +626,36 @@ def _num(v: object) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _problems(exc: ValidationError) -> list[str]:
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    """One ``path: message`` line per pydantic error, in the words an operator reads.
+
+    Shared by every validated input (config, SLO specs), so they all report the
+    same way; ``prefix`` names where the validated object sits (``spec[0]``).
+    """
     lines = []
     for err in exc.errors(include_url=False):
         msg = err["msg"]
         ctx = err.get("ctx") or {}
-        if err["type"] == "greater_than":
+        kind = err["type"]
+        if kind == "greater_than":
             msg = f"must be > {_num(ctx.get('gt'))}"
-        elif err["type"] == "greater_than_equal":
+        elif kind == "greater_than_equal":
             msg = f"must be >= {_num(ctx.get('ge'))}"
-        elif err["type"] == "less_than_equal":
+        elif kind == "less_than":
+            msg = f"must be < {_num(ctx.get('lt'))}"
+        elif kind == "less_than_equal":
             msg = f"must be <= {_num(ctx.get('le'))}"
-        elif err["type"] == "extra_forbidden":
+        elif kind == "extra_forbidden":
             msg = "unknown field"
-        elif err["type"] == "union_tag_invalid":
+        elif kind == "missing":
+            msg = "required"
+        elif kind == "union_tag_invalid":
             msg = f"unknown type {ctx.get('tag')!r} (known: {ctx.get('expected_tags')})"
         elif msg.startswith("Value error, "):
             msg = msg.removeprefix("Value error, ")
-        lines.append(f"{format_location(tuple(err['loc']))}: {msg}")
+        loc = tuple(err["loc"])
+        path = format_location((prefix, *loc)) if prefix and loc else prefix or format_location(loc)
+        lines.append(f"{path}: {msg}")
     return lines
 
 
@@ -538,4 +727,4 @@ def load_config(
     try:
         return GpusloConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(source, _problems(exc)) from exc
+        raise ConfigError(source, validation_problems(exc)) from exc

@@ -28,19 +28,30 @@ from rich.live import Live
 from rich.table import Table
 
 from collectors.base import Collector
+from collectors.dcgm import DcgmCollector
+from collectors.kubelet import KubeletCollector
+from collectors.kvcache import KvCacheCollector
 from collectors.prometheus import PrometheusCollector
-from exporters.base import HealthSnapshot, Snapshot
+from collectors.rdma import RdmaCollector
+from collectors.storage import StorageCollector
+from exporters.base import HealthSnapshot
 from exporters.registry import build_hub
 from pipeline.broker import EmbeddedBroker
 from pipeline.cli_slo import report_table
 from pipeline.config import (
     ConsumerConfig,
+    DcgmCollectorConfig,
     GpusloConfig,
     KafkaConfig,
+    KubeletCollectorConfig,
+    KvCacheCollectorConfig,
     PrometheusCollectorConfig,
     PrometheusTarget,
+    RdmaCollectorConfig,
+    StorageCollectorConfig,
 )
 from pipeline.kafka import SampleConsumer, SampleProducer, TransportError, ensure_topics
+from pipeline.publish import publish_board
 from pipeline.runtime import CollectRunner, run_until
 from pipeline.stages import SloEngine
 from pipeline.tail import SampleTail
@@ -105,13 +116,53 @@ def collectors_for_targets(
 ) -> list[tuple[Collector, float]]:
     """The demo's collectors for the fleet's targets, with their intervals.
 
-    The one place that decides which collector class reads which target; a
-    source-specific collector (DCGM, KV cache, ...) replaces the generic one here.
+    The one place that decides which collector class reads which target: each
+    source gets its own collector (so its samples carry entities and
+    normalised signals next to the upstream rows, which are kept as they are
+    for the fleet panel and the SLO catalog).  The node_exporter page is read
+    by both RDMA (``node_infiniband_*``) and storage (``node_disk_*``), each
+    keeping its own families.  The simulated kubelet speaks plain HTTP with no
+    token; only the demo does that.  Any other source (the training job) gets
+    the generic collector.
     """
-    return [
+    timeout = min(5.0, interval_s)
+    common: dict[str, object] = {"interval_s": interval_s, "timeout_s": timeout}
+
+    def urls(*kinds: str) -> list[dict[str, object]]:
+        return [{"url": t.url, "node": t.node} for t in targets if t.kind in kinds]
+
+    out: list[tuple[Collector, float]] = []
+    dcgm = urls("dcgm")
+    if dcgm:
+        out.append((DcgmCollector(DcgmCollectorConfig.model_validate(
+            {"name": "sim-dcgm", "targets": dcgm, **common}), default_node="demo"), interval_s))
+    kv = [{"url": t.url, "node": t.node, "replica": t.entity}
+          for t in targets if t.source == "kvcache"]
+    if kv:
+        out.append((KvCacheCollector(KvCacheCollectorConfig.model_validate(
+            {"name": "sim-kvcache", "targets": kv, **common}), default_node="demo"), interval_s))
+    ne = urls("node_exporter")
+    if ne:
+        out.append((RdmaCollector(RdmaCollectorConfig.model_validate(
+            {"name": "sim-rdma", "targets": ne, "sysfs": [], **common}), default_node="demo"),
+            interval_s))
+    store = urls("node_exporter", "ceph", "diskstats")
+    if store:
+        out.append((StorageCollector(StorageCollectorConfig.model_validate(
+            {"name": "sim-storage", "targets": store, "diskstats": [], **common}),
+            default_node="demo"), interval_s))
+    kube = urls("kubelet_resource", "kubelet_cadvisor", "kubelet_summary")
+    if kube:
+        out.append((KubeletCollector(KubeletCollectorConfig.model_validate(
+            {"name": "sim-kubelet", "targets": kube, "token_file": None, **common}),
+            default_node="demo"), interval_s))
+    handled = {"dcgm", "kvcache", "rdma", "storage", "kubelet"}
+    rest = [t for t in targets if t.source not in handled]
+    out += [
         (PrometheusCollector(c, default_node="demo"), c.interval_s)
-        for c in prometheus_configs(targets, interval_s)
+        for c in prometheus_configs(rest, interval_s)
     ]
+    return out
 
 
 # ---- the fleet panel: per-node signals from the consumed samples ----------------------
@@ -219,8 +270,11 @@ class FleetSignals:
         metric = pl.col("metric")
         rows = frame.filter(
             metric.is_in(list(_WATCHED))
-            | metric.str.ends_with(f"{_TTFT}_sum")
-            | metric.str.ends_with(f"{_TTFT}_count")
+            | (
+                (metric.str.ends_with(f"{_TTFT}_sum") | metric.str.ends_with(f"{_TTFT}_count"))
+                # upstream rows only: a normalised gpuslo_* copy would be counted twice
+                & ~metric.str.starts_with("gpuslo_")
+            )
         ).select("ts", "node", "metric", "value", "labels")
         ttft: dict[tuple[str, str, Labels], dict[str, float]] = {}
         for ts, node, name, value, labels in rows.iter_rows():
@@ -387,6 +441,7 @@ async def tail_samples(
     bootstrap_servers: str | None = None,
     group_id: str = "gpuslo-tail",
     tail: SampleTail | None = None,
+    drain_timeout_s: float = 15.0,
 ) -> SampleTail:
     """Consume the samples topic until ``stop`` and then until drained; commit after counting.
 
@@ -400,6 +455,8 @@ async def tail_samples(
         group_id=group_id,
         bootstrap_servers=bootstrap_servers,
     ) as consumer:
+        drain_deadline: float | None = None
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 batches = await consumer.poll(timeout_ms=250)
@@ -409,7 +466,13 @@ async def tail_samples(
                 await asyncio.sleep(1)
                 continue
             if stop.is_set() and not batches:
-                break  # drained what was produced before the stop
+                # Drain what was produced before the stop: an empty poll is not
+                # enough while the group is still joining (no partitions yet).
+                if drain_deadline is None:
+                    drain_deadline = loop.time() + drain_timeout_s
+                caught_up = bool(consumer.assignment()) and await consumer.lag() == 0
+                if caught_up or loop.time() > drain_deadline:
+                    break
             for b in batches:
                 if b.frame is None:
                     tail.dead += 1
@@ -628,24 +691,6 @@ async def run_demo(
                     view.endpoints = len(up)
                     view.endpoints_down = sum(1 for ok in up.values() if not ok)
 
-                async def publish() -> None:
-                    version = 0
-                    while not stop.is_set():
-                        snap = await engine.board.wait(version, timeout_s=0.5)
-                        if snap.version == version:
-                            continue
-                        version = snap.version
-                        health = HealthSnapshot.from_runtime(runner.stats)
-                        await hub.publish(
-                            Snapshot.build(
-                                reports=snap.reports,
-                                alerts=snap.alerts,
-                                health=health,
-                                taken_at=snap.evaluated_at or sim_now(),
-                                specs=slo_specs,
-                            )
-                        )
-
                 with Live(
                     render(),
                     console=console,
@@ -672,7 +717,18 @@ async def run_demo(
                         )
                     )
                     await run_until(
-                        stop, duration_s, runner.run(stop), repaint(), run_engine(), publish()
+                        stop,
+                        duration_s,
+                        runner.run(stop),
+                        repaint(),
+                        run_engine(),
+                        publish_board(
+                            engine.board,
+                            hub,
+                            slo_specs,
+                            stop,
+                            lambda: HealthSnapshot.from_runtime(runner.stats),
+                        ),
                     )
                     await tail_task
                 refresh()

@@ -102,6 +102,8 @@ COL_MINUTE = "minute"
 COL_GOOD = "good"
 COL_TOTAL = "total"
 COL_SERIES = "series"
+# Stable 64-bit key of one (SLO, role, series) in stage-1 state (see slo.sli).
+COL_SERIES_KEY = "series_key"
 
 PARTIAL_COLUMNS: tuple[str, ...] = (
     COL_PARTITION,

@@ -38,6 +38,7 @@ partial that stage 1 emitted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from datetime import timedelta
 
 import polars as pl
 
-from pipeline.schema import SAMPLE_SCHEMA, label
+from pipeline.schema import SERIES_KEY, label
 from slo import conventions as cv
 from slo.spec import FRAME_COLUMNS, SelectorSpec, SliKind, SloSpec, ThresholdOp
 
@@ -61,21 +62,26 @@ PARTIAL_SCHEMA: pl.Schema = pl.Schema(
 )
 
 _ROLE = "role"
-_LAST_SCHEMA = pl.Schema(
-    {
-        cv.COL_SLO: pl.String(),
-        _ROLE: pl.String(),
-        cv.COL_SERIES: pl.String(),
-        "ts": pl.Datetime("ms", "UTC"),
-        "value": pl.Float64(),
-    }
-)
+# Roles of a routed sample, as small integer codes in the hot path.
+_ROLES: tuple[str, ...] = ("good", "bad", "total", "num", "den", "gauge")
+_R = {name: i for i, name in enumerate(_ROLES)}
+_GAUGE = _R["gauge"]
+_OPS: tuple[ThresholdOp, ...] = (ThresholdOp.LT, ThresholdOp.LTE, ThresholdOp.GT, ThresholdOp.GTE)
+_TS = pl.Datetime("ms", "UTC")
+_KEY = cv.COL_SERIES_KEY
+_GID = "_gid"
+_H = "_h"
+
+# Snapshot frames (what a checkpoint holds).  ``series_key`` is a stable 64-bit
+# hash of (SLO, role, series) (see :func:`_stable_keys`): the same in every
+# process and Polars version, so a restored state continues every series.
+_LAST_SCHEMA = pl.Schema({_KEY: pl.UInt64(), "ts": _TS, "value": pl.Float64()})
 _ACC_SCHEMA = pl.Schema(
     {
         cv.COL_SLO: pl.String(),
         _ROLE: pl.String(),
         cv.COL_SCOPE: pl.String(),
-        cv.COL_MINUTE: pl.Datetime("ms", "UTC"),
+        cv.COL_MINUTE: _TS,
         "inc": pl.Float64(),
     }
 )
@@ -83,11 +89,33 @@ _GAUGE_SCHEMA = pl.Schema(
     {
         cv.COL_SLO: pl.String(),
         cv.COL_SCOPE: pl.String(),
-        cv.COL_SERIES: pl.String(),
-        cv.COL_MINUTE: pl.Datetime("ms", "UTC"),
+        _KEY: pl.UInt64(),
+        cv.COL_MINUTE: _TS,
         "ok": pl.Boolean(),
     }
 )
+# In memory: (SLO, scope) pairs are small integer ids ("gids"), roles are codes.
+_IACC_SCHEMA = pl.Schema(
+    {_GID: pl.UInt32(), _ROLE: pl.UInt8(), cv.COL_MINUTE: _TS, "inc": pl.Float64()}
+)
+_IGAUGE_SCHEMA = pl.Schema(
+    {_GID: pl.UInt32(), _KEY: pl.UInt64(), cv.COL_MINUTE: _TS, "ok": pl.Boolean()}
+)
+# The routing cache: per series (process-local hash ``_h``), the (SLO, role, scope)
+# rows it feeds; a series that feeds nothing has one row with a null gid.
+_ROUTE_SCHEMA = pl.Schema(
+    {
+        _H: pl.UInt64(),
+        _KEY: pl.UInt64(),
+        _GID: pl.UInt32(),
+        _ROLE: pl.UInt8(),
+        "op": pl.UInt8(),
+        "thr": pl.Float64(),
+    }
+)
+# Routing is recomputed from scratch when the cache grows past this many rows
+# (series churn); it is derived data, never checkpointed.
+ROUTE_CACHE_ROWS = 2_000_000
 
 
 def empty_partials() -> pl.DataFrame:
@@ -175,11 +203,28 @@ def _threshold_ok(op: ThresholdOp, value: float) -> pl.Expr:
     }[op]
 
 
+def _stable_keys(slo: Sequence[str], role: Sequence[int], series: Sequence[str]) -> list[int]:
+    """A 64-bit BLAKE2b of (SLO, role, series string): stable across processes and versions."""
+    return [
+        int.from_bytes(
+            hashlib.blake2b(f"{s}\x1f{_ROLES[r]}\x1f{x}".encode(), digest_size=8).digest(),
+            "little",
+        )
+        for s, r, x in zip(slo, role, series, strict=True)
+    ]
+
+
+def _series_hash() -> pl.Expr:
+    # Process-local (Polars' hash is not stable across versions): only the routing
+    # cache uses it, never a checkpoint.
+    return pl.struct(*SERIES_KEY).hash().alias(_H)
+
+
 @dataclass
 class _PartitionState:
     last: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_LAST_SCHEMA))
-    acc: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_ACC_SCHEMA))
-    gauge: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_GAUGE_SCHEMA))
+    acc: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_IACC_SCHEMA))
+    gauge: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_IGAUGE_SCHEMA))
     watermark_ms: int | None = None
     late_dropped: int = 0
 
@@ -195,6 +240,12 @@ class Stage1State:
             :class:`slo.budget.Stage2State`'s ``open_minutes``.
         series_ttl: a series not seen for this long is forgotten; its next
             sample is a new baseline.
+
+    Speed.  Which (SLO, role, scope) rows a sample feeds depends only on its
+    series (metric, labels, node, source, entity), so it is computed once per
+    series and cached under a 64-bit hash of the series: a batch of known
+    series costs one hash, one join and integer-keyed sorts and group-bys, and
+    label extraction and selector matching run only for series not seen before.
     """
 
     def __init__(
@@ -230,6 +281,11 @@ class Stage1State:
                 if name is not None
             }
         )
+        self._routes = pl.DataFrame(schema=_ROUTE_SCHEMA)
+        self._gid_of: dict[tuple[str, str], int] = {}
+        self._gids = pl.DataFrame(
+            schema={_GID: pl.UInt32(), cv.COL_SLO: pl.String(), cv.COL_SCOPE: pl.String()}
+        )
 
     # -- public API -------------------------------------------------------------------------
 
@@ -243,24 +299,27 @@ class Stage1State:
         frame = frame.filter(pl.col("metric").is_in(self._metrics))
         if frame.height == 0:
             return empty_partials()
-        frame = with_label_columns(frame, self._labels).with_columns(
-            series_expr().alias(cv.COL_SERIES))
         # A sample is late when its minute closed before this batch began: the
         # decision never depends on the order of rows inside a batch.
         before_ms = st.watermark_ms
         cutoff_before = pl.lit(
             -(2**62) if before_ms is None
             else _minute_floor_ms(before_ms) - self.open_minutes * 60_000
-        ).cast(pl.Datetime("ms", "UTC"))
+        ).cast(_TS)
         batch_max = frame.select(pl.col("ts").max().dt.epoch("ms")).item()
         st.watermark_ms = batch_max if before_ms is None else max(before_ms, batch_max)
         cutoff_after = pl.lit(
             _minute_floor_ms(st.watermark_ms) - self.open_minutes * 60_000
-        ).cast(pl.Datetime("ms", "UTC"))
+        ).cast(_TS)
 
-        counters, gauges = self._select(frame)
-        is_late = pl.col("ts").dt.truncate("1m") < cutoff_before
-        st.late_dropped += counters.filter(is_late).height + gauges.filter(is_late).height
+        routed = self._route(frame).with_columns(
+            pl.col("ts").dt.truncate("1m").alias(cv.COL_MINUTE)
+        )
+        is_late = pl.col(cv.COL_MINUTE) < cutoff_before
+        is_gauge = pl.col(_ROLE) == _GAUGE
+        counters = routed.filter(~is_gauge)
+        gauges = routed.filter(is_gauge)
+        st.late_dropped += routed.select(is_late.sum()).item()
         touched: list[pl.DataFrame] = []
         if counters.height:
             touched.append(self._apply_counters(st, counters, cutoff_before))
@@ -284,21 +343,39 @@ class Stage1State:
         return sorted(self._partitions)
 
     def snapshot(self, partition: int) -> dict[str, pl.DataFrame]:
-        """The partition's state as frames, for a checkpoint (write before committing offsets)."""
+        """The partition's state as frames, for a checkpoint (write before committing offsets).
+
+        Frames: ``last`` (series_key, ts, value), ``acc`` (slo, role, scope,
+        minute, inc), ``gauge`` (slo, scope, series_key, minute, ok), ``meta``.
+        """
         st = self._partitions.get(partition, _PartitionState())
         meta = pl.DataFrame(
             {"watermark_ms": [st.watermark_ms], "late_dropped": [st.late_dropped]},
             schema={"watermark_ms": pl.Int64(), "late_dropped": pl.Int64()},
         )
-        return {"last": st.last, "acc": st.acc, "gauge": st.gauge, "meta": meta}
+        roles = pl.Series(list(_ROLES), dtype=pl.String())
+        acc = st.acc.join(self._gids, on=_GID, how="left").with_columns(
+            pl.col(_ROLE).map_batches(lambda c: roles.gather(c.cast(pl.UInt32)),
+                                      return_dtype=pl.String())
+        )
+        gauge = st.gauge.join(self._gids, on=_GID, how="left")
+        return {"last": st.last, "acc": acc.select(_ACC_SCHEMA.names()),
+                "gauge": gauge.select(_GAUGE_SCHEMA.names()), "meta": meta}
 
     def restore(self, partition: int, snapshot: dict[str, pl.DataFrame]) -> None:
         """Replace the partition's state with a :meth:`snapshot` (after a rebalance or restart)."""
         meta = snapshot["meta"].row(0, named=True)
+        acc = snapshot["acc"].cast(dict(_ACC_SCHEMA))  # type: ignore[arg-type]
+        gauge = snapshot["gauge"].cast(dict(_GAUGE_SCHEMA))  # type: ignore[arg-type]
+        self._ensure_gids(pl.concat([acc.select(cv.COL_SLO, cv.COL_SCOPE),
+                                     gauge.select(cv.COL_SLO, cv.COL_SCOPE)]))
+        on = [cv.COL_SLO, cv.COL_SCOPE]
         self._partitions[partition] = _PartitionState(
             last=snapshot["last"].cast(dict(_LAST_SCHEMA)),  # type: ignore[arg-type]
-            acc=snapshot["acc"].cast(dict(_ACC_SCHEMA)),  # type: ignore[arg-type]
-            gauge=snapshot["gauge"].cast(dict(_GAUGE_SCHEMA)),  # type: ignore[arg-type]
+            acc=acc.join(self._gids, on=on, how="left").with_columns(
+                pl.col(_ROLE).replace_strict(_R, return_dtype=pl.UInt8())
+            ).select(_IACC_SCHEMA.names()),
+            gauge=gauge.join(self._gids, on=on, how="left").select(_IGAUGE_SCHEMA.names()),
             watermark_ms=meta["watermark_ms"],
             late_dropped=int(meta["late_dropped"] or 0),
         )
@@ -307,75 +384,119 @@ class Stage1State:
         """Forget a partition (revoked in a rebalance)."""
         self._partitions.pop(partition, None)
 
-    # -- internals --------------------------------------------------------------------------
+    # -- routing ----------------------------------------------------------------------------
 
-    def _select(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        counter_parts: list[pl.DataFrame] = []
-        gauge_parts: list[pl.DataFrame] = []
+    def _route(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Each sample once per (SLO, role) it feeds: key, gid, role, op, thr, ts, value."""
+        rows = frame.select(_series_hash(), pl.col("ts"), pl.col("value"))
+        routed = rows.join(self._routes, on=_H, how="left")
+        missing = routed.filter(pl.col(_KEY).is_null() & pl.col(_ROLE).is_null())
+        if missing.height:
+            new_h = missing.get_column(_H).unique()
+            self._learn(frame.with_columns(_series_hash()).filter(pl.col(_H).is_in(new_h.implode())))
+            routed = pl.concat([
+                routed.filter(pl.col(_ROLE).is_not_null() | pl.col(_KEY).is_not_null()),
+                missing.select(_H, "ts", "value").join(self._routes, on=_H, how="inner"),
+            ])
+        return routed.filter(pl.col(_GID).is_not_null() & pl.col("value").is_not_nan())
+
+    def _learn(self, frame: pl.DataFrame) -> None:
+        """Add the routes of series not seen before (``frame`` holds their samples and ``_h``)."""
+        if self._routes.height + frame.height > ROUTE_CACHE_ROWS:
+            self._routes = self._routes.clear()
+        uniq = frame.unique(_H, keep="first")
+        lab = with_label_columns(uniq, self._labels).with_columns(
+            series_expr().alias(cv.COL_SERIES))
+        parts: list[pl.DataFrame] = []
         for s in self.specs:
             sli = s.sli
-            scope = scope_expr(sli.by).alias(cv.COL_SCOPE)
+            roles: list[tuple[int, SelectorSpec | None]]
+            op, thr = 0, 0.0
             if sli.kind is SliKind.THRESHOLD and sli.gauge is not None and sli.gauge.per:
                 num = sli.gauge
-                den = SelectorSpec(num.per or "", num.matchers)
-                roles: tuple[tuple[str, SelectorSpec | None], ...] = (("num", num), ("den", den))
+                roles = [(_R["num"], num), (_R["den"], SelectorSpec(num.per or "", num.matchers))]
             elif sli.kind is SliKind.THRESHOLD:
                 assert sli.gauge is not None and sli.op is not None and sli.value is not None
-                gauge_parts.append(
-                    frame.filter(selector_expr(sli.gauge) & pl.col("value").is_not_nan()).select(
-                        pl.lit(s.id).alias(cv.COL_SLO),
-                        scope,
-                        pl.col(cv.COL_SERIES),
-                        pl.col("ts"),
-                        _threshold_ok(sli.op, sli.value).alias("ok"),
-                    )
-                )
-                continue
+                roles = [(_GAUGE, sli.gauge)]
+                op, thr = _OPS.index(sli.op), float(sli.value)
             else:
-                roles = (("good", sli.good), ("bad", sli.bad), ("total", sli.total))
+                roles = [(_R["good"], sli.good), (_R["bad"], sli.bad), (_R["total"], sli.total)]
             for role, sel in roles:
                 if sel is None:
                     continue
-                counter_parts.append(
-                    frame.filter(selector_expr(sel) & pl.col("value").is_not_nan()).select(
-                        pl.lit(s.id).alias(cv.COL_SLO),
-                        pl.lit(role).alias(_ROLE),
-                        scope,
-                        pl.col(cv.COL_SERIES),
-                        pl.col("ts"),
-                        pl.col("value"),
-                    )
-                )
-        counters = (
-            pl.concat(counter_parts)
-            if counter_parts
-            else pl.DataFrame(schema={**_LAST_SCHEMA, cv.COL_SCOPE: pl.String()})
+                parts.append(lab.filter(selector_expr(sel)).select(
+                    pl.col(_H),
+                    pl.lit(s.id).alias(cv.COL_SLO),
+                    pl.lit(role, pl.UInt8()).alias(_ROLE),
+                    scope_expr(sli.by).alias(cv.COL_SCOPE),
+                    pl.col(cv.COL_SERIES),
+                    pl.lit(op, pl.UInt8()).alias("op"),
+                    pl.lit(thr, pl.Float64()).alias("thr"),
+                ))
+        hit = pl.concat(parts) if parts else pl.DataFrame(
+            schema={_H: pl.UInt64(), cv.COL_SLO: pl.String(), _ROLE: pl.UInt8(),
+                    cv.COL_SCOPE: pl.String(), cv.COL_SERIES: pl.String(), "op": pl.UInt8(),
+                    "thr": pl.Float64()})
+        self._ensure_gids(hit.select(cv.COL_SLO, cv.COL_SCOPE))
+        keys = pl.Series(_KEY, _stable_keys(hit.get_column(cv.COL_SLO).to_list(),
+                                            hit.get_column(_ROLE).to_list(),
+                                            hit.get_column(cv.COL_SERIES).to_list()),
+                         dtype=pl.UInt64())
+        routes = hit.with_columns(keys).join(
+            self._gids, on=[cv.COL_SLO, cv.COL_SCOPE], how="left"
+        ).select(_ROUTE_SCHEMA.names())
+        # Series that feed no SLO: one row with a null gid, so they are not looked at again.
+        none = uniq.select(_H).join(hit.select(_H), on=_H, how="anti").with_columns(
+            pl.lit(0, pl.UInt64()).alias(_KEY),
+            pl.lit(None, pl.UInt32()).alias(_GID),
+            pl.lit(None, pl.UInt8()).alias(_ROLE),
+            pl.lit(0, pl.UInt8()).alias("op"),
+            pl.lit(0.0).alias("thr"),
         )
-        gauges = (
-            pl.concat(gauge_parts)
-            if gauge_parts
-            else pl.DataFrame(schema={**_GAUGE_SCHEMA, "ts": SAMPLE_SCHEMA["ts"]})
+        self._routes = pl.concat([self._routes, routes, none.select(_ROUTE_SCHEMA.names())])
+
+    def _ensure_gids(self, pairs: pl.DataFrame) -> None:
+        new = [
+            (slo, scope) for slo, scope in pairs.unique().iter_rows()
+            if (slo, scope) not in self._gid_of
+        ]
+        if not new:
+            return
+        base = len(self._gid_of)
+        for i, pair in enumerate(new):
+            self._gid_of[pair] = base + i
+        add = pl.DataFrame(
+            {_GID: range(base, base + len(new)), cv.COL_SLO: [p[0] for p in new],
+             cv.COL_SCOPE: [p[1] for p in new]},
+            schema=self._gids.schema,
         )
-        return counters, gauges
+        self._gids = pl.concat([self._gids, add])
+
+    # -- internals --------------------------------------------------------------------------
 
     def _apply_counters(
         self, st: _PartitionState, new: pl.DataFrame, cutoff: pl.Expr
     ) -> pl.DataFrame:
-        keys = [cv.COL_SLO, _ROLE, cv.COL_SERIES]
-        # Same series, same timestamp: one sample.  Sorting by value too makes the
-        # choice deterministic if an exporter ever sends two values for one instant.
-        new = new.sort([*keys, "ts", "value"]).unique([*keys, "ts"], keep="first",
-                                                        maintain_order=True)
+        key = pl.col(_KEY)
         prev = st.last.rename({"ts": "last_ts", "value": "last_value"})
-        # Keeps the (keys, ts) order of ``new``, which the shift below relies on.
-        new = new.join(prev, on=keys, how="left", maintain_order="left").filter(
-            pl.col("last_ts").is_null() | (pl.col("ts") > pl.col("last_ts"))
-        )
+        newer = pl.col("last_ts").is_null() | (pl.col("ts") > pl.col("last_ts"))
+        # The usual batch (one scrape) holds each series once: no ordering needed.
+        single = new.get_column(_KEY).n_unique() == new.height
+        if single:
+            new = new.join(prev, on=_KEY, how="left").filter(newer)
+            before = pl.col("last_value")
+        else:
+            # Same series, same timestamp: one sample.  Sorting by value too makes the
+            # choice deterministic if an exporter ever sends two values for one instant.
+            new = new.sort([_KEY, "ts", "value"])
+            new = new.filter(~(key.eq_missing(key.shift(1)) & pl.col("ts").eq_missing(
+                pl.col("ts").shift(1))))
+            # Keeps the (key, ts) order of ``new``, which the shifts below rely on.
+            new = new.join(prev, on=_KEY, how="left", maintain_order="left").filter(newer)
+            before = pl.when(key.eq_missing(key.shift(1))).then(
+                pl.col("value").shift(1)).otherwise(pl.col("last_value"))
         if new.height == 0:
-            return pl.DataFrame(schema={cv.COL_SLO: pl.String(), cv.COL_SCOPE: pl.String(),
-                                        cv.COL_MINUTE: pl.Datetime("ms", "UTC")})
-        before = pl.col("value").shift(1).over(keys)
-        before = pl.when(before.is_null()).then(pl.col("last_value")).otherwise(before)
+            return pl.DataFrame(schema={_GID: pl.UInt32(), cv.COL_MINUTE: _TS})
         new = new.with_columns(before.alias("prev")).with_columns(
             pl.when(pl.col("prev").is_null())
             .then(None)
@@ -383,55 +504,53 @@ class Stage1State:
             .then(pl.col("value") - pl.col("prev"))
             .otherwise(pl.col("value"))
             .alias("inc"),
-            pl.col("ts").dt.truncate("1m").alias(cv.COL_MINUTE),
         )
-        latest = new.group_by(keys, maintain_order=True).agg(
-            pl.col("ts").last(), pl.col("value").last()
-        )
-        st.last = pl.concat([st.last.join(latest, on=keys, how="anti"), latest.select(
-            _LAST_SCHEMA.names())])
+        latest = (new if single else new.filter(key.ne_missing(key.shift(-1)))).select(
+            _LAST_SCHEMA.names())
+        st.last = pl.concat([st.last.join(latest, on=_KEY, how="anti"), latest])
+        acc_keys = [_GID, _ROLE, cv.COL_MINUTE]
         incs = (
             new.filter(pl.col("inc").is_not_null() & (pl.col(cv.COL_MINUTE) >= cutoff))
-            .group_by([cv.COL_SLO, _ROLE, cv.COL_SCOPE, cv.COL_MINUTE])
-            .agg(pl.col("inc").sum())
-        )
-        acc_keys = [cv.COL_SLO, _ROLE, cv.COL_SCOPE, cv.COL_MINUTE]
-        st.acc = (
-            pl.concat([st.acc, incs.select(_ACC_SCHEMA.names())])
             .group_by(acc_keys)
             .agg(pl.col("inc").sum())
         )
-        return incs.select(cv.COL_SLO, cv.COL_SCOPE, cv.COL_MINUTE)
+        st.acc = pl.concat([st.acc, incs]).group_by(acc_keys).agg(pl.col("inc").sum())
+        return incs.select(_GID, cv.COL_MINUTE)
 
     def _apply_gauges(self, st: _PartitionState, new: pl.DataFrame) -> pl.DataFrame:
-        new = new.with_columns(pl.col("ts").dt.truncate("1m").alias(cv.COL_MINUTE)).select(
-            _GAUGE_SCHEMA.names()
+        v, thr, op = pl.col("value"), pl.col("thr"), pl.col("op")
+        ok = (
+            pl.when(op == 0).then(v < thr)
+            .when(op == 1).then(v <= thr)
+            .when(op == 2).then(v > thr)
+            .otherwise(v >= thr)
         )
-        keys = [cv.COL_SLO, cv.COL_SCOPE, cv.COL_SERIES, cv.COL_MINUTE]
+        new = new.select(_GID, _KEY, cv.COL_MINUTE, ok.alias("ok"))
+        keys = [_GID, _KEY, cv.COL_MINUTE]
         st.gauge = pl.concat([st.gauge, new]).group_by(keys).agg(pl.col("ok").all())
-        return new.select(cv.COL_SLO, cv.COL_SCOPE, cv.COL_MINUTE)
+        return new.select(_GID, cv.COL_MINUTE)
 
     def _evict(self, st: _PartitionState, cutoff: pl.Expr) -> None:
         st.acc = st.acc.filter(pl.col(cv.COL_MINUTE) >= cutoff)
         st.gauge = st.gauge.filter(pl.col(cv.COL_MINUTE) >= cutoff)
         assert st.watermark_ms is not None
         ttl_cut = st.watermark_ms - int(self.series_ttl.total_seconds() * 1000)
-        st.last = st.last.filter(
-            pl.col("ts") >= pl.lit(ttl_cut).cast(pl.Datetime("ms", "UTC"))
-        )
+        st.last = st.last.filter(pl.col("ts") >= pl.lit(ttl_cut).cast(_TS))
 
     def _partials(self, st: _PartitionState, keys: pl.DataFrame, partition: int) -> pl.DataFrame:
-        on = [cv.COL_SLO, cv.COL_SCOPE, cv.COL_MINUTE]
+        on = [_GID, cv.COL_MINUTE]
+        role = pl.col(_ROLE)
         ratio = (
             st.acc.join(keys, on=on, how="semi")
             .group_by(on)
             .agg(
-                (pl.col("inc").filter(pl.col(_ROLE) == "good").sum()).alias("g"),
-                (pl.col("inc").filter(pl.col(_ROLE) == "bad").sum()).alias("b"),
-                (pl.col("inc").filter(pl.col(_ROLE) == "total").sum()).alias(cv.COL_TOTAL),
-                (pl.col("inc").filter(pl.col(_ROLE) == "num").sum()).alias("num"),
-                (pl.col("inc").filter(pl.col(_ROLE) == "den").sum()).alias("den"),
+                (pl.col("inc").filter(role == _R["good"]).sum()).alias("g"),
+                (pl.col("inc").filter(role == _R["bad"]).sum()).alias("b"),
+                (pl.col("inc").filter(role == _R["total"]).sum()).alias(cv.COL_TOTAL),
+                (pl.col("inc").filter(role == _R["num"]).sum()).alias("num"),
+                (pl.col("inc").filter(role == _R["den"]).sum()).alias("den"),
             )
+            .join(self._gids, on=_GID, how="left")
             .with_columns(
                 pl.when(pl.col(cv.COL_SLO).is_in(self._bad_slos))
                 .then(pl.col(cv.COL_TOTAL) - pl.col("b"))
@@ -457,7 +576,8 @@ class Stage1State:
                 pl.when(is_mine).then(pl.when(has).then(1.0).otherwise(0.0))
                 .otherwise(pl.col(cv.COL_TOTAL)).alias(cv.COL_TOTAL),
             )
-        ratio = ratio.select(*on, cv.COL_GOOD, cv.COL_TOTAL)
+        cols = [cv.COL_SLO, cv.COL_SCOPE, cv.COL_MINUTE]
+        ratio = ratio.select(*cols, cv.COL_GOOD, cv.COL_TOTAL)
         gauge = (
             st.gauge.join(keys, on=on, how="semi")
             .group_by(on)
@@ -465,11 +585,13 @@ class Stage1State:
                 pl.col("ok").sum().cast(pl.Float64).alias(cv.COL_GOOD),
                 pl.len().cast(pl.Float64).alias(cv.COL_TOTAL),
             )
+            .join(self._gids, on=_GID, how="left")
+            .select(*cols, cv.COL_GOOD, cv.COL_TOTAL)
         )
         out = pl.concat([ratio, gauge]).with_columns(
             pl.lit(partition, pl.Int32()).alias(cv.COL_PARTITION)
         )
-        return out.select(PARTIAL_SCHEMA.names()).sort(on)
+        return out.select(PARTIAL_SCHEMA.names()).sort(cols)
 
 
 def _minute_floor_ms(ts_ms: int) -> int:

@@ -71,6 +71,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.config import ConfigError, validation_problems
 from slo import conventions
 from slo.windows import BurnRateWindowSpec, Severity, default_windows
 
@@ -82,17 +83,12 @@ _DURATION = re.compile(r"^(\d+)([smhdwMQY])$")
 _FIXED_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-class SpecError(ValueError):
-    """SLO specs that cannot be used; ``problems`` holds one ``path: message`` line each."""
+class SpecError(ConfigError):
+    """SLO specs that cannot be used; ``problems`` holds one ``path: message`` line each.
 
-    retriable = False
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(
-            f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems)
-        )
+    A kind of :class:`~pipeline.config.ConfigError`: both are bad input found at
+    start-up, reported whole.
+    """
 
 
 # ------------------------------------------------------------------------------------------
@@ -466,43 +462,8 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=n * _FIXED_UNITS[unit])
 
 
-def _num(v: object) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def _loc(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def _validation_problems(prefix: str, exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors(include_url=False):
-        msg = err["msg"]
-        ctx = err.get("ctx") or {}
-        kind = err["type"]
-        if kind == "greater_than":
-            msg = f"must be > {_num(ctx.get('gt'))}"
-        elif kind == "greater_than_equal":
-            msg = f"must be >= {_num(ctx.get('ge'))}"
-        elif kind == "less_than":
-            msg = f"must be < {_num(ctx.get('lt'))}"
-        elif kind == "less_than_equal":
-            msg = f"must be <= {_num(ctx.get('le'))}"
-        elif kind == "extra_forbidden":
-            msg = "unknown field"
-        elif kind == "missing":
-            msg = "required"
-        elif msg.startswith("Value error, "):
-            msg = msg.removeprefix("Value error, ")
-        path = _loc([prefix, *err["loc"]]) if err["loc"] else prefix
-        lines.append(f"{path}: {msg}")
-    return lines
+    return validation_problems(exc, prefix)
 
 
 # ------------------------------------------------------------------------------------------

@@ -7,12 +7,14 @@ import random
 from datetime import timedelta
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from slo_helpers import T0, ratio_spec, samples
 
 from slo import conventions as cv
+from slo import sli
 from slo.sli import Stage1State, scope_expr, with_label_columns
 from slo.spec import parse_yaml
 
@@ -272,3 +274,26 @@ def test_the_polars_scope_key_equals_the_python_one(labels: dict[str, str]) -> N
     assert cv.scope_labels(got) == {k: labels.get(k, "") for k in names}
     if all(v.isprintable() for v in labels.values()):
         assert got == cv.scope_key({k: labels.get(k, "") for k in names})
+
+
+def test_a_cleared_routing_cache_changes_no_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Routing is cached per series; clearing it (series churn) must not change any count.
+    spec = ratio_spec()
+    rows = [(T0 + i * 15 * S, name, float(7 * i + j), {"a": str(j)})
+            for i in range(8) for j in range(3) for name in ("req_total", "req_good_total")]
+    batches = [samples(rows[k:k + 6]) for k in range(0, len(rows), 6)]
+    cached = Stage1State([spec])
+    want = [cached.apply(b, 0) for b in batches]
+    monkeypatch.setattr(sli, "ROUTE_CACHE_ROWS", 1)
+    churned = Stage1State([spec])
+    for b, w in zip(batches, want, strict=True):
+        assert_frame_equal(churned.apply(b, 0), w)
+
+
+def test_the_snapshot_keys_series_by_a_stable_hash() -> None:
+    spec = ratio_spec()
+    s1 = Stage1State([spec])
+    s1.apply(samples([(T0, "req_total", 1.0, {})]), 0)
+    last = s1.snapshot(0)["last"]
+    assert last.schema[cv.COL_SERIES_KEY] == pl.UInt64()
+    assert last.height == 1

@@ -1,0 +1,224 @@
+"""The streaming engine and a real Prometheus agree on burn rates over the same samples.
+
+One recorded fleet (two models, four hours, a scrape every 15 s, error and
+latency ratios that change every 20 minutes) is written as OpenMetrics and
+backfilled into a fresh TSDB with ``promtool tsdb create-blocks-from
+openmetrics``; a real Prometheus (Debian package) serves it.  At every 10
+minutes, the PromQL of each generated ``slo:sli_error:ratio_rate<W>`` recording
+rule (:func:`slo.rules.error_ratio_expr`, the exact text in the rules file) is
+queried over the API, and compared with the engine's burn rate for the same
+window, fed from the same file by :mod:`slo.openmetrics_input`.  (Recording
+rules evaluate only going forward, so over backfilled data their expressions
+are queried directly: the same evaluation the rule would have stored.)
+
+Tolerance, and why.  Scrapes are at :07, :22, :37 and :52 s, so a window of
+N = W / 15 s scrape intervals ending on a minute holds N samples per series
+in both.  The engine counts the N increases attributed to the window's
+minutes (including the one from the sample just before the window);
+Prometheus' ``rate()`` uses only the N − 1 increases between samples inside
+the range and extrapolates them to the range edges, by the same factor for
+good and total (same timestamps), so the factor cancels in the ratio.  The two
+error ratios therefore differ only by that one leading interval:
+
+* **exactly equal** (relative 1e-9) when the error ratio did not change over the
+  window and the interval before it;
+* otherwise within ``(1/N) · |r₀ − r|``, where ``r₀`` is that interval's error
+  ratio and ``r`` the window's, i.e. at most ``(1/N) · max error ratio`` in
+  error ratio, divided by the error budget for the burn rate.
+
+Counters start far from zero, so Prometheus' "do not extrapolate below zero"
+rule never applies (it would otherwise shorten the extrapolation of a
+counter that starts at 0 in the window, and add up to 7 s / W of difference).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.parse
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from servers import Server, require_binary, start_prometheus
+
+from slo.budget import Stage2State
+from slo.openmetrics_input import read_exposition
+from slo.rules import error_ratio_expr, generate
+from slo.sli import Stage1State
+from slo.spec import SloSpec, load_specs
+
+pytestmark = pytest.mark.integration
+
+CATALOG = Path(__file__).resolve().parents[2] / "examples" / "slos"
+HOURS = 4
+SCRAPE_S = 15
+OFFSET_S = 7
+PHASE_MIN = 20
+PER_SCRAPE = 200  # requests per scrape interval and model
+ERROR_RATIOS = (0.0005, 0.02, 0.3, 0.0, 0.01, 0.1, 0.001, 0.05, 0.0, 0.2, 0.003, 0.0)
+FAST_RATIOS = (0.97, 0.9, 0.5, 0.99, 0.8, 0.95, 0.6, 0.99, 0.9, 0.7, 0.96, 0.99)
+WINDOWS = (timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=1),
+           timedelta(hours=2))
+EVERY = timedelta(minutes=10)
+
+
+def _phase(i: int, model: int) -> int:
+    """Which phase scrape interval ``i`` (ending at sample ``i``) belongs to."""
+    minute = (i * SCRAPE_S - 1) // 60
+    return (minute // PHASE_MIN + 3 * model) % len(ERROR_RATIOS)
+
+
+def write_fleet(path: Path, t0: datetime) -> None:
+    """Request counters and a TTFT histogram per model, as a Prometheus export."""
+    n = HOURS * 3600 // SCRAPE_S
+    times = [t0 + timedelta(seconds=OFFSET_S + SCRAPE_S * i) for i in range(n + 1)]
+    counters: list[str] = ["# TYPE vllm:request_success counter"]
+    hist: list[str] = ["# TYPE vllm:time_to_first_token_seconds histogram"]
+    for m, model in enumerate(("llama", "qwen")):
+        target = f'instance="10.0.0.{m + 1}:8000",job="vllm",model_name="{model}"'
+        ok, err, fast, total = 50_000.0 + m, 10_000.0, 80_000.0, 90_000.0
+        ok_lines, err_lines = [], []
+        for i, t in enumerate(times):
+            if i:
+                p = _phase(i, m)
+                bad = round(ERROR_RATIOS[p] * PER_SCRAPE)
+                err += bad
+                ok += PER_SCRAPE - bad
+                fast += round(FAST_RATIOS[p] * PER_SCRAPE)
+                total += PER_SCRAPE
+            ts = f"{t.timestamp():.3f}"
+            ok_lines.append(f'vllm:request_success_total{{finished_reason="stop",{target}}} '
+                            f"{ok!r} {ts}")
+            err_lines.append(f'vllm:request_success_total{{finished_reason="error",{target}}} '
+                             f"{err!r} {ts}")
+            base = "vllm:time_to_first_token_seconds"
+            hist += [f'{base}_bucket{{{target},le="0.5"}} {fast!r} {ts}',
+                     f'{base}_bucket{{{target},le="+Inf"}} {total!r} {ts}',
+                     f"{base}_count{{{target}}} {total!r} {ts}",
+                     f"{base}_sum{{{target}}} {total * 0.3!r} {ts}"]
+        counters += ok_lines + err_lines
+    path.write_text("\n".join(counters + hist + ["# EOF"]) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def specs() -> list[SloSpec]:
+    chosen = [s for s in load_specs([CATALOG]) if s.id in ("request-success", "ttft")]
+    assert {s.id for s in chosen} == {"request-success", "ttft"}
+    assert not generate(chosen).skipped  # both have generated rules
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def t0() -> datetime:
+    # Recent enough for Prometheus' retention, old enough to be fully in persisted blocks.
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(
+        hours=HOURS + 3)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory, t0: datetime) -> Path:
+    path = tmp_path_factory.mktemp("export") / "fleet.om"
+    write_fleet(path, t0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory, export: Path) -> Iterator[Server]:
+    promtool = require_binary("promtool", "prometheus")
+    require_binary("prometheus", "prometheus")
+    work = tmp_path_factory.mktemp("prometheus")
+    done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(export),
+                           str(work / "data")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    server = start_prometheus("global:\n  evaluation_interval: 1m\n", work)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def query_range(server: Server, expr: str, start: datetime, end: datetime,
+                step: timedelta) -> dict[tuple[float, str], float]:
+    """``{(unix time, model_name): value}`` of a range query."""
+    q = urllib.parse.urlencode({"query": expr, "start": start.timestamp(),
+                                "end": end.timestamp(), "step": step.total_seconds()})
+    doc = server.get_json(f"/api/v1/query_range?{q}")
+    assert doc["status"] == "success", doc
+    out: dict[tuple[float, str], float] = {}
+    for series in doc["data"]["result"]:
+        for t, v in series["values"]:
+            out[(float(t), series["metric"].get("model_name", ""))] = float(v)
+    return out
+
+
+def engine_burn_rates(specs: list[SloSpec], frame: pl.DataFrame,
+                      times: list[datetime]) -> dict[tuple[str, timedelta, float, str], float]:
+    """The streaming engine fed in time order, evaluated at each of ``times``."""
+    frame = frame.sort("ts")
+    s1, s2 = Stage1State(specs), Stage2State(specs)
+    out: dict[tuple[str, timedelta, float, str], float] = {}
+    fed = 0
+    ts_ms = frame["ts"].dt.epoch("ms")
+    for t in times:
+        stop = int(ts_ms.search_sorted(int(t.timestamp() * 1000), side="right"))
+        if stop > fed:
+            s2.apply(s1.apply(frame.slice(fed, stop - fed), partition=0))
+            fed = stop
+        for rep in s2.report(t):
+            for w in WINDOWS:
+                burn = rep.window(w).burn_rate
+                if burn is not None:
+                    out[(rep.slo_id, w, t.timestamp(), rep.scope["model_name"])] = burn
+    return out
+
+
+def _ratio_at(spec_id: str, model: int, end_i: int) -> float:
+    """Error ratio of scrape interval ``end_i`` (the one ending at sample ``end_i``)."""
+    p = _phase(end_i, model)
+    if spec_id == "request-success":
+        return round(ERROR_RATIOS[p] * PER_SCRAPE) / PER_SCRAPE
+    return 1 - round(FAST_RATIOS[p] * PER_SCRAPE) / PER_SCRAPE
+
+
+def test_burn_rates_agree_with_prometheus_within_one_scrape_interval(
+    specs: list[SloSpec], export: Path, prometheus: Server, t0: datetime
+) -> None:
+    start = t0 + max(WINDOWS) + timedelta(minutes=10)
+    end = t0 + timedelta(hours=HOURS)
+    times: list[datetime] = []
+    t = start
+    while t <= end:
+        times.append(t)
+        t += EVERY
+    engine = engine_burn_rates(specs, read_exposition(export), times)
+    models = {"llama": 0, "qwen": 1}
+    compared = exact = 0
+    for spec in specs:
+        budget = float(spec.error_budget)
+        for w in WINDOWS:
+            prom = query_range(prometheus, error_ratio_expr(spec, w), start, end, EVERY)
+            n = int(w.total_seconds()) // SCRAPE_S
+            for at in times:
+                for model, m in models.items():
+                    key = (at.timestamp(), model)
+                    assert key in prom, f"Prometheus has no {spec.id} {w} at {at} for {model}"
+                    p_burn = prom[key] / budget
+                    e_burn = engine[(spec.id, w, at.timestamp(), model)]
+                    # The engine's N scrape intervals; Prometheus leaves out the first.
+                    last_i = int((at - t0).total_seconds() - OFFSET_S) // SCRAPE_S
+                    ratios = [_ratio_at(spec.id, m, i) for i in range(last_i - n + 1,
+                                                                      last_i + 1)]
+                    context = (f"{spec.id} {w} {model} at {at:%H:%M}: "
+                               f"engine {e_burn} vs Prometheus {p_burn}")
+                    if len(set(ratios)) == 1:
+                        assert e_burn == pytest.approx(p_burn, rel=1e-9, abs=1e-12), context
+                        exact += 1
+                    else:
+                        bound = max(abs(r - ratios[0]) for r in ratios) / n / budget
+                        assert abs(e_burn - p_burn) <= bound + 1e-9, context
+                    compared += 1
+    # Every (SLO, window, model, time) was compared, many of them exactly.
+    assert compared == len(specs) * len(WINDOWS) * len(models) * len(times)
+    assert exact >= compared // 4
