@@ -175,15 +175,9 @@ class SampleProducer:
             max_request_size=cfg.max_record_bytes + _RECORD_OVERHEAD,
             max_batch_size=max(16384, cfg.max_record_bytes + _RECORD_OVERHEAD),
         )
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            await producer.stop()
-            raise TransportError(
-                f"cannot connect producer to {self._bootstrap or cfg.bootstrap_servers}: "
-                f"{type(exc).__name__}: {exc}",
-                retriable=True,
-            ) from exc
+        await _start_client(
+            producer, f"connect producer to {self._bootstrap or cfg.bootstrap_servers}"
+        )
         self._producer = producer
         return self
 
@@ -272,6 +266,15 @@ class SampleProducer:
         ]
 
 
+async def _start_client(client: AIOKafkaProducer | AIOKafkaConsumer, what: str) -> None:
+    """Start an aiokafka client; on failure release it and raise a retriable error."""
+    try:
+        await client.start()
+    except KafkaError as exc:
+        await client.stop()
+        raise TransportError(f"cannot {what}: {type(exc).__name__}: {exc}", retriable=True) from exc
+
+
 def _consume_result(task: asyncio.Future[Any]) -> None:
     """Retrieve an abandoned task's outcome so asyncio does not log it as lost."""
     if not task.cancelled():
@@ -356,14 +359,7 @@ class SampleConsumer:
         )
         if self._listener is not None:
             consumer.subscribe(topics=self.topics, listener=self._listener)
-        try:
-            await consumer.start()
-        except KafkaError as exc:
-            await consumer.stop()
-            raise TransportError(
-                f"cannot start consumer for {self.topics}: {type(exc).__name__}: {exc}",
-                retriable=True,
-            ) from exc
+        await _start_client(consumer, f"start consumer for {self.topics}")
         self._consumer = consumer
         return self
 

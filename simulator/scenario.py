@@ -34,6 +34,7 @@ from pydantic import (
     field_validator,
 )
 
+from pipeline.config import ConfigError, validation_problems
 from simulator.faults import CATALOG, FaultError, FaultSpec
 from simulator.fleet import Fleet
 from simulator.spec import FleetSpec, ServiceSpec, TrainingSpec, default_services
@@ -64,17 +65,8 @@ def parse_duration(value: object) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
-class ScenarioError(ValueError):
+class ScenarioError(ConfigError):
     """A scenario that cannot be run; ``problems`` holds one line per mistake."""
-
-    retriable = False
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(
-            f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems)
-        )
 
 
 class _Model(BaseModel):
@@ -245,34 +237,6 @@ class Scenario(_Model):
 # ---- loading --------------------------------------------------------------------------
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _num(v: object) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def _problems(exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors(include_url=False):
-        msg = err["msg"]
-        ctx = err.get("ctx") or {}
-        for kind, key, op in (("greater_than", "gt", ">"), ("greater_than_equal", "ge", ">="),
-                              ("less_than", "lt", "<"), ("less_than_equal", "le", "<=")):
-            if err["type"] == kind:
-                msg = f"must be {op} {_num(ctx.get(key))}"
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif msg.startswith("Value error, "):
-            msg = msg.removeprefix("Value error, ")
-        lines.append(f"{_location(tuple(err['loc']))}: {msg}")
-    return lines
-
-
 def _semantic_problems(sc: Scenario) -> list[str]:
     """What only the built fleet can tell: duplicate names, faults on missing entities."""
     problems: list[str] = []
@@ -304,7 +268,7 @@ def parse_scenario(tree: Mapping[str, Any], source: str = "<scenario>") -> Scena
     try:
         sc = Scenario.model_validate(tree)
     except ValidationError as exc:
-        raise ScenarioError(source, _problems(exc)) from exc
+        raise ScenarioError(source, validation_problems(exc)) from exc
     problems = _semantic_problems(sc)
     if problems:
         raise ScenarioError(source, problems)
