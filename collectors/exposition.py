@@ -30,9 +30,13 @@ would raise first.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, compress
+from itertools import accumulate, chain, compress, repeat
+from operator import eq as _eq
+from operator import ge as _ge
+from operator import methodcaller
+from operator import sub as _sub
 from typing import Any
 
 import numpy as np
@@ -46,7 +50,9 @@ from prometheus_client.samples import Timestamp
 
 from pipeline.schema import SAMPLE_SCHEMA, Kind
 
-__all__ = ["ExpositionError", "detect_openmetrics", "parse_exposition", "sample_kind"]
+__all__ = [
+    "ExpositionError", "clear_shape_cache", "detect_openmetrics", "parse_exposition", "sample_kind",
+]
 
 
 class ExpositionError(ValueError):
@@ -810,23 +816,107 @@ def _assemble(
 # family error) makes this path decline and the general path handles the
 # payload, so exactness and error messages are those of the general path by
 # construction.
+#
+# Per call, in the steady state (the same target scraped again), the work is:
+# the ``findall``, one dict lookup of the payload's *shape* (every parsed field
+# but values and timestamps; see ``_SHAPE_CACHE``), one Arrow parse of values
+# and timestamps, and the frame.  A shape not seen before is computed with
+# C-level list operations: families by ``_canonical_families`` (the usual
+# ``HELP``/``TYPE``/samples layout, checked and resolved without a Python loop
+# per sample) or else the full ``_TextMachine``; label blocks split at quotes
+# (``_split_blocks``) or else by the strict regexes.
 
 # Every line: a sample (label block taken greedily, validated strictly per
 # distinct block later), HELP/TYPE, or blank.  One match per line, or decline.
+# Five groups only (a sample's name, label block, value and timestamp; a metadata line
+# whole): every group is a string per line to build and hash, and a metadata line is
+# only split further when the payload's shape is not cached.
 _SIMPLE_LINE = re.compile(
-    rf"^(?:({_NAME})(\{{[^\n]*\}})? ({_VALUE})(?: ({_TEXT_TS}))?"
-    rf"|# (HELP|TYPE) ({_NAME})(?: ([!-~][^\n]*))?|)$",
+    rf"^(?:({_NAME})(\{{.*\}})? ({_VALUE})(?: ({_TEXT_TS}))?"  # "." is [^\n] here
+    rf"|(# (?:HELP|TYPE) .*)|)$",
     re.MULTILINE,
 )
-_STRICT_TEXT_BLOCKS = re.compile(_TEXT_STRICT_BLOCK_RE.replace("^", "(?m)^", 1))
+_SIMPLE_META = re.compile(rf"^# (HELP|TYPE) ({_NAME})(?: ([!-~][^\n]*))?$", re.MULTILINE)
 _PAIR_GROUPS = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"')
 _ZERO_INT = re.compile(r"^[+-]?0+$")
 _LABELS_ARROW = pa.list_(pa.struct([("name", pa.string()), ("value", pa.string())]))
+_STRICT_TEXT_BLOCK_LIST = re.compile(
+    _TEXT_STRICT_BLOCK_RE[1:-1] + r"(?:\n" + _TEXT_STRICT_BLOCK_RE[1:-1] + ")*")
+_COUNT_PAIRS = methodcaller("count", '="')
+_OUTSIDE_PIECE = re.compile(rf"(,|,?\}}\n\{{)({_LNAME})=")
+_FIRST_PIECE = re.compile(rf"\{{({_LNAME})=")
+_LAST_PIECE = re.compile(r",?\}")
+_RSTRIP_TYPE = methodcaller("rstrip", " \t\r")
+_HELP_TYPE = ["HELP", "TYPE"]
+_KIND_ENUM = pl.Series("kind", [kind.value for kind in Kind], dtype=SAMPLE_SCHEMA["kind"])
+_KIND_CODE = {kind: i for i, kind in enumerate(_KIND_ENUM.to_list())}
+
+
+def _canon_entries(typ: str) -> tuple[tuple[str, str, int], ...]:
+    """``(sample suffix, metric suffix, kind code)`` for each name a text family allows.
+
+    The metric suffix is the reference's counter munging: ``_total`` is appended
+    unless the family name already ends with it.
+    """
+    ref_type = "unknown" if typ == "untyped" else typ  # what prometheus_client's Metric stores
+    entries = []
+    for suffix in _TEXT_ALLOWED.get(typ, [""]):
+        if typ == "counter":
+            entries.append((suffix, "_total", _KIND_CODE[sample_kind(typ, "x", "x_total").value]))
+        else:
+            kind = sample_kind(ref_type, "x", "x" + suffix)
+            entries.append((suffix, "", _KIND_CODE[kind.value]))
+    return tuple(entries)
+
+
+_CANON = {typ: _canon_entries(typ) for typ in ("counter", "gauge", "summary", "histogram",
+                                              "untyped")}
 
 
 def _no_first_after(name: str, line: int) -> int:
     """The text machine never asks (only the OpenMetrics one reports clashes)."""
     return line
+
+
+# The shape of recent payloads: everything but their values and timestamps (metric
+# names, kinds, labels, entities per sample), keyed by the lines' parsed fields other
+# than those two.  A scraper parses the same targets again and again, and a target's
+# series rarely change between scrapes (values and timestamps do), so the steady
+# state skips the family state machine and the label decoding.  The value is a pure
+# function of the key, so a hit is exactly what a miss would compute.
+_Shape = tuple[pl.Series, pl.Series, pl.Series, pl.Series]  # metric, kind, entity, labels
+
+
+class _ShapeKey:
+    """A payload's parsed fields but values and timestamps, as a cache key.
+
+    Hashed on the names and metadata lines only (hashing every label block costs
+    more than comparing them): equal payloads hash equal, and a hit is confirmed
+    by comparing everything.
+    """
+
+    __slots__ = ("_hash", "parts")
+
+    def __init__(self, parts: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...],
+                                    str | None]) -> None:
+        self.parts = parts
+        self._hash = hash((parts[0], parts[2], parts[3], len(parts[1])))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ShapeKey) and self.parts == other.parts
+
+
+_SHAPE_CACHE: dict[_ShapeKey, _Shape] = {}
+_SHAPE_CACHE_SIZE = 16
+_SHAPE_CACHE_MAX_CHARS = 2_000_000  # larger payloads are not kept
+
+
+def clear_shape_cache() -> None:
+    """Forget the payload shapes kept between calls (benchmarks measure a first scrape)."""
+    _SHAPE_CACHE.clear()
 
 
 def _parse_simple(
@@ -838,14 +928,123 @@ def _parse_simple(
         return None  # some line needs the general path
     if not matches:
         return None
-    names_all, blocks_all, values_all, ts_all, kw_all, mname_all, mrest_all = zip(
-        *matches, strict=True)
+    names_all, blocks_all, values_all, ts_all, meta_all = zip(*matches, strict=True)
+    key = _ShapeKey((names_all, blocks_all, meta_all, entity_label))
+    shape = _SHAPE_CACHE.get(key)
+    if shape is None:
+        shape = _simple_shape(names_all, blocks_all, meta_all, entity_label)
+        if shape is None:
+            return None
+        if len(text) <= _SHAPE_CACHE_MAX_CHARS:
+            while len(_SHAPE_CACHE) >= _SHAPE_CACHE_SIZE:
+                try:  # oldest first; another thread may have evicted it already
+                    del _SHAPE_CACHE[next(iter(_SHAPE_CACHE))]
+                except (KeyError, StopIteration, RuntimeError):
+                    break
+            _SHAPE_CACHE[key] = shape
+    values = list(compress(values_all, names_all))
+    stamps = list(compress(ts_all, names_all))
+    return _simple_frame(shape, values, stamps, node=node, source=source,
+                         scrape_ts_ms=scrape_ts_ms)
+
+
+def _simple_shape(
+    names_all: tuple[str, ...], blocks_all: tuple[str, ...], meta_all: tuple[str, ...],
+    entity_label: str | None,
+) -> _Shape | None:
+    """Metric, kind, entity and labels of every sample (``None`` declines the payload)."""
+    n_lines = len(names_all)
     names = list(compress(names_all, names_all))
     n = len(names)
-    events = [i for i, kw in enumerate(kw_all) if kw]
-    n_blank = len(matches) - n - len(events)
-    if n_blank > 1 or (n_blank == 1 and (names_all[-1] or kw_all[-1])):
+    if not names_all[-1] and not meta_all[-1]:
+        n_lines -= 1  # the empty "line" after the final newline
+    at = list(compress(range(len(meta_all)), meta_all))
+    if n_lines != n + len(at):
         return None  # blank lines inside: rare, leave the bookkeeping to the general path
+    metas = _SIMPLE_META.findall("\n".join(map(meta_all.__getitem__, at)))
+    if len(metas) != len(at):
+        return None  # a metadata line in an unusual shape
+    kw_list = [""] * len(meta_all)
+    mname_list = [""] * len(meta_all)
+    mrest_list = [""] * len(meta_all)
+    for i, (kw, mname, mrest) in zip(at, metas, strict=True):
+        kw_list[i], mname_list[i], mrest_list[i] = kw, mname, mrest
+    kw_all, mname_all, mrest_all = tuple(kw_list), tuple(mname_list), tuple(mrest_list)
+    blocks = list(compress(blocks_all, names_all))
+    mk = _canonical_families(kw_all, mname_all, mrest_all, names, n_lines)
+    if mk is None:
+        mk = _machine_families(kw_all, mname_all, mrest_all, names)
+        if mk is None:
+            return None
+    distinct = list(dict.fromkeys(blocks))
+    table = _simple_blocks(distinct, entity_label)
+    if table is None:
+        return None
+    labels, entities = table
+    row_of = {block: row for row, block in enumerate(distinct)}
+    idx = np.array(list(map(row_of.__getitem__, blocks)), dtype=np.uint32)
+    return (pl.Series("metric", mk[0], dtype=pl.String),
+            _KIND_ENUM[np.array(mk[1], dtype=np.uint32)],
+            entities[idx], labels[idx])
+
+
+def _canonical_families(
+    kw_all: tuple[str, ...], mname_all: tuple[str, ...], mrest_all: tuple[str, ...],
+    names: list[str], n_lines: int,
+) -> tuple[list[str], list[int]] | None:
+    """Each sample's output name and kind code for the canonical family layout, else ``None``.
+
+    Canonical: every family is ``# HELP X``, ``# TYPE X t`` on the next line, then
+    only samples that family allows; neighbouring families have different names;
+    ``t`` is a type whose grouping is tabulated (``_CANON``).  Then the
+    reference's state machine reduces to "a sample belongs to the family above
+    it", which is checked and computed with C-level operations (no Python work
+    per sample and little per family).  Anything else returns ``None`` and the
+    full state machine decides.
+    """
+    if not kw_all[0] or kw_all[0] != "HELP":
+        return None
+    ev = list(compress(range(len(kw_all)), kw_all))
+    n_fam = len(ev) // 2
+    if len(ev) != 2 * n_fam or list(map(kw_all.__getitem__, ev)) != _HELP_TYPE * n_fam:
+        return None
+    help_at, type_at = ev[0::2], ev[1::2]
+    if list(map(_sub, type_at, help_at)).count(1) != n_fam:
+        return None  # a TYPE line not right after its HELP line
+    fam_names = list(map(mname_all.__getitem__, help_at))
+    if fam_names != list(map(mname_all.__getitem__, type_at)):
+        return None
+    if any(map(_eq, fam_names[1:], fam_names[:-1])):
+        return None  # the reference merges neighbouring families of one name
+    types = list(map(_RSTRIP_TYPE, map(mrest_all.__getitem__, type_at)))
+    if not _CANON.keys() >= set(types) or "_total" in fam_names:
+        return None  # unusual types and an empty counter name: the state machine's job
+    counts = list(map(_sub, [*help_at[1:], n_lines], type_at))  # one more than the samples
+    fam_of = list(chain.from_iterable(map(repeat, range(n_fam), map(_sub, counts, repeat(1)))))
+    if len(fam_of) != len(names):
+        return None
+    out: dict[tuple[int, str], tuple[str, int]] = {}
+    for k, name, typ in zip(range(n_fam), fam_names, types, strict=True):
+        for suffix, metric_suffix, code in _CANON[typ]:
+            sample = name + suffix
+            out[k, sample] = (sample + metric_suffix if metric_suffix and not
+                              name.endswith(metric_suffix) else sample, code)
+    mk = list(map(out.get, zip(fam_of, names, strict=True)))
+    if None in mk:
+        return None  # a sample outside its family: the reference's untyped singleton
+    if not mk:
+        return [], []
+    metrics, codes = zip(*mk, strict=True)
+    return list(metrics), list(codes)
+
+
+def _machine_families(
+    kw_all: tuple[str, ...], mname_all: tuple[str, ...], mrest_all: tuple[str, ...],
+    names: list[str],
+) -> tuple[list[str], list[int]] | None:
+    """Each sample's output name and kind code from the full family state machine."""
+    n = len(names)
+    events = list(compress(range(len(kw_all)), kw_all))
     plan = _Plan()
     machine = _TextMachine(plan)
     fids: list[int] = []
@@ -867,18 +1066,10 @@ def _parse_simple(
         return None
     if plan.errors:
         return None
-    blocks = list(compress(blocks_all, names_all))
-    distinct = list(dict.fromkeys(blocks))
-    table = _simple_blocks(distinct, entity_label)
-    if table is None:
-        return None
-    labels, entities = table
-    index = {b: i for i, b in enumerate(distinct)}
-    block_idx = list(map(index.__getitem__, blocks))
-    values = list(compress(values_all, names_all))
-    stamps = list(compress(ts_all, names_all))
-    return _simple_frame(plan, names, values, stamps, fids, block_idx, labels, entities,
-                         node=node, source=source, scrape_ts_ms=scrape_ts_ms)
+    out_of = {key: _metric_and_kind(plan, key[0], key[1], False)
+              for key in dict.fromkeys(zip(fids, names, strict=True))}
+    mk = [out_of[key] for key in zip(fids, names, strict=True)]
+    return [m for m, _ in mk], [_KIND_CODE[k] for _, k in mk]
 
 
 def _run(machine: _TextMachine, plan: _Plan, names: list[str], start: int, end: int,
@@ -904,6 +1095,46 @@ def _run(machine: _TextMachine, plan: _Plan, names: list[str], start: int, end: 
         fids.append(segs[k][1])
 
 
+def _split_blocks(
+    joined: str, n_blocks: int,
+) -> tuple[Sequence[str], Sequence[str], list[int]] | None:
+    """Label names, values and each block's first pair, by splitting at quotes.
+
+    ``joined`` is ``n_blocks`` label blocks, one a line, each ``{...}`` already.
+    Split at ``"``, the pieces alternate between the text outside values and
+    values.  The blocks are strict exactly when no backslash occurs, every
+    outside piece is ``{name=`` (first), ``,name=``, ``,?}\\n{name=`` (a block
+    boundary) or ``,?}`` (last), and there are as many block starts as blocks
+    (so no value holds a newline, i.e. quotes pair up within each block).  The
+    outside pieces repeat (a few label names), so each distinct one is checked
+    once.  ``None``: not in this form (e.g. an empty ``{}``), try the regexes.
+    """
+    if not n_blocks or "\\" in joined or "{}" in joined:
+        return None
+    pieces = joined.split('"')
+    if len(pieces) % 2 == 0:
+        return None
+    outside = pieces[0::2]
+    name_of: dict[str, str] = {}
+    start_of: dict[str, bool] = {}
+    for piece in set(outside[1:-1]):
+        m = _OUTSIDE_PIECE.fullmatch(piece)
+        if m is None:
+            return None
+        name_of[piece] = m.group(2)
+        start_of[piece] = m.group(1) != ","
+    first = _FIRST_PIECE.fullmatch(outside[0])
+    if first is None or _LAST_PIECE.fullmatch(outside[-1]) is None:
+        return None
+    name_of[outside[0]] = first.group(1)
+    start_of[outside[0]] = True
+    heads = outside[:-1]
+    starts = list(compress(range(len(heads)), map(start_of.__getitem__, heads)))
+    if len(starts) != n_blocks:
+        return None
+    return list(map(name_of.__getitem__, heads)), pieces[1::2], starts
+
+
 def _simple_blocks(
     distinct: list[str], entity_label: str | None,
 ) -> tuple[pl.Series, pl.Series] | None:
@@ -915,21 +1146,35 @@ def _simple_blocks(
     """
     nonempty = [b for b in distinct if b]
     joined = "\n".join(nonempty)
-    if len(_STRICT_TEXT_BLOCKS.findall(joined)) != len(nonempty):
-        return None
-    counts = [b.count('="') for b in distinct]
-    pairs = _PAIR_GROUPS.findall(joined)
-    if len(pairs) != sum(counts):
-        return None
-    offsets = [0, *accumulate(counts)]
-    if pairs:
-        lnames, lvalues = zip(*pairs, strict=True)
+    split = _split_blocks(joined, len(nonempty))
+    if split is not None:
+        lnames, lvalues, starts = split
+        counts = list(map(_sub, [*starts[1:], len(lnames)], starts))
+        if len(nonempty) < len(distinct):  # the sample without labels: no pairs
+            counts.insert(distinct.index(""), 0)
     else:
-        lnames, lvalues = (), ()
-    bid = pa.array(np.repeat(np.arange(len(distinct), dtype=np.int32), counts))
-    table = pa.table({"bid": bid, "name": pa.array(lnames, pa.string()),
-                      "value": pa.array(lvalues, pa.string())})
-    if len(lnames) > 1:
+        if nonempty and _STRICT_TEXT_BLOCK_LIST.fullmatch(joined) is None:
+            return None
+        counts = list(map(_COUNT_PAIRS, distinct))
+        pairs = _PAIR_GROUPS.findall(joined)
+        if len(pairs) != sum(counts):
+            return None
+        if pairs:
+            lnames, lvalues = zip(*pairs, strict=True)
+        else:
+            lnames, lvalues = (), ()
+    offsets = [0, *accumulate(counts)]
+    # Exporters usually write labels sorted: then, within every block, each name is
+    # below the next one (which also rules out a repeated name); the only places
+    # where a name is not below its successor are block boundaries.
+    not_below = list(compress(range(1, len(lnames)), map(_ge, lnames[:-1], lnames[1:])))
+    if set(not_below) <= set(offsets):
+        name_arr = pa.array(lnames, pa.string())
+        value_arr = pa.array(lvalues, pa.string())
+    else:
+        bid = pa.array(np.repeat(np.arange(len(distinct), dtype=np.int32), counts))
+        table = pa.table({"bid": bid, "name": pa.array(lnames, pa.string()),
+                          "value": pa.array(lvalues, pa.string())})
         order = pc.sort_indices(table, sort_keys=[("bid", "ascending"), ("name", "ascending")])
         table = table.take(order)
         names_col = table.column("name")
@@ -937,50 +1182,63 @@ def _simple_blocks(
                        pc.equal(names_col[1:], names_col[:-1]))
         if pc.any(same).as_py():
             return None  # a repeated label name: the general path reports it
-    struct = pa.StructArray.from_arrays(
-        [table.column("name").combine_chunks(), table.column("value").combine_chunks()],
-        names=["name", "value"])
+        name_arr = names_col.combine_chunks()
+        value_arr = table.column("value").combine_chunks()
+    struct = pa.StructArray.from_arrays([name_arr, value_arr], names=["name", "value"])
     arrow = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=_LABELS_ARROW)
     labels_s = pl.Series("labels", arrow).cast(SAMPLE_SCHEMA["labels"])
     if entity_label:
-        ent = re.compile(r"[{,]" + re.escape(entity_label) + r'="([^"]*)"')
-        entities = [m.group(1) if (m := ent.search(b)) else "" for b in distinct]
-    else:
+        # From the decoded pairs (a regex over the block text could match inside a
+        # value); a block holds each name at most once (checked above).
         entities = [""] * len(distinct)
-    return labels_s, pl.Series("entity", entities, dtype=pl.String)
+        block_of = np.repeat(np.arange(len(distinct)), counts).tolist()
+        for i in compress(range(len(lnames)), map(_eq, lnames, repeat(entity_label))):
+            entities[block_of[i]] = lvalues[i]
+        return labels_s, pl.Series("entity", entities, dtype=pl.String)
+    return labels_s, pl.Series("entity", [""], dtype=pl.String).new_from_index(0, len(distinct))
 
 
 def _simple_frame(
-    plan: _Plan, names: list[str], values: list[str], stamps: list[str], fids: list[int],
-    block_idx: list[int], labels: pl.Series, entities: pl.Series, *,
+    shape: _Shape, values: list[str], stamps: list[str], *,
     node: str, source: str, scrape_ts_ms: int,
 ) -> pl.DataFrame:
-    out_of = {key: _metric_and_kind(plan, key[0], key[1], False)
-              for key in dict.fromkeys(zip(fids, names, strict=True))}
-    mk = [out_of[key] for key in zip(fids, names, strict=True)]
-    value = list(map(float, values))
-    if -0.0 in value:
-        # The reference turns an integer "-0" into 0.0 (int() first); Python's float keeps -0.0.
-        for i, v in enumerate(value):
-            if v == 0.0 and _ZERO_INT.match(values[i]):
+    metric, kind, entity, labels = shape
+    n = len(values)
+    present = list(compress(stamps, stamps))
+    try:
+        # Arrow's string-to-double parse is correctly rounded, like float(), and takes
+        # every spelling _VALUE lets through; timestamps (at most 15 digits) are
+        # exact in a double.  Values and timestamps go through in one call.
+        numbers = pc.cast(pa.array(values + present, pa.string()), pa.float64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        numbers = np.array([*map(float, values), *map(float, present)], dtype=np.float64)
+    value = numbers[:n]
+    if (value == 0.0).any() and np.signbit(value[value == 0.0]).any():
+        # The reference turns an integer "-0" into 0.0 (int() first); float keeps -0.0.
+        value = value.copy()
+        for i in np.flatnonzero((value == 0.0) & np.signbit(value)).tolist():
+            if _ZERO_INT.match(values[i]):
                 value[i] = 0.0
-    n = len(names)
-    if any(stamps):
-        # parse_text_reference computes int(int(ts) / 1000 * 1000) (float seconds in between).
-        ts = pl.Series("ts", [int(int(s) / 1000 * 1000) if s else scrape_ts_ms for s in stamps],
-                       dtype=pl.Int64)
+    if present:
+        # parse_text_reference computes int(int(ts) / 1000 * 1000) (float seconds in
+        # between): the same operations in float64, and the cast truncates like int().
+        ms = (numbers[n:] / 1000.0 * 1000.0).astype(np.int64)
+        if len(present) < n:
+            full = np.full(n, scrape_ts_ms, dtype=np.int64)
+            full[np.fromiter(map(bool, stamps), dtype=bool, count=n)] = ms
+            ms = full
+        ts = pl.Series("ts", ms, dtype=pl.Int64)
     else:
         ts = pl.Series("ts", [scrape_ts_ms], dtype=pl.Int64).new_from_index(0, n)
-    idx = pl.Series(block_idx, dtype=pl.UInt32)
     return pl.DataFrame(
         [
             ts.cast(SAMPLE_SCHEMA["ts"]),
             pl.Series("node", [node], dtype=pl.String).new_from_index(0, n),
             pl.Series("source", [source], dtype=pl.String).new_from_index(0, n),
-            pl.Series("metric", [m for m, _ in mk], dtype=pl.String),
-            pl.Series("kind", [k for _, k in mk], dtype=SAMPLE_SCHEMA["kind"]),
+            metric,
+            kind,
             pl.Series("value", value, dtype=pl.Float64),
-            entities.gather(idx),
-            labels.gather(idx),
+            entity,
+            labels,
         ]
     )

@@ -292,3 +292,21 @@ def test_openmetrics_exemplars_are_skipped_and_timestamps_are_seconds() -> None:
     assert got["kind"].to_list() == [Kind.HISTOGRAM_BUCKET, Kind.HISTOGRAM_BUCKET,
                                      Kind.HISTOGRAM_COUNT, Kind.HISTOGRAM_SUM, Kind.GAUGE]
     assert got["ts"].dt.epoch("ms").to_list()[4] == 1_700_000_000_123
+
+
+def test_entity_comes_from_the_decoded_label_not_from_text_inside_another_value() -> None:
+    # A label value that looks like `a=` once fooled a text search for the entity label.
+    text = '# TYPE m gauge\nm{gpu="{a=",a="GPU-1"} 1\n'
+    frame = parse_exposition(text, node="n", source="s", scrape_ts_ms=0, entity_label="a")
+    assert frame["entity"].to_list() == ["GPU-1"]
+
+
+def test_shape_cache_never_returns_another_payloads_labels_or_values() -> None:
+    """Scrapes of one target reuse its cached structure; any change in labels must not."""
+    kw: dict[str, Any] = {"node": "n", "source": "s", "scrape_ts_ms": 0}
+    first = '# HELP m help\n# TYPE m gauge\nm{gpu="0"} 1\nm{gpu="1"} 2\n'
+    values_changed = '# HELP m help\n# TYPE m gauge\nm{gpu="0"} 5\nm{gpu="1"} 6\n'
+    label_changed = '# HELP m help\n# TYPE m gauge\nm{gpu="0"} 5\nm{gpu="7"} 6\n'
+    for text in (first, values_changed, label_changed, first):
+        assert_frame_equal(parse_exposition(text, openmetrics=False, **kw),
+                           reference.parse_text_reference(text, **kw))
