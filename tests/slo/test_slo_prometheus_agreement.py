@@ -1,4 +1,4 @@
-"""The streaming engine and a real Prometheus agree on burn rates over the same samples.
+"""The streaming engine and a real Prometheus agree on burn rates and page alert times.
 
 One recorded fleet (two models, four hours, a scrape every 15 s, error and
 latency ratios that change every 20 minutes) is written as OpenMetrics and
@@ -33,6 +33,8 @@ counter that starts at 0 in the window, and add up to 7 s / W of difference).
 
 from __future__ import annotations
 
+import itertools
+import re
 import subprocess
 import urllib.parse
 from collections.abc import Iterator
@@ -43,11 +45,14 @@ import polars as pl
 import pytest
 from servers import Server, require_binary, start_prometheus
 
+from slo import conventions as cv
+from slo.alerting import AlertEvaluator, AlertStatus
 from slo.budget import Stage2State
 from slo.openmetrics_input import read_exposition
-from slo.rules import error_ratio_expr, generate
+from slo.rules import error_ratio_expr, generate, slo_rule_groups
 from slo.sli import Stage1State
 from slo.spec import SloSpec, load_specs
+from slo.windows import Severity
 
 pytestmark = pytest.mark.integration
 
@@ -222,3 +227,118 @@ def test_burn_rates_agree_with_prometheus_within_one_scrape_interval(
     # Every (SLO, window, model, time) was compared, many of them exactly.
     assert compared == len(specs) * len(WINDOWS) * len(models) * len(times)
     assert exact >= compared // 4
+
+
+# --- Page alert times -----------------------------------------------------------------------
+#
+# The generated page alert's ``expr`` (an OR of (short AND long) tiers over the
+# ``slo:sli_error:ratio_rate<W>`` recordings) is evaluated by Prometheus with
+# ``query_range`` at the engine's evaluation step, each recording replaced by the
+# expression the recording rule stores (recording rules do not run over
+# backfilled data).  The minutes at which it returns a series are the minutes
+# the alert condition holds; with ``for`` absent (alertAfter 0) those are the
+# minutes the alert fires.  The engine's page alert, fed the same file and
+# evaluated at the same minutes, must fire at the same minutes, except where the
+# one-leading-interval effect described above can move a window's burn rate
+# across its tier's factor: a minute where the two disagree must have a page
+# window whose Prometheus burn rate is within that documented bound of the
+# factor.  Every firing and every resolution of either side must then have one
+# of the other side within one evaluation step (in practice they are equal).
+
+ALERT_STEP = timedelta(minutes=1)
+RECORDING = re.compile(r"(slo:sli_error:ratio_rate\w+)\{[^}]*\}")
+
+
+def page_alert_expr(spec: SloSpec) -> str:
+    """The generated page alert's expr with each recording replaced by its recorded expr."""
+    groups = {g["name"]: g["rules"] for g in slo_rule_groups(spec)}
+    recorded = {r["record"]: r["expr"] for r in groups[cv.sli_recording_group(spec.id)]}
+    (page,) = [r for r in groups[cv.alert_group(spec.id)]
+               if r["labels"][cv.LABEL_SEVERITY] == Severity.PAGE.value]
+    assert "for" not in page  # alertAfter 0: firing is the condition holding
+    expr = RECORDING.sub(lambda m: f"({recorded[m[1]]})", page["expr"])
+    assert "slo:" not in expr
+    return str(expr)
+
+
+def engine_page_firing(specs: list[SloSpec], frame: pl.DataFrame,
+                       times: list[datetime]) -> set[tuple[str, str, float]]:
+    """``{(SLO, model_name, unix time)}`` where the engine's page alert is firing."""
+    frame = frame.sort("ts")
+    s1, s2, alerts = Stage1State(specs), Stage2State(specs), AlertEvaluator(specs)
+    ts_ms = frame["ts"].dt.epoch("ms")
+    fed = 0
+    out: set[tuple[str, str, float]] = set()
+    for t in times:
+        stop = int(ts_ms.search_sorted(int(t.timestamp() * 1000), side="right"))
+        if stop > fed:
+            s2.apply(s1.apply(frame.slice(fed, stop - fed), partition=0))
+            fed = stop
+        for a in alerts.evaluate(s2.report(t), t):
+            if a.severity is Severity.PAGE and a.status is AlertStatus.FIRING:
+                out.add((a.slo_id, a.scope["model_name"], t.timestamp()))
+    return out
+
+
+def _edges(on: set[float], times: list[float]) -> list[float]:
+    """Times the condition starts or stops holding."""
+    return [t for prev, t in itertools.pairwise(times) if (prev in on) != (t in on)]
+
+
+def _burn_bound(spec_id: str, model: int, since_t0_s: float, window: timedelta,
+                budget: float) -> float:
+    """The documented burn-rate difference bound for ``window`` ending ``since_t0_s`` in."""
+    n = int(window.total_seconds()) // SCRAPE_S
+    last_i = int(since_t0_s - OFFSET_S) // SCRAPE_S
+    ratios = [_ratio_at(spec_id, model, i) for i in range(max(1, last_i - n + 1), last_i + 1)]
+    return max(abs(r - ratios[0]) for r in ratios) / n / budget
+
+
+def test_page_alert_fires_when_prometheus_says_within_one_step(
+    specs: list[SloSpec], export: Path, prometheus: Server, t0: datetime
+) -> None:
+    start = t0 + timedelta(minutes=10)
+    end = t0 + timedelta(hours=HOURS)
+    times: list[datetime] = []
+    t = start
+    while t <= end:
+        times.append(t)
+        t += ALERT_STEP
+    stamps = [t.timestamp() for t in times]
+    engine = engine_page_firing(specs, read_exposition(export), times)
+    models = {"llama": 0, "qwen": 1}
+    fired = disagreed = edges = 0
+    for spec in specs:
+        prom = set(query_range(prometheus, page_alert_expr(spec), start, end, ALERT_STEP))
+        tiers = [w for w in spec.windows if w.severity is Severity.PAGE]
+        budget = float(spec.error_budget)
+        burns = {(w, key): v / budget
+                 for w in {x for tier in tiers for x in (tier.short, tier.long)}
+                 for key, v in query_range(prometheus, error_ratio_expr(spec, w), start, end,
+                                           ALERT_STEP).items()}
+        for model, m in models.items():
+            p_on = {at for at, mod in prom if mod == model}
+            e_on = {at for slo, mod, at in engine if slo == spec.id and mod == model}
+            fired += len(e_on)
+            for at in sorted(p_on ^ e_on):
+                disagreed += 1
+                assert any(
+                    (p_burn := burns.get((w, (at, model)))) is not None
+                    and abs(p_burn - float(tier.factor))
+                    <= _burn_bound(spec.id, m, at - t0.timestamp(), w, budget) + 1e-9
+                    for tier in tiers for w in (tier.short, tier.long)), (
+                    f"{spec.id} {model} at {datetime.fromtimestamp(at, UTC):%H:%M}: engine "
+                    f"{'fires' if at in e_on else 'silent'}, Prometheus "
+                    f"{'fires' if at in p_on else 'silent'}, no window near its factor")
+            e_edges, p_edges = _edges(e_on, stamps), _edges(p_on, stamps)
+            edges += len(e_edges)
+            step = ALERT_STEP.total_seconds()
+            for mine, theirs, who in ((e_edges, p_edges, "engine"),
+                                      (p_edges, e_edges, "Prometheus")):
+                for at in mine:
+                    assert any(abs(at - x) <= step for x in theirs), (
+                        f"{spec.id} {model}: {who} changes at "
+                        f"{datetime.fromtimestamp(at, UTC):%H:%M}, the other not within {step} s")
+    # The fleet pages for real, fires and resolves repeatedly, and the two rarely differ.
+    assert fired >= 30 and edges >= 4
+    assert disagreed <= fired // 10
