@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -240,28 +238,6 @@ def test_redact() -> None:
 
 
 # ---------------------------------------------------------------- TLS fetch
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed CA-style certificate for 127.0.0.1, made by the openssl CLI.
-
-    (The ``cryptography`` package is not a dependency; without openssl the
-    TLS tests skip.)
-    """
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl CLI not available to make a test certificate")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-         "-subj", "/CN=kubelet-test", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-addext", "basicConstraints=critical,CA:TRUE"],
-        check=True, capture_output=True, timeout=30,
-    )
-    return cert, key
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import ssl
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -264,24 +263,6 @@ async def test_missing_sysfs_root_and_broken_files_are_reported_not_fatal(
 
 
 # ---------------------------------------------------------------- kubelet over TLS
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed CA-style certificate for 127.0.0.1, made by the openssl CLI."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl CLI not available to make a test certificate")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-         "-subj", "/CN=kubelet-test", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-addext", "basicConstraints=critical,CA:TRUE"],
-        check=True, capture_output=True, timeout=30,
-    )
-    return cert, key
 
 
 SUMMARY = """{"node": {"nodeName": "n1", "cpu": {"time": "2026-11-01T12:00:00Z",

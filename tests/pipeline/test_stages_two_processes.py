@@ -14,33 +14,35 @@ processes must have done part of the work in both stages.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
-import yaml
+from aggregate_process import (
+    ROOT,
+    canonical,
+    chunks,
+    expected_reports,
+    produce,
+    read_report,
+    start,
+    wait,
+    write_config,
+)
 from aiokafka.partitioner import murmur2
 
 from pipeline.config import KafkaConfig
-from pipeline.kafka import SampleProducer, ensure_topics
+from pipeline.kafka import ensure_topics
 from pipeline.schema import frame_from_rows
-from slo.budget import Stage2State
-from slo.sli import Stage1State
-from slo.spec import SloSpec, load_specs
+from slo.spec import load_specs
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 # SLO ids hash to sli partitions 2, 0 and 3: whether the group hands out ranges
 # ({0,1}, {2,3}) or round-robin ({0,2}, {1,3}), each member owns at least one.
 SPEC_FILES = [ROOT / "examples" / "slos" / "request-success.yaml",
@@ -90,98 +92,12 @@ def fleet(t0: datetime) -> dict[str, pl.DataFrame]:
     return out
 
 
-def chunks(frames: dict[str, pl.DataFrame], t0: datetime) -> list[tuple[str, pl.DataFrame]]:
-    """(node, scrape batch) in time order, as collectors would send them."""
-    out: list[tuple[str, pl.DataFrame]] = []
-    for start in range(0, MINUTES + 1, CHUNK_MIN):
-        lo = t0 + timedelta(minutes=start)
-        hi = lo + timedelta(minutes=CHUNK_MIN)
-        for node, frame in frames.items():
-            part = frame.filter((pl.col("ts") >= lo) & (pl.col("ts") < hi))
-            if part.height:
-                out.append((node, part))
-    return out
-
-
-async def produce(kafka_cfg: KafkaConfig, batches: Sequence[tuple[str, pl.DataFrame]]) -> None:
-    async with SampleProducer(kafka_cfg) as producer:
-        for node, frame in batches:
-            await producer.send_frame(kafka_cfg.topics.samples, node, frame)
-
-
-def canonical(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = json.loads(json.dumps(reports))
-    return sorted(out, key=lambda r: json.dumps(r, sort_keys=True))
-
-
-def expected_reports(specs: Sequence[SloSpec], frame: pl.DataFrame,
-                     at: datetime) -> list[dict[str, Any]]:
-    """The pure engine over every sample in one state, evaluated at ``at`` (as JSON)."""
-    s1, s2 = Stage1State(specs), Stage2State(specs)
-    s2.apply(s1.apply(frame.sort("ts"), partition=0))
-    return canonical([r.to_dict() for r in s2.report(at)])
-
-
-def write_config(tmp_path: Path, kafka_cfg: KafkaConfig) -> Path:
-    t = kafka_cfg.topics
-    cfg = {
-        "log_level": "INFO",  # for the "stageN owns ... partitions [...]" lines
-        "kafka": {"bootstrap_servers": kafka_cfg.bootstrap_servers, "partitions": PARTITIONS,
-                  "linger_ms": 5,
-                  "topics": {"samples": t.samples, "sli": t.sli, "dlq": t.dlq}},
-        "consumer": {"max_records": 4, "poll_timeout_ms": 200, "session_timeout_ms": 6000},
-        "slo": {"checkpoint_dir": str(tmp_path / "state"), "checkpoint_interval_s": 0,
-                "tick_interval_s": 0.3},
-        "exporters": {"prometheus": {"enabled": False}, "otlp": {"enabled": False}},
-    }
-    path = tmp_path / "gpuslo.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def start(config: Path, report: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUSLO_")}
-    argv = [sys.executable, "-m", "pipeline.cli", "aggregate", "--config", str(config),
-            "--report-json", str(report)]
-    for spec in SPEC_FILES:
-        argv += ["--specs", str(spec)]
-    with log.open("ab") as out:
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-
-
-def read_report(path: Path) -> dict[str, Any] | None:
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc
-
-
 def owned(log: Path) -> dict[str, set[int]]:
     """Each stage's partitions after the newest assignment in a process's log."""
     out: dict[str, set[int]] = {}
     for stage, parts in OWNS.findall(log.read_text(errors="replace")):
         out[stage] = {int(p) for p in parts.replace(",", " ").split()}
     return out
-
-
-def wait(cond: Callable[[], Any], procs: Sequence[subprocess.Popen[bytes]],
-         logs: Sequence[Path], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        tails = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}"
-                          for log in logs)
-        for proc in procs:
-            if proc.poll() is not None:
-                pytest.fail(f"gpuslo aggregate exited ({proc.returncode}) waiting for "
-                            f"{what}:\n{tails}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}:\n{tails}")
-        time.sleep(0.05)
 
 
 async def test_two_processes_in_one_group_give_the_reports_of_one(
@@ -198,14 +114,18 @@ async def test_two_processes_in_one_group_give_the_reports_of_one(
     t = kafka_cfg.topics
     await ensure_topics(kafka_cfg, [t.samples, t.sli, t.dlq], partitions=PARTITIONS)
 
-    config = write_config(tmp_path, kafka_cfg)
+    config = write_config(
+        tmp_path, kafka_cfg, partitions=PARTITIONS, max_records=4,
+        log_level="INFO",  # for the "stageN owns ... partitions [...]" lines
+        extra={"exporters": {"prometheus": {"enabled": False}, "otlp": {"enabled": False}}},
+    )
     names = ("a", "b")
     reports = {n: tmp_path / f"report-{n}.json" for n in names}
     logs = {n: tmp_path / f"aggregate-{n}.log" for n in names}
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for n in names:
-            procs[n] = start(config, reports[n], logs[n])
+            procs[n] = start(config, reports[n], logs[n], SPEC_FILES)
         plist, llist = list(procs.values()), list(logs.values())
 
         def split() -> dict[str, dict[str, set[int]]] | None:
@@ -218,7 +138,7 @@ async def test_two_processes_in_one_group_give_the_reports_of_one(
             return own if all(read_report(reports[n]) for n in names) else None
 
         own = wait(split, plist, llist, 25, "both processes to own part of both topics")
-        await produce(kafka_cfg, chunks(frames, t0))
+        await produce(kafka_cfg, chunks(frames, t0, MINUTES, CHUNK_MIN))
 
         def caught_up() -> dict[str, dict[str, Any]] | None:
             docs = {n: read_report(reports[n]) for n in names}
