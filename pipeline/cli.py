@@ -22,7 +22,7 @@ from rich.live import Live
 
 from pipeline.broker import BrokerError, EmbeddedBroker
 from pipeline.config import ConfigError, GpusloConfig, load_config
-from pipeline.kafka import SampleProducer, TransportError, ensure_topics
+from pipeline.kafka import SampleProducer, TransportError
 from pipeline.schema import SCHEMA_VERSION
 
 app = typer.Typer(
@@ -126,7 +126,7 @@ def broker(
 def collect(config: ConfigOption = None, duration: DurationOption = None) -> None:
     """Run the configured collectors and produce their batches to Kafka."""
     from collectors.registry import build_collectors
-    from pipeline.runtime import CollectRunner, run_until
+    from pipeline.runtime import CollectRunner, kafka_servers, run_until
 
     cfg = _load(config)
     if not cfg.collectors:
@@ -134,29 +134,21 @@ def collect(config: ConfigOption = None, duration: DurationOption = None) -> Non
         raise typer.Exit(2)
 
     async def main(stop: asyncio.Event) -> None:
-        embedded = EmbeddedBroker() if not cfg.kafka.bootstrap_servers else None
-        servers = embedded.start().bootstrap_servers if embedded else cfg.kafka.bootstrap_servers
-        try:
-            if cfg.kafka.create_topics:
-                await ensure_topics(
-                    cfg.kafka,
-                    [cfg.kafka.topics.samples, cfg.kafka.topics.dlq],
-                    bootstrap_servers=servers,
-                )
-            async with SampleProducer(cfg.kafka, bootstrap_servers=servers) as producer:
-                collectors = build_collectors(cfg)
-                runner = CollectRunner(collectors, producer, cfg.kafka.topics.samples)
-                console.print(f"collecting from {len(collectors)} collector(s) into {servers}")
-                await run_until(stop, duration, runner.run(stop))
-                s = runner.stats
-                console.print(
-                    f"produced {s.samples_produced} samples in {s.records_produced} "
-                    f"records; scrape errors: {sum(s.errors.values())}; "
-                    f"dropped: {sum(s.dropped.values())}"
-                )
-        finally:
-            if embedded:
-                embedded.stop()
+        topics = [cfg.kafka.topics.samples, cfg.kafka.topics.dlq]
+        async with (
+            kafka_servers(cfg.kafka, topics) as servers,
+            SampleProducer(cfg.kafka, bootstrap_servers=servers) as producer,
+        ):
+            collectors = build_collectors(cfg)
+            runner = CollectRunner(collectors, producer, cfg.kafka.topics.samples)
+            console.print(f"collecting from {len(collectors)} collector(s) into {servers}")
+            await run_until(stop, duration, runner.run(stop))
+            s = runner.stats
+            console.print(
+                f"produced {s.samples_produced} samples in {s.records_produced} "
+                f"records; scrape errors: {sum(s.errors.values())}; "
+                f"dropped: {sum(s.dropped.values())}"
+            )
 
     _run(main)
 

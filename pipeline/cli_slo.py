@@ -314,11 +314,9 @@ def register(app: typer.Typer) -> None:
         from rich.live import Live
 
         from exporters.registry import build_hub
-        from pipeline.broker import EmbeddedBroker
         from pipeline.cli import _load, _run
-        from pipeline.kafka import ensure_topics
         from pipeline.publish import publish_board
-        from pipeline.runtime import run_until
+        from pipeline.runtime import kafka_servers, run_until
         from pipeline.stages import SloEngine
 
         cfg = _load(config)
@@ -329,15 +327,8 @@ def register(app: typer.Typer) -> None:
         slos = _specs(paths)
 
         async def main(stop: asyncio.Event) -> None:
-            embedded = EmbeddedBroker() if not cfg.kafka.bootstrap_servers else None
-            servers = (
-                embedded.start().bootstrap_servers if embedded else cfg.kafka.bootstrap_servers
-            )
-            try:
-                t = cfg.kafka.topics
-                if cfg.kafka.create_topics:
-                    await ensure_topics(cfg.kafka, [t.samples, t.sli, t.dlq],
-                                        bootstrap_servers=servers)
+            t = cfg.kafka.topics
+            async with kafka_servers(cfg.kafka, [t.samples, t.sli, t.dlq]) as servers:
                 engine = SloEngine(cfg, slos, bootstrap_servers=servers)
                 hub = build_hub(cfg)
                 _out().print(f"aggregating {len(slos)} SLO(s) from {t.samples} on {servers}; "
@@ -363,8 +354,5 @@ def register(app: typer.Typer) -> None:
                                             publish_board(engine.board, hub, slos, stop))
                 finally:
                     await engine.stop()
-            finally:
-                if embedded:
-                    embedded.stop()
 
         _run(main)

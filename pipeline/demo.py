@@ -36,7 +36,6 @@ from collectors.rdma import RdmaCollector
 from collectors.storage import StorageCollector
 from exporters.base import HealthSnapshot
 from exporters.registry import build_hub
-from pipeline.broker import EmbeddedBroker
 from pipeline.cli_slo import report_table
 from pipeline.config import (
     ConsumerConfig,
@@ -50,9 +49,9 @@ from pipeline.config import (
     RdmaCollectorConfig,
     StorageCollectorConfig,
 )
-from pipeline.kafka import SampleConsumer, SampleProducer, TransportError, ensure_topics
+from pipeline.kafka import SampleConsumer, SampleProducer, TransportError
 from pipeline.publish import publish_board
-from pipeline.runtime import CollectRunner, run_until
+from pipeline.runtime import CollectRunner, kafka_servers, run_until
 from pipeline.stages import SloEngine
 from pipeline.tail import SampleTail
 from simulator.faults import FaultError
@@ -599,12 +598,11 @@ async def run_demo(
     state_dir = tempfile.TemporaryDirectory(prefix="gpuslo-demo-")
     cfg = demo_config(state_dir.name, alertmanager, metrics_port)
     stop = stop if stop is not None else asyncio.Event()
-    async with EmbeddedBroker() as broker, contextlib.AsyncExitStack() as slo_stack:
+    t = cfg.kafka.topics
+    async with kafka_servers(cfg.kafka, [t.samples, t.sli, t.dlq]) as servers, \
+            contextlib.AsyncExitStack() as slo_stack:
         slo_stack.callback(state_dir.cleanup)
-        servers = broker.bootstrap_servers
         console.print(f"[bold]gpuslo demo[/]: embedded Kafka-compatible broker on {servers}")
-        t = cfg.kafka.topics
-        await ensure_topics(cfg.kafka, [t.samples, t.sli, t.dlq], bootstrap_servers=servers)
         srv = await start_fleet_server(fleet, speed=sim_speed, port=sim_port)
         try:
             targets = srv.targets()

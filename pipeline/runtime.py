@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
@@ -21,7 +21,9 @@ from typing import Protocol, runtime_checkable
 import polars as pl
 
 from collectors.base import Collector, TargetResult
-from pipeline.kafka import SampleProducer, TransportError
+from pipeline.broker import EmbeddedBroker
+from pipeline.config import KafkaConfig
+from pipeline.kafka import SampleProducer, TransportError, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +209,22 @@ class CollectRunner:
                     await t
             with contextlib.suppress(TransportError):
                 await self.flush()
+
+
+@contextlib.asynccontextmanager
+async def kafka_servers(cfg: KafkaConfig, topics: Sequence[str]) -> AsyncIterator[str]:
+    """The bootstrap servers to use: the configured ones, or an embedded broker for the block.
+
+    Creates ``topics`` first unless ``kafka.create_topics`` is off, so every
+    command that needs Kafka starts the same way.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        servers = cfg.bootstrap_servers
+        if not servers:
+            servers = (await stack.enter_async_context(EmbeddedBroker())).bootstrap_servers
+        if cfg.create_topics:
+            await ensure_topics(cfg, topics, bootstrap_servers=servers)
+        yield servers
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
