@@ -144,9 +144,16 @@ def bench_stage1(series: int, scrapes: int, other: int, naive: bool) -> None:
     per_s = _stage1_rate(specs, batches, series)
     mixed = [pl.concat([b, other_batch(k, other * series)]) for k, b in enumerate(batches[:8])]
     mixed_s = _stage1_rate(specs, mixed, series * (1 + other))
+    # The Kafka runner applies one record at a time; a record holds one scrape batch
+    # (split under max_record_bytes, about 2,000 DCGM samples), so fixed per-call costs
+    # count there.
+    record = max(1, series // 10)
+    records = [scrape_batch(k, record) for k in range(scrapes * 5)]
+    record_s = _stage1_rate(specs, records, record)
     threads = pl.thread_pool_size()
     print(f"stage 1 [{threads} thread(s)]: {scrapes} batches of {series:,} SLI samples: "
-          f"{per_s / 1e6:.2f} M samples/s; with {other}x non-SLI samples per SLI sample "
+          f"{per_s / 1e6:.2f} M samples/s; {len(records)} records of {record:,}: "
+          f"{record_s / 1e6:.2f} M samples/s; with {other}x non-SLI samples per SLI sample "
           f"({series * (1 + other):,} per batch): {mixed_s / 1e6:.2f} M samples/s")
     if not naive:
         return

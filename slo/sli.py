@@ -34,6 +34,12 @@ itself, so one large batch (a catch-up, a replay) loses nothing.
 Contract with stage 2: produce the partials of one :meth:`Stage1State.apply`
 call for one SLO as one record (key = SLO id); then stage 2 never drops a
 partial that stage 1 emitted.
+
+Layout.  Selecting and scoping a *new* series is Polars work (label
+extraction, selector expressions); everything done per sample afterwards is
+NumPy over small integer ids, because a stage sees the same series every
+scrape and per-batch Polars queries (about forty, each with its own setup and
+joins against the whole state) were what held it near 1 M samples/s.
 """
 
 from __future__ import annotations
@@ -44,10 +50,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from pipeline.schema import SERIES_KEY, label
 from slo import conventions as cv
+from slo.hashindex import HashIndex
 from slo.spec import FRAME_COLUMNS, SelectorSpec, SliKind, SloSpec, ThresholdOp
 
 PARTIAL_SCHEMA: pl.Schema = pl.Schema(
@@ -66,11 +75,19 @@ _ROLE = "role"
 _ROLES: tuple[str, ...] = ("good", "bad", "total", "num", "den", "gauge")
 _R = {name: i for i, name in enumerate(_ROLES)}
 _GAUGE = _R["gauge"]
+# Each (SLO, scope, minute) holds two sums: slot 0 (good, bad or a mean's
+# numerator) and slot 1 (total or the mean's denominator); an SLI has exactly
+# one of good and bad, so two slots hold every role it uses.
+_SLOT = np.array([0, 0, 1, 0, 1, 0], np.int64)  # by role code
 _OPS: tuple[ThresholdOp, ...] = (ThresholdOp.LT, ThresholdOp.LTE, ThresholdOp.GT, ThresholdOp.GTE)
+# What an (SLO, scope) pair's two sums mean, by the kind of its SLI.
+_K_GOOD, _K_BAD, _K_MEAN, _K_GAUGE = 0, 1, 2, 3
+_SLOT_ROLES = {_K_GOOD: ("good", "total"), _K_BAD: ("bad", "total"), _K_MEAN: ("num", "den")}
 _TS = pl.Datetime("ms", "UTC")
 _KEY = cv.COL_SERIES_KEY
-_GID = "_gid"
 _H = "_h"
+_NONE = np.iinfo(np.int64).min  # "no last sample" in the last-timestamp arrays
+_MINUTE_MS = 60_000
 
 # Snapshot frames (what a checkpoint holds).  ``series_key`` is a stable 64-bit
 # hash of (SLO, role, series) (see :func:`_stable_keys`): the same in every
@@ -94,28 +111,15 @@ _GAUGE_SCHEMA = pl.Schema(
         "ok": pl.Boolean(),
     }
 )
-# In memory: (SLO, scope) pairs are small integer ids ("gids"), roles are codes.
-_IACC_SCHEMA = pl.Schema(
-    {_GID: pl.UInt32(), _ROLE: pl.UInt8(), cv.COL_MINUTE: _TS, "inc": pl.Float64()}
-)
-_IGAUGE_SCHEMA = pl.Schema(
-    {_GID: pl.UInt32(), _KEY: pl.UInt64(), cv.COL_MINUTE: _TS, "ok": pl.Boolean()}
-)
-# The routing cache: per series (process-local hash ``_h``), the (SLO, role, scope)
-# rows it feeds; a series that feeds nothing has one row with a null gid.
-_ROUTE_SCHEMA = pl.Schema(
-    {
-        _H: pl.UInt64(),
-        _KEY: pl.UInt64(),
-        _GID: pl.UInt32(),
-        _ROLE: pl.UInt8(),
-        "op": pl.UInt8(),
-        "thr": pl.Float64(),
-    }
-)
-# Routing is recomputed from scratch when the cache grows past this many rows
-# (series churn); it is derived data, never checkpointed.
+# The routing cache (series → routes) is rebuilt from scratch when it holds more
+# than this many series plus routes (series churn): it is derived data; the
+# per-series state survives the rebuild through snapshot and restore.
 ROUTE_CACHE_ROWS = 2_000_000
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+I8 = npt.NDArray[np.int8]
+B = npt.NDArray[np.bool_]
 
 
 def empty_partials() -> pl.DataFrame:
@@ -193,16 +197,6 @@ def series_expr() -> pl.Expr:
     )
 
 
-def _threshold_ok(op: ThresholdOp, value: float) -> pl.Expr:
-    v = pl.col("value")
-    return {
-        ThresholdOp.LT: v < value,
-        ThresholdOp.LTE: v <= value,
-        ThresholdOp.GT: v > value,
-        ThresholdOp.GTE: v >= value,
-    }[op]
-
-
 def _stable_keys(slo: Sequence[str], role: Sequence[int], series: Sequence[str]) -> list[int]:
     """A 64-bit BLAKE2b of (SLO, role, series string): stable across processes and versions."""
     return [
@@ -220,11 +214,52 @@ def _series_hash() -> pl.Expr:
     return pl.struct(*SERIES_KEY).hash().alias(_H)
 
 
+def _fit(a: np.ndarray, n: int, fill: float) -> np.ndarray:
+    """``a`` with its last axis at least ``n`` long (doubling, new cells ``fill``)."""
+    have = a.shape[-1]
+    if have >= n:
+        return a
+    out = np.full((*a.shape[:-1], max(n, 2 * have, 64)), fill, a.dtype)
+    out[..., :have] = a
+    return out
+
+
+def _meets(op: I64, thr: F64, v: F64) -> B:
+    """``v <op> thr`` element-wise, ``op`` an index into :data:`_OPS`."""
+    return np.select([op == 0, op == 1, op == 2], [v < thr, v <= thr, v > thr], v >= thr)
+
+
+def _by_minute(minute: I64) -> list[tuple[int, I64 | slice]]:
+    """Rows grouped by minute, ascending; a batch of one scrape is one group, without a sort."""
+    if minute.size == 0:
+        return []
+    lo, hi = int(minute.min()), int(minute.max())
+    if lo == hi:
+        return [(lo, slice(None))]
+    order = np.argsort(minute, kind="stable")
+    sorted_m = minute[order]
+    cuts = np.flatnonzero(sorted_m[1:] != sorted_m[:-1]) + 1
+    return [(int(minute[p[0]]), p) for p in np.split(order, cuts)]
+
+
+@dataclass
+class _Minute:
+    """One open minute of a partition: two sums per (SLO, scope) and a gauge state per route.
+
+    ``gauge[rid]`` is 0 (no sample this minute), 1 (every sample met the
+    threshold) or 2 (one did not); the sums of a threshold SLI's scope are the
+    good and total series-minutes those states add up to, kept as they change.
+    """
+
+    sums: F64  # shape (2, gid capacity)
+    gauge: I8  # by route id
+
+
 @dataclass
 class _PartitionState:
-    last: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_LAST_SCHEMA))
-    acc: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_IACC_SCHEMA))
-    gauge: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_IGAUGE_SCHEMA))
+    last_ts: I64 = field(default_factory=lambda: np.full(0, _NONE, np.int64))
+    last_value: F64 = field(default_factory=lambda: np.zeros(0, np.float64))
+    minutes: dict[int, _Minute] = field(default_factory=dict)
     watermark_ms: int | None = None
     late_dropped: int = 0
 
@@ -241,11 +276,15 @@ class Stage1State:
         series_ttl: a series not seen for this long is forgotten; its next
             sample is a new baseline.
 
-    Speed.  Which (SLO, role, scope) rows a sample feeds depends only on its
-    series (metric, labels, node, source, entity), so it is computed once per
-    series and cached under a 64-bit hash of the series: a batch of known
-    series costs one hash, one join and integer-keyed sorts and group-bys, and
-    label extraction and selector matching run only for series not seen before.
+    Speed.  Which (SLO, role, scope) a sample feeds depends only on its series
+    (metric, labels, node, source, entity), so it is worked out once per series
+    (label extraction and selector matching in Polars) and cached: a series'
+    64-bit hash maps to its routes in a :class:`~slo.hashindex.HashIndex`, each
+    route has a dense id ("rid"), and each (SLO, scope) pair a dense id
+    ("gid").  A batch of known series then costs one Polars hash and NumPy
+    work on integer ids: last values are arrays indexed by rid, and each open
+    minute's sums are arrays indexed by gid, so nothing is joined, sorted or
+    regrouped in proportion to the state held.
     """
 
     def __init__(
@@ -259,11 +298,6 @@ class Stage1State:
         self.open_minutes = open_minutes
         self.series_ttl = series_ttl
         self._partitions: dict[int, _PartitionState] = {}
-        self._bad_slos = [s.id for s in self.specs if s.sli.kind is SliKind.RATIO and s.sli.bad]
-        self._mean_specs = [
-            s for s in self.specs
-            if s.sli.kind is SliKind.THRESHOLD and s.sli.gauge is not None and s.sli.gauge.per
-        ]
         self._labels = sorted(
             {m.label for s in self.specs for sel in (s.sli.good, s.sli.bad, s.sli.total,
                                                      s.sli.gauge) if sel is not None
@@ -281,11 +315,15 @@ class Stage1State:
                 if name is not None
             }
         )
-        self._routes = pl.DataFrame(schema=_ROUTE_SCHEMA)
-        self._gid_of: dict[tuple[str, str], int] = {}
-        self._gids = pl.DataFrame(
-            schema={_GID: pl.UInt32(), cv.COL_SLO: pl.String(), cv.COL_SCOPE: pl.String()}
-        )
+        self._slo_kind = {s.id: _sli_kind(s) for s in self.specs}
+        self._kept_routes = 0
+        self._slo_mean = {
+            s.id: (_OPS.index(s.sli.op), float(s.sli.value))
+            for s in self.specs
+            if self._slo_kind[s.id] == _K_MEAN and s.sli.op is not None
+            and s.sli.value is not None
+        }
+        self._reset_routing()
 
     # -- public API -------------------------------------------------------------------------
 
@@ -295,43 +333,89 @@ class Stage1State:
         The returned frame has :data:`PARTIAL_SCHEMA`, one row per (SLO, scope,
         minute) touched, holding the minute's cumulative counts so far.
         """
+        # A rebuild keeps the routes of series still held, so the bound never drops
+        # below twice what survived the last one (no rebuild on every batch).
+        limit = max(ROUTE_CACHE_ROWS, 2 * self._kept_routes)
+        if len(self._series) and len(self._series) + len(self._route_keys) > limit:
+            self._rebuild_routing()
         st = self._partitions.setdefault(partition, _PartitionState())
-        frame = frame.filter(pl.col("metric").is_in(self._metrics))
+        # Series-level calls, not frame queries: a query's planning costs more than the
+        # work itself on a record of a few hundred samples.
+        wanted = frame.get_column("metric").is_in(self._metrics)
+        if not wanted.all():
+            frame = frame.filter(wanted)
         if frame.height == 0:
             return empty_partials()
+        hashes = frame.select(_series_hash()).to_series().to_numpy()
+        sids = self._series.get(hashes)
+        unknown = sids < 0
+        if unknown.any():
+            self._learn(frame.filter(pl.Series(unknown)), hashes[unknown])
+            sids = self._series.get(hashes)
+        # Datetime(ms, UTC) is epoch milliseconds underneath: a view, not a conversion.
+        ts = frame.get_column("ts")
+        ms = (ts if ts.dtype == _TS else ts.cast(_TS)).to_numpy().view(np.int64)
         # A sample is late when its minute closed before this batch began: the
         # decision never depends on the order of rows inside a batch.
         before_ms = st.watermark_ms
-        cutoff_before = pl.lit(
-            -(2**62) if before_ms is None
-            else _minute_floor_ms(before_ms) - self.open_minutes * 60_000
-        ).cast(_TS)
-        batch_max = frame.select(pl.col("ts").max().dt.epoch("ms")).item()
+        cutoff_before = _NONE if before_ms is None else (
+            _minute_floor_ms(before_ms) - self.open_minutes * _MINUTE_MS)
+        ttl_cut = _NONE + 1 if before_ms is None else (
+            before_ms - int(self.series_ttl.total_seconds() * 1000))
+        batch_max = int(ms.max())
         st.watermark_ms = batch_max if before_ms is None else max(before_ms, batch_max)
-        cutoff_after = pl.lit(
-            _minute_floor_ms(st.watermark_ms) - self.open_minutes * 60_000
-        ).cast(_TS)
+        cutoff_after = _minute_floor_ms(st.watermark_ms) - self.open_minutes * _MINUTE_MS
 
-        routed = self._route(frame).with_columns(
-            pl.col("ts").dt.truncate("1m").alias(cv.COL_MINUTE)
-        )
-        is_late = pl.col(cv.COL_MINUTE) < cutoff_before
-        is_gauge = pl.col(_ROLE) == _GAUGE
-        counters = routed.filter(~is_gauge)
-        gauges = routed.filter(is_gauge)
-        st.late_dropped += routed.select(is_late.sum()).item()
-        touched: list[pl.DataFrame] = []
-        if counters.height:
-            touched.append(self._apply_counters(st, counters, cutoff_before))
-        if gauges.height:
-            touched.append(self._apply_gauges(st, gauges.filter(~is_late)))
-        keys = pl.concat(touched).unique() if touched else None
-        out = (
-            empty_partials() if keys is None or keys.height == 0
-            else self._partials(st, keys, partition)
-        )
-        self._evict(st, cutoff_after)
-        return out
+        rows, rids = self._expand(sids)
+        value = frame.get_column("value").to_numpy()[rows]
+        ms = ms[rows]
+        routed = ~np.isnan(value)
+        if not routed.all():
+            rids, ms, value = rids[routed], ms[routed], value[routed]
+        minute = ms - ms % _MINUTE_MS
+        self._fit_partition(st)
+        late = minute < cutoff_before
+        st.late_dropped += int(late.sum())
+        is_gauge = self._role[rids] == _GAUGE
+        counter = ~is_gauge
+        c_rid, c_minute, c_inc = self._apply_counters(
+            st, rids[counter], ms[counter], value[counter], ttl_cut)
+        counted = c_minute >= cutoff_before
+        c_rid, c_minute, c_inc = c_rid[counted], c_minute[counted], c_inc[counted]
+        gauge = is_gauge & ~late
+        g_rid, g_minute = rids[gauge], minute[gauge]
+        g_code = np.where(
+            _meets(self._op[g_rid], self._thr[g_rid], value[gauge]), 1, 2).astype(np.int8)
+
+        groups: dict[int, list[I64 | slice | None]] = {}
+        for m, idx in _by_minute(c_minute):
+            groups.setdefault(m, [None, None])[0] = idx
+        for m, idx in _by_minute(g_minute):
+            groups.setdefault(m, [None, None])[1] = idx
+        out_gid, out_minute, out_good, out_total = [], [], [], []
+        for m in sorted(groups):
+            c_idx, g_idx = groups[m]
+            mstate = self._minute(st, m)
+            touched = []
+            if c_idx is not None:
+                self._add_counts(mstate, c_rid[c_idx], c_inc[c_idx])
+                touched.append(self._gid[c_rid[c_idx]])
+            if g_idx is not None:
+                self._add_gauges(mstate, g_rid[g_idx], g_code[g_idx])
+                touched.append(self._gid[g_rid[g_idx]])
+            gids = self._distinct_gids(np.concatenate(touched))
+            good, total = self._partial_counts(mstate, gids)
+            out_gid.append(gids)
+            out_minute.append(np.full(gids.size, m, np.int64))
+            out_good.append(good)
+            out_total.append(total)
+        for m in [m for m in st.minutes if m < cutoff_after]:
+            del st.minutes[m]
+        if not out_gid:
+            return empty_partials()
+        return self._partials_frame(partition, np.concatenate(out_gid),
+                                    np.concatenate(out_minute), np.concatenate(out_good),
+                                    np.concatenate(out_total))
 
     def late_dropped(self, partition: int) -> int:
         """Samples ignored because their minute was already closed."""
@@ -353,32 +437,90 @@ class Stage1State:
             {"watermark_ms": [st.watermark_ms], "late_dropped": [st.late_dropped]},
             schema={"watermark_ms": pl.Int64(), "late_dropped": pl.Int64()},
         )
-        roles = pl.Series(list(_ROLES), dtype=pl.String())
-        acc = st.acc.join(self._gids, on=_GID, how="left").with_columns(
-            pl.col(_ROLE).map_batches(lambda c: roles.gather(c.cast(pl.UInt32)),
-                                      return_dtype=pl.String())
-        )
-        gauge = st.gauge.join(self._gids, on=_GID, how="left")
-        return {"last": st.last, "acc": acc.select(_ACC_SCHEMA.names()),
-                "gauge": gauge.select(_GAUGE_SCHEMA.names()), "meta": meta}
+        keys = self._route_keys.keys()
+        held = np.zeros(0, np.int64)
+        if st.watermark_ms is not None:
+            ttl_cut = st.watermark_ms - int(self.series_ttl.total_seconds() * 1000)
+            held = np.flatnonzero(st.last_ts >= ttl_cut)
+        last = pl.DataFrame(
+            {_KEY: keys[held], "ts": st.last_ts[held], "value": st.last_value[held]}
+        ).cast(dict(_LAST_SCHEMA))  # type: ignore[arg-type]
+        acc_gid, acc_slot, acc_minute, acc_inc = [], [], [], []
+        gauge_rid, gauge_minute = [], []
+        kind = self._kind[: len(self._gid_slo)]
+        for m, mstate in sorted(st.minutes.items()):
+            sums = mstate.sums[:, : kind.size]
+            for s in (0, 1):
+                gids = np.flatnonzero((sums[s] != 0) & (kind != _K_GAUGE))
+                acc_gid.append(gids)
+                acc_slot.append(np.full(gids.size, s, np.int64))
+                acc_minute.append(np.full(gids.size, m, np.int64))
+                acc_inc.append(sums[s, gids])
+            rids = np.flatnonzero(mstate.gauge)
+            gauge_rid.append(rids)
+            gauge_minute.append(np.full(rids.size, m, np.int64))
+        gid = np.concatenate([np.zeros(0, np.int64), *acc_gid])
+        slot = np.concatenate([np.zeros(0, np.int64), *acc_slot])
+        names = [_SLOT_ROLES.get(k, ("good", "total")) for k in kind[gid].tolist()]
+        acc = pl.DataFrame({
+            cv.COL_SLO: self._gid_names()[0][gid],
+            _ROLE: [n[s] for n, s in zip(names, slot.tolist(), strict=True)],
+            cv.COL_SCOPE: self._gid_names()[1][gid],
+            cv.COL_MINUTE: np.concatenate([np.zeros(0, np.int64), *acc_minute]),
+            "inc": np.concatenate([np.zeros(0, np.float64), *acc_inc]),
+        }, schema_overrides={_ROLE: pl.String()}).cast(dict(_ACC_SCHEMA))  # type: ignore[arg-type]
+        rid = np.concatenate([np.zeros(0, np.int64), *gauge_rid])
+        gminute = np.concatenate([np.zeros(0, np.int64), *gauge_minute])
+        state = np.concatenate([np.zeros(0, np.int8)] + [
+            st.minutes[m].gauge[r] for m, r in zip(sorted(st.minutes), gauge_rid, strict=True)])
+        ggid = self._gid[rid]
+        gauge = pl.DataFrame({
+            cv.COL_SLO: self._gid_names()[0][ggid],
+            cv.COL_SCOPE: self._gid_names()[1][ggid],
+            _KEY: keys[rid],
+            cv.COL_MINUTE: gminute,
+            "ok": state == 1,
+        }).cast(dict(_GAUGE_SCHEMA))  # type: ignore[arg-type]
+        return {"last": last, "acc": acc, "gauge": gauge, "meta": meta}
 
     def restore(self, partition: int, snapshot: dict[str, pl.DataFrame]) -> None:
-        """Replace the partition's state with a :meth:`snapshot` (after a rebalance or restart)."""
+        """Replace the partition's state with a :meth:`snapshot` (after a rebalance or restart).
+
+        Series are keyed by their stable hash, so a route id is reserved for
+        each now and the series' routing is filled in when it is next seen.
+        """
         meta = snapshot["meta"].row(0, named=True)
+        last = snapshot["last"].cast(dict(_LAST_SCHEMA))  # type: ignore[arg-type]
         acc = snapshot["acc"].cast(dict(_ACC_SCHEMA))  # type: ignore[arg-type]
         gauge = snapshot["gauge"].cast(dict(_GAUGE_SCHEMA))  # type: ignore[arg-type]
-        self._ensure_gids(pl.concat([acc.select(cv.COL_SLO, cv.COL_SCOPE),
-                                     gauge.select(cv.COL_SLO, cv.COL_SCOPE)]))
-        on = [cv.COL_SLO, cv.COL_SCOPE]
-        self._partitions[partition] = _PartitionState(
-            last=snapshot["last"].cast(dict(_LAST_SCHEMA)),  # type: ignore[arg-type]
-            acc=acc.join(self._gids, on=on, how="left").with_columns(
-                pl.col(_ROLE).replace_strict(_R, return_dtype=pl.UInt8())
-            ).select(_IACC_SCHEMA.names()),
-            gauge=gauge.join(self._gids, on=on, how="left").select(_IGAUGE_SCHEMA.names()),
-            watermark_ms=meta["watermark_ms"],
-            late_dropped=int(meta["late_dropped"] or 0),
-        )
+        st = _PartitionState(watermark_ms=meta["watermark_ms"],
+                             late_dropped=int(meta["late_dropped"] or 0))
+        self._partitions[partition] = st
+        rids = self._reserve_routes(last.get_column(_KEY).to_numpy())
+        self._fit_partition(st)
+        st.last_ts[rids] = last.get_column("ts").dt.epoch("ms").to_numpy()
+        st.last_value[rids] = last.get_column("value").to_numpy()
+
+        gids = self._gids_of(acc.get_column(cv.COL_SLO).to_list(),
+                             acc.get_column(cv.COL_SCOPE).to_list())
+        slots = _SLOT[acc.get_column(_ROLE).replace_strict(_R, return_dtype=pl.Int64).to_numpy()]
+        minutes = acc.get_column(cv.COL_MINUTE).dt.epoch("ms").to_numpy()
+        incs = acc.get_column("inc").to_numpy()
+        for m, idx in _by_minute(minutes):
+            mstate = self._minute(st, m)
+            flat = slots[idx] * mstate.sums.shape[1] + gids[idx]
+            mstate.sums.reshape(-1)[:] += np.bincount(
+                flat, incs[idx], minlength=mstate.sums.size)
+
+        gids = self._gids_of(gauge.get_column(cv.COL_SLO).to_list(),
+                             gauge.get_column(cv.COL_SCOPE).to_list())
+        rids = self._reserve_routes(gauge.get_column(_KEY).to_numpy())
+        self._gid[rids] = gids
+        self._role[rids] = _GAUGE
+        codes = np.where(gauge.get_column("ok").to_numpy(), 1, 2).astype(np.int8)
+        minutes = gauge.get_column(cv.COL_MINUTE).dt.epoch("ms").to_numpy()
+        for m, idx in _by_minute(minutes):
+            self._add_gauges(self._minute(st, m), rids[idx], codes[idx])
 
     def drop_partition(self, partition: int) -> None:
         """Forget a partition (revoked in a rebalance)."""
@@ -386,25 +528,54 @@ class Stage1State:
 
     # -- routing ----------------------------------------------------------------------------
 
-    def _route(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """Each sample once per (SLO, role) it feeds: key, gid, role, op, thr, ts, value."""
-        rows = frame.select(_series_hash(), pl.col("ts"), pl.col("value"))
-        routed = rows.join(self._routes, on=_H, how="left")
-        missing = routed.filter(pl.col(_KEY).is_null() & pl.col(_ROLE).is_null())
-        if missing.height:
-            new_h = missing.get_column(_H).unique()
-            self._learn(frame.with_columns(_series_hash()).filter(pl.col(_H).is_in(new_h.implode())))
-            routed = pl.concat([
-                routed.filter(pl.col(_ROLE).is_not_null() | pl.col(_KEY).is_not_null()),
-                missing.select(_H, "ts", "value").join(self._routes, on=_H, how="inner"),
-            ])
-        return routed.filter(pl.col(_GID).is_not_null() & pl.col("value").is_not_nan())
+    def _reset_routing(self) -> None:
+        # Series (process-local Polars hash) → sid; sid → its routes, contiguous in
+        # ``_route_list`` from ``_sid_first`` for ``_sid_count`` entries.
+        self._series = HashIndex()
+        self._sid_first = np.zeros(0, np.int64)
+        self._sid_count = np.zeros(0, np.int64)
+        self._route_list = np.zeros(0, np.int64)
+        self._route_len = 0
+        # Route (stable key) → rid, and per rid what it feeds.
+        self._route_keys = HashIndex()
+        self._gid = np.zeros(0, np.int64)
+        self._role = np.full(0, -1, np.int8)
+        self._op = np.zeros(0, np.int64)
+        self._thr = np.zeros(0, np.float64)
+        self._scratch = np.zeros(0, np.int64)
+        # (SLO, scope) → gid, and per gid the SLI kind and a mean's objective.
+        self._gid_of: dict[tuple[str, str], int] = {}
+        self._gid_slo: list[str] = []
+        self._gid_scope: list[str] = []
+        self._kind = np.zeros(0, np.int64)
+        self._gid_op = np.zeros(0, np.int64)
+        self._gid_thr = np.zeros(0, np.float64)
+        self._gid_rank = np.zeros(0, np.int64)
+        self._gid_series: tuple[pl.Series, pl.Series] | None = None
 
-    def _learn(self, frame: pl.DataFrame) -> None:
-        """Add the routes of series not seen before (``frame`` holds their samples and ``_h``)."""
-        if self._routes.height + frame.height > ROUTE_CACHE_ROWS:
-            self._routes = self._routes.clear()
-        uniq = frame.unique(_H, keep="first")
+    def _rebuild_routing(self) -> None:
+        """Drop the routing cache (series churn), keeping every partition's counts."""
+        snaps = {p: self.snapshot(p) for p in self._partitions}
+        self._reset_routing()
+        for p, snap in snaps.items():
+            self.restore(p, snap)
+        self._kept_routes = len(self._route_keys)
+
+    def _expand(self, sids: I64) -> tuple[I64, I64]:
+        """Each sample once per route it feeds: (row of the sample, rid)."""
+        counts = self._sid_count[sids]
+        first = self._sid_first[sids]
+        if counts.size and counts.min() == 1 and counts.max() == 1:
+            return np.arange(sids.size), self._route_list[first]
+        rows = np.repeat(np.arange(sids.size), counts)
+        starts = np.cumsum(counts) - counts
+        pos = np.repeat(first - starts, counts) + np.arange(rows.size)
+        return rows, self._route_list[pos]
+
+    def _learn(self, frame: pl.DataFrame, hashes: npt.NDArray[np.uint64]) -> None:
+        """Work out the routes of series not seen before (``frame`` holds their samples)."""
+        uniq = frame.with_columns(pl.Series(_H, hashes, dtype=pl.UInt64())).unique(
+            _H, keep="first", maintain_order=True)
         lab = with_label_columns(uniq, self._labels).with_columns(
             series_expr().alias(cv.COL_SERIES))
         parts: list[pl.DataFrame] = []
@@ -427,171 +598,209 @@ class Stage1State:
                 parts.append(lab.filter(selector_expr(sel)).select(
                     pl.col(_H),
                     pl.lit(s.id).alias(cv.COL_SLO),
-                    pl.lit(role, pl.UInt8()).alias(_ROLE),
+                    pl.lit(role, pl.Int8()).alias(_ROLE),
                     scope_expr(sli.by).alias(cv.COL_SCOPE),
                     pl.col(cv.COL_SERIES),
-                    pl.lit(op, pl.UInt8()).alias("op"),
+                    pl.lit(op, pl.Int64()).alias("op"),
                     pl.lit(thr, pl.Float64()).alias("thr"),
                 ))
         hit = pl.concat(parts) if parts else pl.DataFrame(
-            schema={_H: pl.UInt64(), cv.COL_SLO: pl.String(), _ROLE: pl.UInt8(),
-                    cv.COL_SCOPE: pl.String(), cv.COL_SERIES: pl.String(), "op": pl.UInt8(),
+            schema={_H: pl.UInt64(), cv.COL_SLO: pl.String(), _ROLE: pl.Int8(),
+                    cv.COL_SCOPE: pl.String(), cv.COL_SERIES: pl.String(), "op": pl.Int64(),
                     "thr": pl.Float64()})
-        self._ensure_gids(hit.select(cv.COL_SLO, cv.COL_SCOPE))
-        keys = pl.Series(_KEY, _stable_keys(hit.get_column(cv.COL_SLO).to_list(),
-                                            hit.get_column(_ROLE).to_list(),
-                                            hit.get_column(cv.COL_SERIES).to_list()),
-                         dtype=pl.UInt64())
-        routes = hit.with_columns(keys).join(
-            self._gids, on=[cv.COL_SLO, cv.COL_SCOPE], how="left"
-        ).select(_ROUTE_SCHEMA.names())
-        # Series that feed no SLO: one row with a null gid, so they are not looked at again.
-        none = uniq.select(_H).join(hit.select(_H), on=_H, how="anti").with_columns(
-            pl.lit(0, pl.UInt64()).alias(_KEY),
-            pl.lit(None, pl.UInt32()).alias(_GID),
-            pl.lit(None, pl.UInt8()).alias(_ROLE),
-            pl.lit(0, pl.UInt8()).alias("op"),
-            pl.lit(0.0).alias("thr"),
-        )
-        self._routes = pl.concat([self._routes, routes, none.select(_ROUTE_SCHEMA.names())])
+        slos = hit.get_column(cv.COL_SLO).to_list()
+        roles_ = hit.get_column(_ROLE).to_list()
+        gids = self._gids_of(slos, hit.get_column(cv.COL_SCOPE).to_list())
+        keys = np.array(_stable_keys(slos, roles_, hit.get_column(cv.COL_SERIES).to_list()),
+                        dtype=np.uint64)
+        rids = self._reserve_routes(keys)
+        self._gid[rids] = gids
+        self._role[rids] = hit.get_column(_ROLE).to_numpy()
+        self._op[rids] = hit.get_column("op").to_numpy()
+        self._thr[rids] = hit.get_column("thr").to_numpy()
+        # New series in first-seen order; their routes stored contiguously per series.
+        base = len(self._series)
+        new_sids = self._series.add(uniq.get_column(_H).to_numpy()) - base
+        assert new_sids.size == 0 or int(new_sids.min()) == 0
+        hit_sid = self._series.get(hit.get_column(_H).to_numpy()) - base
+        order = np.argsort(hit_sid, kind="stable")
+        count = np.bincount(hit_sid, minlength=uniq.height).astype(np.int64)
+        first = self._route_len + np.cumsum(count) - count
+        self._route_list = _fit(self._route_list, self._route_len + rids.size, 0)
+        self._route_list[self._route_len: self._route_len + rids.size] = rids[order]
+        self._route_len += rids.size
+        self._sid_first = _fit(self._sid_first, base + uniq.height, 0)
+        self._sid_count = _fit(self._sid_count, base + uniq.height, 0)
+        self._sid_first[base: base + uniq.height] = first
+        self._sid_count[base: base + uniq.height] = count
 
-    def _ensure_gids(self, pairs: pl.DataFrame) -> None:
-        new = [
-            (slo, scope) for slo, scope in pairs.unique().iter_rows()
-            if (slo, scope) not in self._gid_of
-        ]
-        if not new:
-            return
-        base = len(self._gid_of)
-        for i, pair in enumerate(new):
-            self._gid_of[pair] = base + i
-        add = pl.DataFrame(
-            {_GID: range(base, base + len(new)), cv.COL_SLO: [p[0] for p in new],
-             cv.COL_SCOPE: [p[1] for p in new]},
-            schema=self._gids.schema,
-        )
-        self._gids = pl.concat([self._gids, add])
+    def _reserve_routes(self, keys: npt.NDArray[np.uint64]) -> I64:
+        """Route ids of stable keys, new ones for keys not seen before (routing unknown yet)."""
+        rids = self._route_keys.add(keys)
+        n = len(self._route_keys)
+        self._gid = _fit(self._gid, n, -1)
+        self._role = _fit(self._role, n, -1)
+        self._op = _fit(self._op, n, 0)
+        self._thr = _fit(self._thr, n, 0.0)
+        self._scratch = _fit(self._scratch, n, 0)
+        return rids
 
-    # -- internals --------------------------------------------------------------------------
+    def _gids_of(self, slos: Sequence[str], scopes: Sequence[str]) -> I64:
+        """The gid of each (SLO, scope) pair, adding pairs not seen before."""
+        gid_of = self._gid_of
+        start = len(self._gid_slo)
+        out = np.empty(len(slos), np.int64)
+        for i, pair in enumerate(zip(slos, scopes, strict=True)):
+            gid = gid_of.get(pair)
+            if gid is None:
+                gid = gid_of[pair] = len(self._gid_slo)
+                self._gid_slo.append(pair[0])
+                self._gid_scope.append(pair[1])
+            out[i] = gid
+        n = len(self._gid_slo)
+        if n > start:
+            self._kind = _fit(self._kind, n, _K_GOOD)
+            self._gid_op = _fit(self._gid_op, n, 0)
+            self._gid_thr = _fit(self._gid_thr, n, 0.0)
+            for gid in range(start, n):
+                slo = self._gid_slo[gid]
+                # An SLO no longer in the specs (a restored checkpoint) is kept as a ratio.
+                self._kind[gid] = self._slo_kind.get(slo, _K_GOOD)
+                self._gid_op[gid], self._gid_thr[gid] = self._slo_mean.get(slo, (0, 0.0))
+            order = sorted(range(n), key=lambda g: (self._gid_slo[g], self._gid_scope[g]))
+            self._gid_rank = np.empty(n, np.int64)
+            self._gid_rank[order] = np.arange(n)
+            self._gid_series = None
+        return out
+
+    def _gid_names(self) -> tuple[pl.Series, pl.Series]:
+        if self._gid_series is None:
+            self._gid_series = (pl.Series(cv.COL_SLO, self._gid_slo, dtype=pl.String()),
+                                pl.Series(cv.COL_SCOPE, self._gid_scope, dtype=pl.String()))
+        return self._gid_series
+
+    # -- counting ---------------------------------------------------------------------------
+
+    def _fit_partition(self, st: _PartitionState) -> None:
+        n = len(self._route_keys)
+        st.last_ts = _fit(st.last_ts, n, _NONE)
+        st.last_value = _fit(st.last_value, n, 0.0)
+
+    def _minute(self, st: _PartitionState, minute: int) -> _Minute:
+        """The open state of ``minute``, created empty, grown to the current ids."""
+        mstate = st.minutes.get(minute)
+        if mstate is None:
+            mstate = st.minutes[minute] = _Minute(
+                np.zeros((2, 0), np.float64), np.zeros(0, np.int8))
+        mstate.sums = _fit(mstate.sums, len(self._gid_slo), 0.0)
+        mstate.gauge = _fit(mstate.gauge, len(self._route_keys), 0)
+        return mstate
+
+    def _distinct(self, rids: I64) -> bool:
+        """Whether no rid repeats (O(n) with a scratch array instead of a sort)."""
+        idx = np.arange(rids.size)
+        self._scratch[rids] = idx
+        return bool((self._scratch[rids] == idx).all())
 
     def _apply_counters(
-        self, st: _PartitionState, new: pl.DataFrame, cutoff: pl.Expr
-    ) -> pl.DataFrame:
-        key = pl.col(_KEY)
-        prev = st.last.rename({"ts": "last_ts", "value": "last_value"})
-        newer = pl.col("last_ts").is_null() | (pl.col("ts") > pl.col("last_ts"))
-        # The usual batch (one scrape) holds each series once: no ordering needed.
-        single = new.get_column(_KEY).n_unique() == new.height
-        if single:
-            new = new.join(prev, on=_KEY, how="left").filter(newer)
-            before = pl.col("last_value")
-        else:
+        self, st: _PartitionState, rids: I64, ms: I64, value: F64, ttl_cut: int
+    ) -> tuple[I64, I64, F64]:
+        """Advance each counter series; return (rid, minute, increase) of the increases."""
+        distinct = self._distinct(rids)  # the usual batch (one scrape): each series once
+        if not distinct:
             # Same series, same timestamp: one sample.  Sorting by value too makes the
             # choice deterministic if an exporter ever sends two values for one instant.
-            new = new.sort([_KEY, "ts", "value"])
-            new = new.filter(~(key.eq_missing(key.shift(1)) & pl.col("ts").eq_missing(
-                pl.col("ts").shift(1))))
-            # Keeps the (key, ts) order of ``new``, which the shifts below rely on.
-            new = new.join(prev, on=_KEY, how="left", maintain_order="left").filter(newer)
-            before = pl.when(key.eq_missing(key.shift(1))).then(
-                pl.col("value").shift(1)).otherwise(pl.col("last_value"))
-        if new.height == 0:
-            return pl.DataFrame(schema={_GID: pl.UInt32(), cv.COL_MINUTE: _TS})
-        new = new.with_columns(before.alias("prev")).with_columns(
-            pl.when(pl.col("prev").is_null())
-            .then(None)
-            .when(pl.col("value") >= pl.col("prev"))
-            .then(pl.col("value") - pl.col("prev"))
-            .otherwise(pl.col("value"))
-            .alias("inc"),
-        )
-        latest = (new if single else new.filter(key.ne_missing(key.shift(-1)))).select(
-            _LAST_SCHEMA.names())
-        st.last = pl.concat([st.last.join(latest, on=_KEY, how="anti"), latest])
-        acc_keys = [_GID, _ROLE, cv.COL_MINUTE]
-        incs = (
-            new.filter(pl.col("inc").is_not_null() & (pl.col(cv.COL_MINUTE) >= cutoff))
-            .group_by(acc_keys)
-            .agg(pl.col("inc").sum())
-        )
-        st.acc = pl.concat([st.acc, incs]).group_by(acc_keys).agg(pl.col("inc").sum())
-        return incs.select(_GID, cv.COL_MINUTE)
+            order = np.lexsort((value, ms, rids))
+            rids, ms, value = rids[order], ms[order], value[order]
+            dup = np.zeros(rids.size, bool)
+            dup[1:] = (rids[1:] == rids[:-1]) & (ms[1:] == ms[:-1])
+            rids, ms, value = rids[~dup], ms[~dup], value[~dup]
+        prev_ts = st.last_ts[rids]
+        has = prev_ts >= ttl_cut
+        newer = ~has | (ms > prev_ts)
+        rids, ms, value, has = rids[newer], ms[newer], value[newer], has[newer]
+        prev = st.last_value[rids]
+        latest = np.ones(rids.size, bool)
+        if not distinct:
+            # Sorted by (series, time): a sample's predecessor is the row before it.
+            same = np.zeros(rids.size, bool)
+            same[1:] = rids[1:] == rids[:-1]
+            prev = np.where(same, np.roll(value, 1), prev)
+            has |= same
+            latest[:-1] = ~same[1:]
+        st.last_ts[rids[latest]] = ms[latest]
+        st.last_value[rids[latest]] = value[latest]
+        # The first sample of a series is its baseline; a drop is a reset (count the value).
+        rids, ms, value, prev = rids[has], ms[has], value[has], prev[has]
+        inc = np.where(value >= prev, value - prev, value)
+        return rids, ms - ms % _MINUTE_MS, inc
 
-    def _apply_gauges(self, st: _PartitionState, new: pl.DataFrame) -> pl.DataFrame:
-        v, thr, op = pl.col("value"), pl.col("thr"), pl.col("op")
-        ok = (
-            pl.when(op == 0).then(v < thr)
-            .when(op == 1).then(v <= thr)
-            .when(op == 2).then(v > thr)
-            .otherwise(v >= thr)
-        )
-        new = new.select(_GID, _KEY, cv.COL_MINUTE, ok.alias("ok"))
-        keys = [_GID, _KEY, cv.COL_MINUTE]
-        st.gauge = pl.concat([st.gauge, new]).group_by(keys).agg(pl.col("ok").all())
-        return new.select(_GID, cv.COL_MINUTE)
+    def _add_counts(self, mstate: _Minute, rids: I64, inc: F64) -> None:
+        cap = mstate.sums.shape[1]
+        flat = _SLOT[self._role[rids]] * cap + self._gid[rids]
+        mstate.sums.reshape(-1)[:] += np.bincount(flat, inc, minlength=2 * cap)
 
-    def _evict(self, st: _PartitionState, cutoff: pl.Expr) -> None:
-        st.acc = st.acc.filter(pl.col(cv.COL_MINUTE) >= cutoff)
-        st.gauge = st.gauge.filter(pl.col(cv.COL_MINUTE) >= cutoff)
-        assert st.watermark_ms is not None
-        ttl_cut = st.watermark_ms - int(self.series_ttl.total_seconds() * 1000)
-        st.last = st.last.filter(pl.col("ts") >= pl.lit(ttl_cut).cast(_TS))
+    def _add_gauges(self, mstate: _Minute, rids: I64, codes: I8) -> None:
+        """Fold samples into series-minute states; keep the good/total series-minute sums."""
+        if not self._distinct(rids):
+            # One state per series: the worst code of its samples (all-of).
+            order = np.lexsort((-codes, rids))
+            rids, codes = rids[order], codes[order]
+            first = np.ones(rids.size, bool)
+            first[1:] = rids[1:] != rids[:-1]
+            rids, codes = rids[first], codes[first]
+        old = mstate.gauge[rids]
+        new = np.maximum(old, codes)
+        mstate.gauge[rids] = new
+        gids = self._gid[rids]
+        cap = mstate.sums.shape[1]
+        d_good = (new == 1).astype(np.float64) - (old == 1)
+        d_total = (new > 0).astype(np.float64) - (old > 0)
+        mstate.sums[0] += np.bincount(gids, d_good, minlength=cap)
+        mstate.sums[1] += np.bincount(gids, d_total, minlength=cap)
 
-    def _partials(self, st: _PartitionState, keys: pl.DataFrame, partition: int) -> pl.DataFrame:
-        on = [_GID, cv.COL_MINUTE]
-        role = pl.col(_ROLE)
-        ratio = (
-            st.acc.join(keys, on=on, how="semi")
-            .group_by(on)
-            .agg(
-                (pl.col("inc").filter(role == _R["good"]).sum()).alias("g"),
-                (pl.col("inc").filter(role == _R["bad"]).sum()).alias("b"),
-                (pl.col("inc").filter(role == _R["total"]).sum()).alias(cv.COL_TOTAL),
-                (pl.col("inc").filter(role == _R["num"]).sum()).alias("num"),
-                (pl.col("inc").filter(role == _R["den"]).sum()).alias("den"),
-            )
-            .join(self._gids, on=_GID, how="left")
-            .with_columns(
-                pl.when(pl.col(cv.COL_SLO).is_in(self._bad_slos))
-                .then(pl.col(cv.COL_TOTAL) - pl.col("b"))
-                .otherwise(pl.col("g"))
-                .alias(cv.COL_GOOD)
-            )
-        )
-        for spec in self._mean_specs:
+    def _distinct_gids(self, gids: I64) -> I64:
+        mark = np.zeros(len(self._gid_slo), bool)
+        mark[gids] = True
+        return np.flatnonzero(mark)
+
+    def _partial_counts(self, mstate: _Minute, gids: I64) -> tuple[F64, F64]:
+        """(good, total) of the minute for each gid, by the kind of its SLI."""
+        s0, s1 = mstate.sums[0, gids], mstate.sums[1, gids]
+        kind = self._kind[gids]
+        good = np.where(kind == _K_BAD, s1 - s0, s0)
+        total = s1.copy()
+        mean = kind == _K_MEAN
+        if mean.any():
             # One slice per scope-minute with events: good when the minute's mean meets it.
-            assert spec.sli.op is not None and spec.sli.value is not None
-            mean = pl.col("num") / pl.col("den")
-            ok = {
-                ThresholdOp.LT: mean < spec.sli.value,
-                ThresholdOp.LTE: mean <= spec.sli.value,
-                ThresholdOp.GT: mean > spec.sli.value,
-                ThresholdOp.GTE: mean >= spec.sli.value,
-            }[spec.sli.op]
-            is_mine = pl.col(cv.COL_SLO) == spec.id
-            has = pl.col("den") > 0
-            ratio = ratio.with_columns(
-                pl.when(is_mine).then(pl.when(has & ok).then(1.0).otherwise(0.0))
-                .otherwise(pl.col(cv.COL_GOOD)).alias(cv.COL_GOOD),
-                pl.when(is_mine).then(pl.when(has).then(1.0).otherwise(0.0))
-                .otherwise(pl.col(cv.COL_TOTAL)).alias(cv.COL_TOTAL),
-            )
-        cols = [cv.COL_SLO, cv.COL_SCOPE, cv.COL_MINUTE]
-        ratio = ratio.select(*cols, cv.COL_GOOD, cv.COL_TOTAL)
-        gauge = (
-            st.gauge.join(keys, on=on, how="semi")
-            .group_by(on)
-            .agg(
-                pl.col("ok").sum().cast(pl.Float64).alias(cv.COL_GOOD),
-                pl.len().cast(pl.Float64).alias(cv.COL_TOTAL),
-            )
-            .join(self._gids, on=_GID, how="left")
-            .select(*cols, cv.COL_GOOD, cv.COL_TOTAL)
-        )
-        out = pl.concat([ratio, gauge]).with_columns(
-            pl.lit(partition, pl.Int32()).alias(cv.COL_PARTITION)
-        )
-        return out.select(PARTIAL_SCHEMA.names()).sort(cols)
+            has = s1[mean] > 0
+            avg = np.divide(s0[mean], s1[mean], out=np.zeros(has.size), where=has)
+            ok = _meets(self._gid_op[gids[mean]], self._gid_thr[gids[mean]], avg)
+            good[mean] = (has & ok).astype(np.float64)
+            total[mean] = has.astype(np.float64)
+        return good, total
+
+    def _partials_frame(
+        self, partition: int, gid: I64, minute: I64, good: F64, total: F64
+    ) -> pl.DataFrame:
+        order = np.lexsort((minute, self._gid_rank[gid]))
+        gid = gid[order]
+        slo, scope = self._gid_names()
+        return pl.DataFrame([
+            pl.Series(cv.COL_PARTITION, np.full(gid.size, partition, np.int32)),
+            slo[gid],
+            scope[gid],
+            pl.Series(cv.COL_MINUTE, minute[order]).cast(_TS),
+            pl.Series(cv.COL_GOOD, good[order]),
+            pl.Series(cv.COL_TOTAL, total[order]),
+        ])
+
+
+def _sli_kind(spec: SloSpec) -> int:
+    sli = spec.sli
+    if sli.kind is SliKind.THRESHOLD:
+        return _K_MEAN if sli.gauge is not None and sli.gauge.per else _K_GAUGE
+    return _K_BAD if sli.bad is not None else _K_GOOD
 
 
 def _minute_floor_ms(ts_ms: int) -> int:

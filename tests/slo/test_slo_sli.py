@@ -21,6 +21,58 @@ from slo.spec import parse_yaml
 M = timedelta(minutes=1)
 S = timedelta(seconds=1)
 
+SUCCESS_YAML = """
+apiVersion: openslo/v1
+kind: SLO
+metadata: {name: success}
+spec:
+  service: inference
+  indicator:
+    metadata: {name: success-sli}
+    spec:
+      ratioMetric:
+        counter: true
+        bad: {metricSource: {type: gpuslo, spec: {metric: vllm:request_success_total,
+              matchers: [{label: finished_reason, op: "=~", value: "error|abort"}]}}}
+        total: {metricSource: {type: gpuslo, spec: {metric: vllm:request_success_total}}}
+  timeWindow: [{duration: 30d, isRolling: true}]
+  budgetingMethod: Occurrences
+  objectives: [{target: 0.99}]
+"""
+
+THERMAL_YAML = """
+apiVersion: openslo/v1
+kind: SLO
+metadata: {name: thermal}
+spec:
+  service: gpu
+  indicator:
+    metadata: {name: thermal-sli}
+    spec:
+      thresholdMetric: {metricSource: {type: gpuslo, spec: {metric: DCGM_FI_DEV_GPU_TEMP,
+                        by: [node]}}}
+  timeWindow: [{duration: 28d, isRolling: true}]
+  budgetingMethod: Occurrences
+  objectives: [{target: 0.99, op: lt, value: 85}]
+"""
+
+DISK_YAML = """
+apiVersion: openslo/v1
+kind: SLO
+metadata: {name: disk}
+spec:
+  service: storage
+  indicator:
+    metadata: {name: disk-sli}
+    spec:
+      thresholdMetric: {metricSource: {type: gpuslo, spec: {
+        metric: node_disk_read_time_seconds_total, per: node_disk_reads_completed_total,
+        by: [device]}}}
+  timeWindow: [{duration: 7d, isRolling: true}]
+  budgetingMethod: Timeslices
+  objectives: [{target: 0.99, op: lte, value: 0.02, timeSliceTarget: 1, timeSliceWindow: 1m}]
+"""
+
 
 def _counts(partials: pl.DataFrame) -> dict[tuple[str, object], tuple[float, float]]:
     return {(r["scope"], r["minute"]): (r["good"], r["total"])
@@ -152,24 +204,7 @@ spec:
 
 
 def test_bad_over_total_counts_good_as_total_minus_bad_and_regex_matchers_are_anchored() -> None:
-    text = """
-apiVersion: openslo/v1
-kind: SLO
-metadata: {name: success}
-spec:
-  service: inference
-  indicator:
-    metadata: {name: success-sli}
-    spec:
-      ratioMetric:
-        counter: true
-        bad: {metricSource: {type: gpuslo, spec: {metric: vllm:request_success_total,
-              matchers: [{label: finished_reason, op: "=~", value: "error|abort"}]}}}
-        total: {metricSource: {type: gpuslo, spec: {metric: vllm:request_success_total}}}
-  timeWindow: [{duration: 30d, isRolling: true}]
-  budgetingMethod: Occurrences
-  objectives: [{target: 0.99}]
-"""
+    text = SUCCESS_YAML
     (spec,) = parse_yaml(text)
     rows = []
     for i, scale in enumerate([0, 1]):
@@ -182,21 +217,7 @@ spec:
 
 
 def test_a_gauge_minute_is_good_only_if_every_sample_meets_the_threshold() -> None:
-    text = """
-apiVersion: openslo/v1
-kind: SLO
-metadata: {name: thermal}
-spec:
-  service: gpu
-  indicator:
-    metadata: {name: thermal-sli}
-    spec:
-      thresholdMetric: {metricSource: {type: gpuslo, spec: {metric: DCGM_FI_DEV_GPU_TEMP,
-                        by: [node]}}}
-  timeWindow: [{duration: 28d, isRolling: true}]
-  budgetingMethod: Occurrences
-  objectives: [{target: 0.99, op: lt, value: 85}]
-"""
+    text = THERMAL_YAML
     (spec,) = parse_yaml(text)
     s1 = Stage1State([spec])
     frame = pl.concat([
@@ -215,22 +236,7 @@ spec:
 
 
 def test_a_mean_of_two_counters_per_minute_is_one_slice() -> None:
-    text = """
-apiVersion: openslo/v1
-kind: SLO
-metadata: {name: disk}
-spec:
-  service: storage
-  indicator:
-    metadata: {name: disk-sli}
-    spec:
-      thresholdMetric: {metricSource: {type: gpuslo, spec: {
-        metric: node_disk_read_time_seconds_total, per: node_disk_reads_completed_total,
-        by: [device]}}}
-  timeWindow: [{duration: 7d, isRolling: true}]
-  budgetingMethod: Timeslices
-  objectives: [{target: 0.99, op: lte, value: 0.02, timeSliceTarget: 1, timeSliceWindow: 1m}]
-"""
+    text = DISK_YAML
     (spec,) = parse_yaml(text)
     rows = []
     # minute 0: 100 reads in 1 s -> 10 ms mean (good); minute 1: 100 reads in 5 s (bad).
@@ -297,3 +303,80 @@ def test_the_snapshot_keys_series_by_a_stable_hash() -> None:
     last = s1.snapshot(0)["last"]
     assert last.schema[cv.COL_SERIES_KEY] == pl.UInt64()
     assert last.height == 1
+
+
+def _mixed_stream(seed: int, steps: int) -> list[pl.DataFrame]:
+    """Per 20 s step: success counters (with resets), GPU temperatures, disk counters."""
+    rnd = random.Random(seed)
+    success = {(n, r): 0.0 for n in ("n1", "n2") for r in ("stop", "error")}
+    disk = {"time": 0.0, "reads": 0.0}
+    out = []
+    for i in range(steps):
+        ts = T0 + i * 20 * S
+        parts = []
+        for node in ("n1", "n2"):
+            rows = []
+            for reason in ("stop", "error"):
+                key = (node, reason)
+                success[key] = (0.0 if rnd.random() < 0.05
+                                else success[key] + rnd.randint(0, 9))
+                rows.append((ts, "vllm:request_success_total", success[key],
+                             {"finished_reason": reason}))
+            parts.append(samples(rows, node=node))
+            parts.append(samples(
+                [(ts, "DCGM_FI_DEV_GPU_TEMP", float(rnd.randint(70, 90)), {"gpu": g})
+                 for g in ("0", "1")], node=node, kind="gauge"))
+        reads = rnd.randint(0, 50)
+        disk["reads"] += reads
+        disk["time"] += reads * rnd.choice([0.01, 0.03])
+        parts.append(samples([
+            (ts, "node_disk_read_time_seconds_total", disk["time"], {"device": "nvme0n1"}),
+            (ts, "node_disk_reads_completed_total", disk["reads"], {"device": "nvme0n1"}),
+        ]))
+        out.append(pl.concat(parts))
+    return out
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(min_value=0, max_value=10_000),
+    cuts=st.lists(st.integers(min_value=1, max_value=39), max_size=6),
+    partitions=st.lists(st.integers(min_value=0, max_value=1), min_size=8, max_size=8),
+    restore_at=st.integers(min_value=0, max_value=7),
+)
+def test_restoring_a_snapshot_or_rebuilding_the_routing_changes_no_partial(
+    seed: int, cuts: list[int], partitions: list[int], restore_at: int
+) -> None:
+    # Every SLI kind (bad/total counters, gauge threshold, mean of two counters), two
+    # partitions, any batching: a state restored from a snapshot mid-stream, and one
+    # whose routing cache is rebuilt before every batch, emit exactly what a state
+    # that ran straight through emits.
+    specs = [s for text in (SUCCESS_YAML, THERMAL_YAML, DISK_YAML) for s in parse_yaml(text)]
+    steps = _mixed_stream(seed, 40)
+    bounds = sorted({0, 40, *cuts})
+    batches = [(pl.concat(steps[a:b]), partitions[i % 8])
+               for i, (a, b) in enumerate(itertools.pairwise(bounds))]
+    straight = Stage1State(specs)
+    want = [straight.apply(b, p) for b, p in batches]
+    assert sum(w.height for w in want) > 0
+
+    resumed = Stage1State(specs)
+    at = min(restore_at, len(batches))
+    for b, p in batches[:at]:
+        resumed.apply(b, p)
+    fresh = Stage1State(specs)
+    for p in resumed.partitions():
+        fresh.restore(p, resumed.snapshot(p))
+    for (b, p), w in zip(batches[at:], want[at:], strict=True):
+        assert_frame_equal(fresh.apply(b, p), w)
+
+    rebuilds = []
+    rebuild = Stage1State._rebuild_routing
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sli, "ROUTE_CACHE_ROWS", 1)
+        mp.setattr(Stage1State, "_rebuild_routing",
+                   lambda self: (rebuilds.append(1), rebuild(self))[1])
+        churned = Stage1State(specs)
+        for (b, p), w in zip(batches, want, strict=True):
+            assert_frame_equal(churned.apply(b, p), w)
+    assert rebuilds or len(batches) == 1
