@@ -47,11 +47,12 @@ import polars as pl
 from pipeline.schema import SAMPLE_SCHEMA, canonical_labels
 from slo import conventions as cv
 from slo.budget import Stage2State
+from slo.catalog import CATALOG_DIR
 from slo.sli import PARTIAL_SCHEMA, Stage1State
 from slo.spec import SloSpec, load_specs
 
 ROOT = Path(__file__).resolve().parent.parent
-CATALOG = ROOT / "examples" / "slos"
+CATALOG = CATALOG_DIR
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 REASONS = ("stop", "length", "error")
 

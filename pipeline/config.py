@@ -119,7 +119,7 @@ class SloConfig(_Model):
 
     specs: list[Path] = Field(
         default_factory=list,
-        description="OpenSLO spec files or directories of *.yaml files (e.g. examples/slos).",
+        description="OpenSLO spec files or directories of *.yaml files (e.g. slo/catalog).",
     )
     checkpoint_dir: Path = Field(
         Path("gpuslo-state"),

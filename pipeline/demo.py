@@ -64,6 +64,7 @@ from simulator.scenario import (
     write_ground_truth,
 )
 from simulator.server import FleetServer, Target
+from slo.catalog import CATALOG_DIR
 from slo.spec import SpecError, load_specs
 
 # Where `gpuslo simulate` listens and `gpuslo inject` posts by default; the demo
@@ -517,13 +518,12 @@ def _resolve(scenario: Scenario | str | Path | None) -> Scenario:
 
 
 def demo_spec_paths(specs: Sequence[str | Path] | None) -> list[Path]:
-    """The SLO specs to evaluate: the given ones, else the catalog beside the code."""
+    """The SLO specs to evaluate: the given ones, else the default catalog."""
     if specs:
         return [Path(p) for p in specs]
-    catalog = Path(__file__).resolve().parent.parent / "examples" / "slos"
-    if not catalog.is_dir():
-        raise SpecError("demo", [f"no SLO catalog at {catalog}: pass --specs PATH"])
-    return [catalog]
+    if not CATALOG_DIR.is_dir():
+        raise SpecError("demo", [f"no SLO catalog at {CATALOG_DIR}: pass --specs PATH"])
+    return [CATALOG_DIR]
 
 
 def demo_config(

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.schema import frame_from_rows
+from slo.catalog import CATALOG_DIR
 
-CATALOG = Path(__file__).resolve().parents[2] / "examples" / "slos"
+CATALOG = CATALOG_DIR
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 runner = CliRunner()
 

@@ -23,11 +23,12 @@ from pipeline.schema import frame_from_rows
 from pipeline.stages import ReportBoard, Stage1Runner, Stage2Runner
 from slo.alerting import AlertStatus
 from slo.backtest import backtest
+from slo.catalog import CATALOG_DIR
 from slo.spec import SloSpec, load_specs
 
 pytestmark = pytest.mark.integration
 
-CATALOG = Path(__file__).resolve().parents[2] / "examples" / "slos"
+CATALOG = CATALOG_DIR
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 NODES = ("gpu-0", "gpu-1", "gpu-2", "gpu-3", "gpu-4", "gpu-5")
 MINUTES = 90

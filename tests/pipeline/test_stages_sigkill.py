@@ -22,7 +22,6 @@ from typing import Any
 import polars as pl
 import pytest
 from aggregate_process import (
-    ROOT,
     canonical,
     chunks,
     expected_reports,
@@ -36,12 +35,13 @@ from aggregate_process import (
 from pipeline.config import KafkaConfig
 from pipeline.kafka import ensure_topics
 from pipeline.schema import frame_from_rows
+from slo.catalog import CATALOG_DIR
 from slo.spec import load_specs
 
 pytestmark = pytest.mark.integration
 
-SPEC_FILES = [ROOT / "examples" / "slos" / "request-success.yaml",
-              ROOT / "examples" / "slos" / "gpu-thermal-headroom.yaml"]
+SPEC_FILES = [CATALOG_DIR / "request-success.yaml",
+              CATALOG_DIR / "gpu-thermal-headroom.yaml"]
 NODES = ("gpu-0", "gpu-1", "gpu-2", "gpu-3")
 MINUTES = 60
 CHUNK_MIN = 5

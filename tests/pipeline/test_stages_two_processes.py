@@ -24,7 +24,6 @@ from typing import Any
 import polars as pl
 import pytest
 from aggregate_process import (
-    ROOT,
     canonical,
     chunks,
     expected_reports,
@@ -39,15 +38,16 @@ from aiokafka.partitioner import murmur2
 from pipeline.config import KafkaConfig
 from pipeline.kafka import ensure_topics
 from pipeline.schema import frame_from_rows
+from slo.catalog import CATALOG_DIR
 from slo.spec import load_specs
 
 pytestmark = pytest.mark.integration
 
 # SLO ids hash to sli partitions 2, 0 and 3: whether the group hands out ranges
 # ({0,1}, {2,3}) or round-robin ({0,2}, {1,3}), each member owns at least one.
-SPEC_FILES = [ROOT / "examples" / "slos" / "request-success.yaml",
-              ROOT / "examples" / "slos" / "gpu-thermal-headroom.yaml",
-              ROOT / "examples" / "slos" / "ttft.yaml"]
+SPEC_FILES = [CATALOG_DIR / "request-success.yaml",
+              CATALOG_DIR / "gpu-thermal-headroom.yaml",
+              CATALOG_DIR / "ttft.yaml"]
 NODES = ("gpu-0", "gpu-1", "gpu-2", "gpu-3")  # samples partitions 0, 2, 1, 3
 PARTITIONS = 4
 MINUTES = 40

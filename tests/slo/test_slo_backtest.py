@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from slo_helpers import T0, samples
 
 from slo.backtest import backtest
+from slo.catalog import CATALOG_DIR
 from slo.spec import load_specs
 from slo.windows import Severity
 
-CATALOG = Path(__file__).resolve().parents[2] / "examples" / "slos"
+CATALOG = CATALOG_DIR
 M = timedelta(minutes=1)
 
 

@@ -23,13 +23,14 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.schema import frame_from_rows
+from slo.catalog import CATALOG_DIR
 from slo.openmetrics_input import (
     OpenMetricsInputError,
     is_exposition_file,
     read_exposition,
 )
 
-CATALOG = Path(__file__).resolve().parents[2] / "examples" / "slos"
+CATALOG = CATALOG_DIR
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 MINUTES = 120
 STEP_S = 30

@@ -48,6 +48,7 @@ from servers import Server, require_binary, start_prometheus
 from slo import conventions as cv
 from slo.alerting import AlertEvaluator, AlertStatus
 from slo.budget import Stage2State
+from slo.catalog import CATALOG_DIR
 from slo.openmetrics_input import read_exposition
 from slo.rules import error_ratio_expr, generate, slo_rule_groups
 from slo.sli import Stage1State
@@ -56,7 +57,7 @@ from slo.windows import Severity
 
 pytestmark = pytest.mark.integration
 
-CATALOG = Path(__file__).resolve().parents[2] / "examples" / "slos"
+CATALOG = CATALOG_DIR
 HOURS = 4
 SCRAPE_S = 15
 OFFSET_S = 7

@@ -15,6 +15,7 @@ from slo_helpers import samples
 
 from slo.alerting import AlertEvaluator, AlertStatus
 from slo.budget import Stage2State
+from slo.catalog import CATALOG_DIR
 from slo.rules import (
     error_ratio_expr,
     generate,
@@ -26,7 +27,7 @@ from slo.sli import Stage1State
 from slo.spec import SloSpec, load_specs
 
 HERE = Path(__file__).resolve().parent
-CATALOG = HERE.parents[1] / "examples" / "slos"
+CATALOG = CATALOG_DIR
 GOLDEN = HERE / "golden"
 UPDATE = os.environ.get("GPUSLO_UPDATE_GOLDEN") == "1"
 

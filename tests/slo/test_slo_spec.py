@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from slo_helpers import ratio_slo_yaml
 
+from slo.catalog import CATALOG_DIR
 from slo.spec import (
     BudgetingMethod,
     SliKind,
@@ -20,7 +21,7 @@ from slo.spec import (
 )
 from slo.windows import Severity
 
-CATALOG = Path(__file__).resolve().parents[2] / "examples" / "slos"
+CATALOG = CATALOG_DIR
 
 
 def test_the_default_catalog_loads_every_slo() -> None:
