@@ -132,6 +132,8 @@ class SloReport:
     period: WindowReport
     period_start: datetime
     budget_remaining: float | None
+    # At the last hour's burn rate; None when nothing burns (or so slowly that it would
+    # take over a thousand periods) and when the hour or the period has no usable data.
     time_to_exhaustion: timedelta | None
 
     def window(self, w: timedelta) -> WindowReport:
@@ -503,6 +505,10 @@ class _SloStore:
                               period_len)
 
 
+# Time to exhaustion is reported up to this many SLO periods ahead, else not at all.
+_MAX_EXHAUSTION_PERIODS = 1000.0
+
+
 def _build_reports(spec: SloSpec, stats: np.ndarray, scopes: list[str],
                    labels: list[dict[str, str]], windows: list[timedelta], hour_i: int,
                    now: datetime, period_start: datetime, period_len: timedelta) -> list[SloReport]:
@@ -512,7 +518,9 @@ def _build_reports(spec: SloSpec, stats: np.ndarray, scopes: list[str],
     no_data = (t <= 0) | (s <= 0)
     little = ~no_data & (t < spec.min_events)
     ok = ~no_data & ~little
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # Skewed counters can make a window's total tiny (even subnormal) beside its good
+    # count: the ratio overflows to inf and the clip below makes it 1, not a warning.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if spec.budgeting is BudgetingMethod.OCCURRENCES:
             err = np.clip((t - g) / t, 0.0, 1.0)
         elif spec.budgeting is BudgetingMethod.TIMESLICES:
@@ -551,7 +559,9 @@ def _build_reports(spec: SloSpec, stats: np.ndarray, scopes: list[str],
         tte: timedelta | None = None
         if remaining is not None and remaining <= 0:
             tte = timedelta(0)
-        elif remaining is not None and hour_ok[j] and hour_burn[j]:
+        elif (remaining is not None and hour_ok[j] and hour_burn[j]
+              and remaining / hour_burn[j] < _MAX_EXHAUSTION_PERIODS):
+            # Beyond that a budget is not running out (and a timedelta would overflow).
             tte = period_len * (remaining / hour_burn[j])
         out.append(SloReport(
             slo_id=spec.id, scope=dict(labels[j]), scope_key=scope, evaluated_at=now,

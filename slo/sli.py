@@ -449,7 +449,8 @@ class Stage1State:
         gauge_rid, gauge_minute = [], []
         kind = self._kind[: len(self._gid_slo)]
         for m, mstate in sorted(st.minutes.items()):
-            sums = mstate.sums[:, : kind.size]
+            # A minute's arrays grow when it is next touched: pad to the ids there are now.
+            sums = _fit(mstate.sums, kind.size, 0.0)[:, : kind.size]
             for s in (0, 1):
                 gids = np.flatnonzero((sums[s] != 0) & (kind != _K_GAUGE))
                 acc_gid.append(gids)

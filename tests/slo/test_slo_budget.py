@@ -270,3 +270,14 @@ def test_a_checkpoint_without_the_scopes_frame_restores_the_same_reports() -> No
     b.restore(snap)
     now = T0 + 4 * timedelta(days=1)
     assert a.report(now) == b.report(now)
+
+
+def test_a_vanishing_burn_rate_means_no_exhaustion_time_not_an_overflow() -> None:
+    # One bad event in 60 billion: burn ~1.7e-9, so the budget would last ~5e7 years,
+    # past what a timedelta can hold. That is "not running out", like a burn of 0.
+    spec = ratio_spec(target=0.99)
+    rows = [(0, i, 1e9, 1e9) for i in range(59)] + [(0, 59, 1e9 - 1.0, 1e9)]
+    rep = one_report(spec, rows, T0 + 60 * M)
+    assert rep.window(H).burn_rate == pytest.approx(1 / 6e10 / 0.01)
+    assert rep.budget_remaining is not None and rep.budget_remaining > 0.99
+    assert rep.time_to_exhaustion is None

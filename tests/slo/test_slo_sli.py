@@ -326,6 +326,10 @@ def _mixed_stream(seed: int, steps: int) -> list[pl.DataFrame]:
             parts.append(samples(
                 [(ts, "DCGM_FI_DEV_GPU_TEMP", float(rnd.randint(70, 90)), {"gpu": g})
                  for g in ("0", "1")], node=node, kind="gauge"))
+        # Nodes keep joining (new scopes mid-minute), past the state's first array sizes.
+        for k in range(3 * i, 3 * i + 3):
+            parts.append(samples([(ts, "DCGM_FI_DEV_GPU_TEMP", float(rnd.randint(80, 90)),
+                                   {"gpu": "0"})], node=f"late-{k}", kind="gauge"))
         reads = rnd.randint(0, 50)
         disk["reads"] += reads
         disk["time"] += reads * rnd.choice([0.01, 0.03])
