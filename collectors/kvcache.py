@@ -21,11 +21,40 @@ engine.  Traps the table encodes (details in the sources catalogue):
   first-response histogram is in **milliseconds** (scaled, bucket bounds too).
 * trtllm-serve serves Prometheus text on ``/prometheus/metrics``.
 
-Entity = model (``model_name``, or Triton's ``model``) plus the replica labels
-the engine exposes (``engine`` for vLLM, ``engine_type``/``dp_rank``/
-``tp_rank``/``pp_rank`` for SGLang, ``version`` for Triton), e.g.
-``meta-llama/Llama-3.1-8B/engine=0``.  A scrape target can add a replica name
-(the pod) for engines that expose none.
+Entity = model (``model_name``, or Triton's ``model``) plus the labels that tell
+replicas apart *inside one scrape target*, chosen per engine by the metric's
+prefix (:data:`REPLICA_LABELS_BY_PREFIX`): ``engine`` for vLLM (the
+data-parallel engine core; v0 has none), ``engine_type`` for trtllm-serve,
+``version`` for Triton, e.g. ``meta-llama/Llama-3.1-8B/engine=0``.  Those labels
+are on every per-model series of their engine, so all signals of one replica
+share one entity.  The scrape target can add a replica name (the pod), which
+is what keeps two servers of one model on one node apart.
+
+**SGLang has no replica labels in the entity**, only the model (and the
+target's replica name): one SGLang replica is one server, i.e. one
+``/metrics`` page, one tokenizer manager and the scheduler processes it feeds.
+Its series come from two sides that label differently:
+
+* scheduler series (``sglang:token_usage``, ``num_running_reqs``,
+  ``num_queue_reqs``, ``num_retracted_requests_total``, ``cache_hit_rate``...)
+  carry ``engine_type``, ``tp_rank``, ``pp_rank``, ``moe_ep_rank`` and, with
+  data parallelism, ``dp_rank``.  By default only the attention-TP rank 0 of
+  each scheduler group reports (``--enable-metrics-for-all-schedulers`` makes
+  every rank report);
+* tokenizer series (``sglang:prompt_tokens_total``, ``cached_tokens_total``,
+  ``num_requests_total``, the latency histograms) describe the whole server,
+  every rank's requests, and carry no rank label.  ``engine_type`` is not
+  reliable on them either: releases before sglang PR #23978 left it off, and
+  with several tokenizer workers in PD mode they say ``unified`` while the
+  scheduler says ``prefill``/``decode`` (sglang issue #30406).
+
+An entity built from those labels would file the KV usage and the prefix-cache
+hits of one server under two entities (two half-replicas for RCA, dashboards
+and per-replica SLO scopes).  So for SGLang the server is the entity, and the
+rank labels stay ordinary labels: rows of different ``dp_rank`` (separate KV
+pools) or ``tp_rank``/``pp_rank`` remain distinct series of that one entity.
+Aggregate them with care: TP ranks of one group report the same batch (take
+one, don't sum); DP ranks are separate pools.
 """
 
 from __future__ import annotations
@@ -51,8 +80,13 @@ from pipeline.schema import Kind, label
 SOURCE = "kvcache"
 
 MODEL_LABELS: tuple[str, ...] = ("model_name", "model")
-REPLICA_LABELS: tuple[str, ...] = ("engine", "engine_type", "dp_rank", "tp_rank", "pp_rank",
-                                   "version")
+REPLICA_LABELS: tuple[str, ...] = ("engine", "engine_type", "version")
+# Replica labels per engine, by metric-name prefix (first match wins; "" matches
+# every name).  SGLang: none, see the module docstring.
+REPLICA_LABELS_BY_PREFIX: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("sglang:", ()),
+    ("", REPLICA_LABELS),
+)
 
 _OK_REASONS = ("stop", "length", "repetition")
 
@@ -175,21 +209,36 @@ SIGNALS: tuple[Signal, ...] = (
 )
 
 
+def _replica_part(names: tuple[str, ...], replica: str | None) -> pl.Expr:
+    """``k=v,...`` for whichever of ``names`` a row has, then ``replica=<name>``."""
+    parts: list[pl.Expr] = [
+        pl.when(label(n).is_not_null() & (label(n) != "")).then(pl.lit(f"{n}=") + label(n))
+        for n in names
+    ]
+    if replica:
+        parts.append(pl.lit(f"replica={replica}"))
+    if not parts:
+        return pl.lit("")
+    return pl.concat_list(parts).list.drop_nulls().list.join(",")
+
+
 def entity_expr(replica: str | None = None) -> pl.Expr:
-    """``<model>/<k>=<v>,...`` from the model label and whichever replica labels exist.
+    """``<model>/<k>=<v>,...`` from the model label and the engine's replica labels.
+
+    The replica labels depend on the engine (:data:`REPLICA_LABELS_BY_PREFIX`);
+    an SGLang series gets only the model and ``replica``.
 
     Args:
         replica: appended as ``replica=<name>`` (the scrape target's pod or
             address) so two replicas of one model on one node stay apart.
     """
     model = first_label(*MODEL_LABELS).fill_null("")
-    parts: list[pl.Expr] = [
-        pl.when(label(n).is_not_null() & (label(n) != "")).then(pl.lit(f"{n}=") + label(n))
-        for n in REPLICA_LABELS
-    ]
-    if replica:
-        parts.append(pl.lit(f"replica={replica}"))
-    replica_part = pl.concat_list(parts).list.drop_nulls().list.join(",")
+    metric = pl.col("metric")
+    replica_part: pl.Expr = pl.lit("")
+    for prefix, names in reversed(REPLICA_LABELS_BY_PREFIX):
+        part = _replica_part(names, replica)
+        replica_part = (part if not prefix else
+                        pl.when(metric.str.starts_with(prefix)).then(part).otherwise(replica_part))
     return (
         pl.when(replica_part != "")
         .then(pl.concat_str([model, pl.lit("/"), replica_part]))

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from collectors import kvcache
+from pipeline.schema import label
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 TS = 1_700_000_000_000
@@ -106,26 +107,35 @@ vllm:time_per_output_token_seconds_sum{{{L}}} 1000.0
 """
 
 
-def sglang() -> str:
-    L = f'model_name="{MODEL}",engine_type="unified"'
-    S = f'{L},tp_rank="0",pp_rank="0",moe_ep_rank="0"'
+def sglang(tokenizer: str = 'engine_type="unified"',
+           scheduler: tuple[str, ...] = ('engine_type="unified",tp_rank="0",pp_rank="0",'
+                                         'moe_ep_rank="0"',)) -> str:
+    """One SGLang server's page: tokenizer series (request counters, latency)
+    carry ``model_name``, ``engine_type`` and no rank; scheduler series (queue,
+    KV usage, retractions) also carry ``tp_rank``/``pp_rank``/``moe_ep_rank``
+    (SGLang 0.5.23 label sets).  ``scheduler`` lists one label set per
+    reporting scheduler (more than one with DP, or with
+    ``--enable-metrics-for-all-schedulers``), ``tokenizer`` the extra labels of
+    the tokenizer side (older releases: none).
+    """
+    L = ",".join(x for x in (f'model_name="{MODEL}"', tokenizer) if x)
+
+    def sched(metric: str, value: float) -> str:
+        return "".join(f"{metric}{{model_name=\"{MODEL}\",{labels}}} {value}\n"
+                       for labels in scheduler)
+
     return f"""# TYPE sglang:num_running_reqs gauge
-sglang:num_running_reqs{{{S}}} 5.0
-# TYPE sglang:num_queue_reqs gauge
-sglang:num_queue_reqs{{{S}}} 2.0
-# TYPE sglang:token_usage gauge
-sglang:token_usage{{{S}}} 0.42
-# TYPE sglang:cache_hit_rate gauge
-sglang:cache_hit_rate{{{S}}} 0.99
-# TYPE sglang:prompt_tokens_total counter
+{sched("sglang:num_running_reqs", 5.0)}# TYPE sglang:num_queue_reqs gauge
+{sched("sglang:num_queue_reqs", 2.0)}# TYPE sglang:token_usage gauge
+{sched("sglang:token_usage", 0.42)}# TYPE sglang:cache_hit_rate gauge
+{sched("sglang:cache_hit_rate", 0.99)}# TYPE sglang:prompt_tokens_total counter
 sglang:prompt_tokens_total{{{L},is_streaming="true"}} 6000.0
 sglang:prompt_tokens_total{{{L},is_streaming="false"}} 4000.0
 # TYPE sglang:cached_tokens_total counter
 sglang:cached_tokens_total{{{L},cache_source="device"}} 2500.0
 sglang:cached_tokens_total{{{L},cache_source="host"}} 500.0
 # TYPE sglang:num_retracted_requests_total counter
-sglang:num_retracted_requests_total{{{S}}} 4.0
-# TYPE sglang:num_requests_total counter
+{sched("sglang:num_retracted_requests_total", 4.0)}# TYPE sglang:num_requests_total counter
 sglang:num_requests_total{{{L}}} 300.0
 # TYPE sglang:num_aborted_requests_total counter
 sglang:num_aborted_requests_total{{{L}}} 6.0
@@ -258,15 +268,98 @@ def test_sglang_prefix_hits_come_from_token_counters_not_the_window_gauge() -> N
     assert one(n, "gpuslo_kv_cache_usage_ratio") == 0.42
     assert one(n, "gpuslo_preemptions_total") == 4
     assert one(n, "gpuslo_requests_aborted_total") == 6
-    assert set(hits["entity"]) == {f"{MODEL}/engine_type=unified"}
     assert one(n, "gpuslo_requests_running") == 5
-    running_entity = n.filter(pl.col("metric") == "gpuslo_requests_running")["entity"][0]
-    assert running_entity == f"{MODEL}/engine_type=unified,tp_rank=0,pp_rank=0"
 
 
 def test_replica_name_is_appended_to_the_entity() -> None:
     n = normalised(mapped(sglang(), replica="sglang-7d9f"))
     assert all(e.endswith("replica=sglang-7d9f") for e in n["entity"])
+
+
+# Normalised signals of one SGLang server, from both sides of it.
+SGLANG_SCHEDULER_SIGNALS = ("gpuslo_kv_cache_usage_ratio", "gpuslo_requests_running",
+                            "gpuslo_requests_waiting", "gpuslo_preemptions_total")
+SGLANG_TOKENIZER_SIGNALS = ("gpuslo_prefix_cache_hits_tokens_total",
+                            "gpuslo_prefix_cache_queries_tokens_total",
+                            "gpuslo_requests_finished_total", "gpuslo_requests_aborted_total",
+                            "gpuslo_time_to_first_token_seconds_count")
+
+
+def entities_of(frame: pl.DataFrame, metric: str) -> set[str]:
+    return set(frame.filter(pl.col("metric") == metric)["entity"])
+
+
+def label_values(frame: pl.DataFrame, name: str) -> list[str | None]:
+    return frame.select(label(name).alias("v"))["v"].to_list()
+
+
+def test_sglang_kv_usage_and_prefix_cache_of_one_server_share_one_entity() -> None:
+    out = mapped(sglang())
+    n = normalised(out)
+    for metric in SGLANG_SCHEDULER_SIGNALS + SGLANG_TOKENIZER_SIGNALS:
+        assert entities_of(n, metric) == {MODEL}, metric
+    assert set(out["entity"]) == {MODEL}  # upstream rows too
+    # A per-replica join sees one whole replica, not two halves.
+    hits = (n.filter(pl.col("metric") == "gpuslo_prefix_cache_hits_tokens_total")
+            .group_by("entity").agg(pl.col("value").sum().alias("hits")))
+    usage = n.filter(pl.col("metric") == "gpuslo_kv_cache_usage_ratio").select(
+        "entity", usage=pl.col("value"))
+    joined = usage.join(hits, on="entity")
+    assert joined.rows() == [(MODEL, 0.42, 3000.0)]
+    # The rank labels are kept on the scheduler's rows, only not in the entity.
+    row = n.filter(pl.col("metric") == "gpuslo_kv_cache_usage_ratio")
+    assert [label_values(row, k)[0] for k in ("engine_type", "tp_rank", "pp_rank")] == [
+        "unified", "0", "0"]
+    # With the scrape target's replica name, still one entity per server.
+    named = mapped(sglang(), replica="inference/sglang-0")
+    assert set(named["entity"]) == {f"{MODEL}/replica=inference/sglang-0"}
+
+
+_SCHED = 'engine_type="{t}",tp_rank="{tp}",pp_rank="0",moe_ep_rank="0"'
+
+
+@pytest.mark.parametrize(("tokenizer", "scheduler", "rank_label"), [
+    # --enable-metrics-for-all-schedulers: every TP rank reports.
+    ('engine_type="unified"',
+     (_SCHED.format(t="unified", tp=0), _SCHED.format(t="unified", tp=1)), "tp_rank"),
+    # DP attention: each DP group's attention-TP rank 0 reports, with dp_rank.
+    ('engine_type="unified"',
+     (_SCHED.format(t="unified", tp=0) + ',dp_rank="0"',
+      _SCHED.format(t="unified", tp=1) + ',dp_rank="1"'), "dp_rank"),
+    # Releases before engine_type reached the tokenizer side.
+    ("", (_SCHED.format(t="unified", tp=0),), None),
+    # PD with several tokenizer workers: tokenizer says unified, scheduler prefill.
+    ('engine_type="unified"', (_SCHED.format(t="prefill", tp=0),), None),
+], ids=["all-schedulers", "dp-attention", "no-engine-type-on-tokenizer", "pd-multi-tokenizer"])
+def test_sglang_label_variants_keep_one_entity_per_server(
+    tokenizer: str, scheduler: tuple[str, ...], rank_label: str | None
+) -> None:
+    n = normalised(mapped(sglang(tokenizer, scheduler), replica="sglang-0"))
+    entity = f"{MODEL}/replica=sglang-0"
+    for metric in SGLANG_SCHEDULER_SIGNALS + SGLANG_TOKENIZER_SIGNALS:
+        assert entities_of(n, metric) == {entity}, metric
+    usage = n.filter(pl.col("metric") == "gpuslo_kv_cache_usage_ratio")
+    assert usage.height == len(scheduler)
+    if rank_label is not None:
+        # Different ranks stay different series of that entity (by their labels).
+        assert sorted(v or "" for v in label_values(usage, rank_label)) == ["0", "1"]
+
+
+def test_simulated_sglang_page_keeps_one_entity_per_replica() -> None:
+    from simulator import Fleet, FleetSpec, ServiceSpec
+    from simulator.formats.engines import render_sglang
+
+    fleet = Fleet(FleetSpec(nodes=1, gpus_per_node=2, seed=3, training=None, services=(
+        ServiceSpec("qwen-32b", "sglang", replicas=1, tp=2, base_rps=5.0,
+                    kv_capacity_tokens=200_000.0),)))
+    fleet.advance(fleet.t + 300.0)
+    r = next(r for r in fleet.replicas if r.engine == "sglang")
+    n = normalised(mapped(render_sglang(fleet, r, int(fleet.t * 1000)), replica=r.key))
+    entity = f"{r.service}/replica={r.key}"
+    for metric in ("gpuslo_kv_cache_usage_ratio", "gpuslo_prefix_cache_hits_tokens_total",
+                   "gpuslo_prefix_cache_queries_tokens_total", "gpuslo_requests_running",
+                   "gpuslo_time_to_first_token_seconds_count"):
+        assert entities_of(n, metric) == {entity}, metric
 
 
 def test_trtllm_serve_names() -> None:
@@ -281,3 +374,5 @@ trtllm_num_requests_waiting{model_name="m",engine_type="trtllm"} 2
     assert one(n, "gpuslo_kv_cache_usage_ratio") == 0.3
     assert one(n, "gpuslo_requests_succeeded_total") == 10
     assert one(n, "gpuslo_requests_waiting") == 2
+    # trtllm-serve puts engine_type on every series, so it stays in the entity.
+    assert set(n["entity"]) == {"m/engine_type=trtllm"}
