@@ -119,6 +119,9 @@ async def test_kvcache_collector_signals_match_the_model(fleet_server: FleetServ
         if r.engine == "vllm":
             label_part = "" if r.legacy_names else "engine=0,"
             assert set(mine["entity"]) == {f"{r.service}/{label_part}replica={r.key}"}
+        elif r.engine == "sglang":
+            # Scheduler (KV usage) and tokenizer (prefix cache) series: one server, one entity.
+            assert set(mine["entity"]) == {f"{r.service}/replica={r.key}"}
 
         def value(metric: str, sub: pl.DataFrame = mine) -> float:
             rows = sub.filter(pl.col("metric") == metric)
