@@ -86,8 +86,9 @@ CATALOG: dict[str, FaultKind] = {
         ),
         FaultKind(
             "ib_link_flap", ("port",), "InfiniBand port flapping: goes down and retrains",
-            ("link_downed up", "link_error_recovery up", "port data rate to 0 while down",
-             "state_id 1 while down"),
+            ("link_downed up", "link_error_recovery up",
+             "symbol_error and port_rcv_errors up around each flap (retraining)",
+             "port data rate to 0 while down", "state_id 1 while down"),
             ("training step time up (collectives)", "peer ports' xmit_wait up"),
         ),
         FaultKind(

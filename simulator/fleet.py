@@ -41,7 +41,22 @@ INLET_C = 28.0
 THERMAL_TAU_S = 45.0
 SW_THERMAL_C = 87.0
 HW_THERMAL_C = 93.0
+# How far degraded cooling (a failing fan, a clogged heatsink, dried-out thermal
+# interface) multiplies a GPU's thermal resistance at fault intensity 1: x4.5.
+# At the default scenario's 0.8 (x3.8) an inference GPU at a third of its TDP
+# heads for ~95 C, so it settles in software thermal slowdown (~88 C, clocks
+# down ~20 %, reason 0x20), as a real card with failed cooling does; a healthy
+# GPU at full power stays near 72 C.
+COOLING_LOSS = 3.5
 FLAP_PERIOD_S = 60.0
+# Errors around each flap.  A real link that flaps drops its lanes' lock, fails
+# error recovery and goes down (link_downed, link_error_recovery), corrupting
+# the frames in flight (symbol errors, port_rcv_errors); the retrain back to
+# LinkUp costs another burst of both on the first frames.  Scaled by intensity.
+FLAP_DOWN_SYMBOL_ERRORS = 20
+FLAP_DOWN_RCV_ERRORS = 6
+FLAP_UP_SYMBOL_ERRORS = 8
+FLAP_UP_RCV_ERRORS = 3
 CEPH_COMPLAINT_S = 30.0
 RESTART_S = 30.0
 
@@ -346,7 +361,8 @@ class Fleet:
             reasons |= CLOCK_GPU_IDLE
         power = g.idle_w + (g.tdp_w - g.idle_w) * demand * clock**1.2
         power = min(power * self._noise(0.01), limit)
-        resistance = g.thermal_resistance * (1.0 + 2.5 * self._intensity("thermal_throttle", key))
+        resistance = g.thermal_resistance * (
+            1.0 + COOLING_LOSS * self._intensity("thermal_throttle", key))
         target = INLET_C + resistance * power
         g.temp_c += (target - g.temp_c) * (1.0 - math.exp(-dt / THERMAL_TAU_S))
         g.mem_temp_c = g.temp_c + 4.0 + 2.0 * demand
@@ -400,7 +416,10 @@ class Fleet:
             if was_up and not p.up:
                 c["link_downed"] = c.get("link_downed", 0) + 1
                 c["link_error_recovery"] = c.get("link_error_recovery", 0) + 1
-                c["symbol_error"] = c.get("symbol_error", 0) + 20
+                self._flap_errors(p, FLAP_DOWN_SYMBOL_ERRORS, FLAP_DOWN_RCV_ERRORS, flap_i)
+            elif p.up and not was_up:
+                # Retrained (also when the fault ends while the port is down).
+                self._flap_errors(p, FLAP_UP_SYMBOL_ERRORS, FLAP_UP_RCV_ERRORS, flap_i)
             p.factor = (1.0 if p.up else 0.0) * (1.0 - 0.5 * sym_i) * (1.0 - 0.5 * cong_i)
             factors.append(p.factor)
             self._errors(p, dt, sym_i, cong_i)
@@ -432,6 +451,19 @@ class Fleet:
             h["np_ecn_marked_roce_packets"] = ecn + dt * 40 * util
             h["np_cnp_sent"] = h.get("np_cnp_sent", 0.0) + dt * 20 * util
             h["rp_cnp_handled"] = h.get("rp_cnp_handled", 0.0) + dt * 20 * util
+
+    @staticmethod
+    def _flap_errors(p: Port, symbols: int, packets: int, intensity: float) -> None:
+        """Symbol errors and bad received packets of one link transition of a flap.
+
+        Bad packets are received packets too (``port_rcv_packets`` counts errors).
+        """
+        scale = 0.5 + 0.5 * intensity  # a flap that ended (intensity 0) still retrains
+        c = p.counters
+        bad = max(1, round(packets * scale))
+        c["symbol_error"] = c.get("symbol_error", 0) + max(1, round(symbols * scale))
+        c["port_rcv_errors"] = c.get("port_rcv_errors", 0) + bad
+        c["port_rcv_packets"] = c.get("port_rcv_packets", 0.0) + bad
 
     def _errors(self, p: Port, dt: float, sym_i: float, cong_i: float) -> None:
         c, h, rnd = p.counters, p.hw, self._rng.random

@@ -1,14 +1,19 @@
-"""Shared helpers for the simulator tests: small fleets and parsed scrapes."""
+"""Shared helpers for the simulator tests: small fleets, parsed scrapes, catalog frames."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from collectors.prometheus import parse_text
+from pipeline.demo import PROMETHEUS_KINDS
 from simulator import Fleet, FleetSpec, ServiceSpec, TrainingSpec
 from simulator.endpoints import Endpoint, endpoints
+from slo.spec import SloSpec
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SCRAPE_S = 15.0
@@ -84,3 +89,41 @@ def pick(vals: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
             if n in (name, name + "_total") and all((k, val) in lbl for k, val in labels.items())]
     assert len(hits) == 1, (name, labels, len(hits))
     return hits[0]
+
+
+# ---- the SLO catalog on a simulated fleet (no Kafka, no collectors) --------------------
+#
+# Frames come from the rendered pages through collectors.prometheus.parse_text, the
+# parser every collector uses, rather than through the collectors themselves: their
+# normalisation costs seconds per simulated minute of a default fleet.  The catalog
+# reads upstream series only, which the collectors pass through as scraped
+# (test_sim_catalog_margin checks that the shortcut sees what the collectors would).
+
+
+def catalog_metrics(specs: Sequence[SloSpec]) -> list[str]:
+    """Every upstream metric the SLOs read (selector metrics and ``per`` counters)."""
+    return sorted({
+        name
+        for s in specs
+        for sel in (s.sli.good, s.sli.bad, s.sli.total, s.sli.gauge) if sel is not None
+        for name in (sel.metric, sel.per) if name is not None
+    })
+
+
+def scrape(fleet: Fleet, eps: Sequence[Endpoint], metrics: Sequence[str]) -> pl.DataFrame:
+    """One scrape of ``eps`` at the fleet's time, the catalog's series only (a down page
+    gives nothing, as a failed scrape would)."""
+    ts = int(fleet.t * 1000)
+    frames = [parse_text(body, node=ep.node, source=ep.source, scrape_ts_ms=ts)
+              for ep in eps for body in [ep.render(fleet, ts)] if body is not None]
+    return pl.concat(frames).filter(pl.col("metric").is_in(list(metrics)))
+
+
+def catalog_endpoints(fleet: Fleet, metrics: Sequence[str]) -> list[Endpoint]:
+    """The Prometheus-format pages whose kind serves at least one catalog metric."""
+    eps = [ep for ep in endpoints(fleet) if ep.kind in PROMETHEUS_KINDS]
+    ts = int(fleet.t * 1000)
+    kinds = {ep.kind for ep in eps for body in [ep.render(fleet, ts)] if body is not None
+             and parse_text(body, node=ep.node, source=ep.source, scrape_ts_ms=ts)
+             .get_column("metric").is_in(list(metrics)).any()}
+    return [ep for ep in eps if ep.kind in kinds]

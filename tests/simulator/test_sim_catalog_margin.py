@@ -20,15 +20,14 @@ the shortcut sees exactly what the demo's collectors would.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
+from sim_helpers import catalog_endpoints, catalog_metrics, scrape
 
-from collectors.prometheus import parse_text
-from pipeline.demo import PROMETHEUS_KINDS, collectors_for_targets, demo_spec_paths
-from simulator import Endpoint, Fleet, FleetServer, FleetSpec, ManualClock, endpoints
+from pipeline.demo import collectors_for_targets, demo_spec_paths
+from simulator import Fleet, FleetServer, FleetSpec, ManualClock
 from slo.budget import SliState, Stage2State
 from slo.sli import Stage1State
 from slo.spec import SloSpec, load_specs
@@ -41,35 +40,6 @@ WINDOWS = (timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=1))
 # "Clearly below 1": room for load noise and the diurnal peak before a healthy
 # fleet would look like it is burning its budget.
 MAX_HEALTHY_BURN = 0.8
-
-
-def catalog_metrics(specs: Sequence[SloSpec]) -> list[str]:
-    """Every upstream metric the SLOs read (selector metrics and ``per`` counters)."""
-    return sorted({
-        name
-        for s in specs
-        for sel in (s.sli.good, s.sli.bad, s.sli.total, s.sli.gauge) if sel is not None
-        for name in (sel.metric, sel.per) if name is not None
-    })
-
-
-def scrape(fleet: Fleet, eps: Sequence[Endpoint], metrics: Sequence[str]) -> pl.DataFrame:
-    """One scrape of ``eps`` at the fleet's time, the catalog's series only (a down page
-    gives nothing, as a failed scrape would)."""
-    ts = int(fleet.t * 1000)
-    frames = [parse_text(body, node=ep.node, source=ep.source, scrape_ts_ms=ts)
-              for ep in eps for body in [ep.render(fleet, ts)] if body is not None]
-    return pl.concat(frames).filter(pl.col("metric").is_in(list(metrics)))
-
-
-def catalog_endpoints(fleet: Fleet, metrics: Sequence[str]) -> list[Endpoint]:
-    """The Prometheus-format pages whose kind serves at least one catalog metric."""
-    eps = [ep for ep in endpoints(fleet) if ep.kind in PROMETHEUS_KINDS]
-    ts = int(fleet.t * 1000)
-    kinds = {ep.kind for ep in eps for body in [ep.render(fleet, ts)] if body is not None
-             and parse_text(body, node=ep.node, source=ep.source, scrape_ts_ms=ts)
-             .get_column("metric").is_in(list(metrics)).any()}
-    return [ep for ep in eps if ep.kind in kinds]
 
 
 @pytest.fixture(scope="module")
