@@ -257,8 +257,13 @@ def normalised_rows(frame: pl.DataFrame, signals: Iterable[Signal]) -> pl.DataFr
     candidates = frame.filter(pl.col("metric").is_in(list(wanted)))
     parts = [empty_frame()]
     if candidates.height:
+        # A table declares every engine's spelling; one target exposes few of them.
+        # Skipping refs with no sample here, by name, saves a frame query per ref.
+        present = set(candidates.get_column("metric").unique().to_list())
         for sig in signals:
             for r in sig.series:
+                if present.isdisjoint(_upstream_names(sig, r.metric)):
+                    continue
                 part = _rows_for(candidates, sig, r)
                 if part.height:
                     parts.append(part)

@@ -64,8 +64,18 @@ from simulator.scenario import (
     write_ground_truth,
 )
 from simulator.server import FleetServer, Target
+from slo.budget import SloReport
 from slo.catalog import CATALOG_DIR
 from slo.spec import SpecError, load_specs
+
+# The demo evaluates its SLOs this many real seconds behind the simulated clock.
+# Everything runs on one event loop, and a sample takes about two to three real
+# seconds from scrape through Kafka and both stages; at 60x that is two to three
+# simulated minutes, so a 5-minute window read at the clock's edge would be
+# missing most of its minutes and show "no data" (and page alerts, which need the
+# 5m window, could not fire).  Production runs in real time, where the same
+# seconds are a sliver of a window.
+EVAL_LAG_REAL_S = 3.0
 
 # Where `gpuslo simulate` listens and `gpuslo inject` posts by default; the demo
 # takes it too when it is free, so `gpuslo inject KIND TARGET` needs no --url.
@@ -343,6 +353,7 @@ class DemoTail(SampleTail):
     fault_nodes: dict[str, set[str]] = field(default_factory=dict)  # target -> nodes
     endpoints: int = 0  # endpoints scraped
     endpoints_down: int = 0  # of which the last scrape failed (a crashed replica answers 503)
+    reports: tuple[SloReport, ...] = ()  # the SLO engine's last evaluation, when the demo ends
 
     def add(self, frame: pl.DataFrame) -> None:
         super().add(frame)
@@ -625,11 +636,13 @@ async def run_demo(
             view = DemoTail(fleet_name=f"fleet {sc.name!r}")
             written = -1
 
-            def sim_now() -> datetime:
-                return datetime.fromtimestamp(srv.now(), UTC)
+            def slo_now() -> datetime:
+                # SLO stages run in simulated time (the samples carry simulated
+                # timestamps), a few real seconds behind the simulated clock: see
+                # EVAL_LAG_REAL_S.
+                return datetime.fromtimestamp(srv.now() - EVAL_LAG_REAL_S * sim_speed, UTC)
 
-            # SLO stages run in simulated time: the samples carry simulated timestamps.
-            engine = SloEngine(cfg, slo_specs, bootstrap_servers=servers, clock=sim_now)
+            engine = SloEngine(cfg, slo_specs, bootstrap_servers=servers, clock=slo_now)
 
             async def run_engine() -> None:
                 # Started beside the collectors: joining two consumer groups takes
@@ -731,6 +744,7 @@ async def run_demo(
                     await tail_task
                 refresh()
                 count_down()
+                view.reports = engine.board.latest().reports
                 console.print(render())
                 console.print(
                     f"produced {runner.stats.samples_produced} samples in "
