@@ -473,8 +473,11 @@ class ScrapeEngine:
 
     # ---- the per-target scheduler -------------------------------------------------------
 
-    async def run(self, submit: Submit, stop: asyncio.Event) -> None:
+    async def run(self, submit: Submit, stop: asyncio.Event,
+                  clock: Callable[[], datetime] | None = None) -> None:
         """Scrape each target on its own interval until ``stop``; hand results to ``submit``.
+
+        ``clock`` stamps the scrapes (default: the engine's own).
 
         Targets from discovery are re-read every ``refresh_s``: new ones get a
         task, vanished ones lose theirs.  Closes the engine's session on exit.
@@ -493,7 +496,7 @@ class ScrapeEngine:
                         tasks.pop(t).cancel()
                         self.health.pop(t.url, None)
                 for t in wanted - set(tasks):
-                    tasks[t] = asyncio.create_task(self._target_loop(t, submit, stop),
+                    tasks[t] = asyncio.create_task(self._target_loop(t, submit, stop, clock),
                                                    name=f"scrape:{self.name}:{t.url}")
                 refresh = self._discovery.refresh_s if self._discovery else None
                 await _sleep_or_stop(stop, refresh)
@@ -508,7 +511,7 @@ class ScrapeEngine:
             await self.aclose()
 
     async def _target_loop(self, target: ScrapeTarget, submit: Submit,
-                           stop: asyncio.Event) -> None:
+                           stop: asyncio.Event, clock: Callable[[], datetime] | None) -> None:
         loop = asyncio.get_running_loop()
         interval = target.interval_s or self.settings.interval_s
         next_at = loop.time() + phase(target.url, interval, self.settings.jitter)
@@ -516,7 +519,7 @@ class ScrapeEngine:
             await _sleep_or_stop(stop, max(0.0, next_at - loop.time()))
             if stop.is_set():
                 return
-            result = await self.scrape(target)
+            result = await self.scrape(target, clock() if clock is not None else None)
             try:
                 await submit([result])
             except Exception:

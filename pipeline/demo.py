@@ -19,7 +19,7 @@ import math
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -636,11 +636,14 @@ async def run_demo(
             view = DemoTail(fleet_name=f"fleet {sc.name!r}")
             written = -1
 
+            def sim_clock() -> datetime:
+                return datetime.fromtimestamp(srv.now(), UTC)
+
             def slo_now() -> datetime:
                 # SLO stages run in simulated time (the samples carry simulated
                 # timestamps), a few real seconds behind the simulated clock: see
                 # EVAL_LAG_REAL_S.
-                return datetime.fromtimestamp(srv.now() - EVAL_LAG_REAL_S * sim_speed, UTC)
+                return sim_clock() - timedelta(seconds=EVAL_LAG_REAL_S * sim_speed)
 
             engine = SloEngine(cfg, slo_specs, bootstrap_servers=servers, clock=slo_now)
 
@@ -695,7 +698,11 @@ async def run_demo(
                 producer = await stack.enter_async_context(
                     SampleProducer(cfg.kafka, bootstrap_servers=servers)
                 )
-                runner = CollectRunner(collectors, producer, cfg.kafka.topics.samples)
+                # Scrapes are stamped in simulated time too: sources whose pages carry no
+                # timestamps (Ceph, the kubelet summary, gpuslo's health rows) would
+                # otherwise land hours apart from the fleet's own samples.
+                runner = CollectRunner(collectors, producer, cfg.kafka.topics.samples,
+                                       clock=sim_clock)
 
                 def count_down() -> None:
                     up = runner.stats.target_up

@@ -48,8 +48,14 @@ class ScheduledCollector(Collector, Protocol):
     accounting and the producing exactly as for ``collect``.
     """
 
-    async def run(self, submit: Submit, stop: asyncio.Event) -> None:
-        """Scrape until ``stop`` is set, calling ``submit`` with each target's results."""
+    async def run(
+        self, submit: Submit, stop: asyncio.Event, clock: Clock | None = None
+    ) -> None:
+        """Scrape until ``stop`` is set, calling ``submit`` with each target's results.
+
+        ``clock`` stamps each scrape (the runner's, so a simulated clock reaches
+        every source); None keeps the collector's own.
+        """
         ...
 
 
@@ -184,7 +190,7 @@ class CollectRunner:
 
         while not stop.is_set():
             try:
-                await collector.run(submit, stop)
+                await collector.run(submit, stop, self._clock)
             except Exception:  # restart it: a bug in one collector must not stop the others
                 log.exception("collector %s failed", collector.name)
                 self.stats.errors[(collector.name, "exception")] += 1

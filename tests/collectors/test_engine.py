@@ -197,7 +197,10 @@ async def test_bad_targets_do_not_hold_back_good_batches_on_their_way_to_kafka(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     async with SampleProducer(kafka_cfg) as producer:
-        runner = CollectRunner([(engine, 0.3)], producer, kafka_cfg.topics.samples)
+        # The runner's clock stamps the scheduled scrapes (how a simulated fleet's time
+        # reaches sources whose pages carry no timestamps).
+        runner = CollectRunner([(engine, 0.3)], producer, kafka_cfg.topics.samples,
+                               clock=lambda: NOW)
         original = runner.submit
 
         async def timed_submit(name: str, results: list[TargetResult]) -> None:
@@ -243,6 +246,7 @@ async def test_bad_targets_do_not_hold_back_good_batches_on_their_way_to_kafka(
     dcgm = everything.filter(pl.col("source") == "dcgm")
     assert set(dcgm["node"]) == {"node-0", "node-1"}
     up = everything.filter(pl.col("metric") == UP).with_columns(target=label("target"))
+    assert set(up["ts"]) == {NOW}  # health rows carry the scrape time: the runner's clock
     down = set(up.filter(pl.col("value") == 0.0)["target"])
     assert down == {f"{server.base}/{p}" for p in BAD}
     assert f"{server.base}/good/0" in set(up.filter(pl.col("value") == 1.0)["target"])
