@@ -23,6 +23,7 @@ _MIN_BITS = 10
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
 
 
 class HashIndex:
@@ -31,7 +32,8 @@ class HashIndex:
     def __init__(self) -> None:
         self._bits = _MIN_BITS
         self._keys: U64 = np.zeros(1 << self._bits, np.uint64)
-        self._ids: I64 = np.full(1 << self._bits, -1, np.int64)  # -1: empty slot
+        # Ids as int32 (12 bytes a slot, not 16): two billion ids is past any fleet.
+        self._ids: I32 = np.full(1 << self._bits, -1, np.int32)  # -1: empty slot
         self._size = 0
 
     def __len__(self) -> int:
@@ -102,5 +104,5 @@ class HashIndex:
         while 4 * size > (1 << self._bits):
             self._bits += 1
         self._keys = np.zeros(1 << self._bits, np.uint64)
-        self._ids = np.full(1 << self._bits, -1, np.int64)
+        self._ids = np.full(1 << self._bits, -1, np.int32)
         self._place(keys, np.arange(keys.size, dtype=np.int64))
