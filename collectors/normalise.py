@@ -30,6 +30,7 @@ Rules that hold for every table:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -242,32 +243,188 @@ def _rows_for(frame: pl.DataFrame, sig: Signal, r: SeriesRef) -> pl.DataFrame:
     return out.select(COLUMNS)
 
 
+# Column names the compiled lookups add to the upstream rows while they are joined.
+_ROW = "__gpuslo_row"
+_REF = "__gpuslo_ref"
+_NAME = "__gpuslo_name"
+_SCALE = "__gpuslo_scale"
+_KIND = "__gpuslo_kind"
+_HIST = "__gpuslo_histogram"
+_COUNTER_ONLY = "__gpuslo_counter_only"
+_HIST_KINDS = [k.value for _, k in _HISTOGRAM_SUFFIXES]
+
+
+def _label_col(name: str) -> str:
+    return "__gpuslo_label_" + name
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    """The joinable refs whose label constraints name the same labels.
+
+    One row per (ref, upstream sample name, allowed label values); joining the
+    upstream rows on ``metric`` and those labels' values selects every row
+    those refs take, and the row's ref, new name, scale and kind with it.
+    """
+
+    labels: tuple[str, ...]
+    metrics: list[str]
+    frame: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A signal table compiled once for :func:`normalised_rows`.
+
+    Refs that need only a rename, a scale, a kind and label constraints are
+    applied by one join per :class:`_Lookup`.  Refs with a superseding name or
+    a scaled histogram (its ``le`` bounds are rewritten) stay on the per-ref
+    path, ``special``.  Refs are numbered in table order, so the output keeps
+    the order the per-ref loop gives.
+    """
+
+    signals: tuple[Signal, ...]
+    wanted: list[str]
+    lookups: tuple[_Lookup, ...]
+    special: tuple[tuple[int, Signal, SeriesRef, frozenset[str]], ...]
+
+
+def _is_special(sig: Signal, r: SeriesRef) -> bool:
+    return r.superseded_by is not None or (sig.histogram and r.scale != 1.0)
+
+
+def _compile(signals: tuple[Signal, ...]) -> _Compiled:
+    wanted: dict[str, None] = {}
+    special: list[tuple[int, Signal, SeriesRef, frozenset[str]]] = []
+    groups: dict[tuple[str, ...], dict[str, list[object]]] = {}
+    i = 0
+    for sig in signals:
+        for r in sig.series:
+            names = _upstream_names(sig, r.metric)
+            wanted.update(dict.fromkeys(names))
+            if _is_special(sig, r):
+                special.append((i, sig, r, frozenset(names)))
+                i += 1
+                continue
+            labels = tuple(sorted(r.match))
+            cols = groups.setdefault(labels, {
+                "metric": [], **{_label_col(k): [] for k in labels}, _REF: [], _NAME: [],
+                _SCALE: [], _KIND: [], _HIST: [], _COUNTER_ONLY: []})
+            for upstream, normalised in names.items():
+                for values in itertools.product(*(r.match[k] for k in labels)):
+                    cols["metric"].append(upstream)
+                    for k, v in zip(labels, values, strict=True):
+                        cols[_label_col(k)].append(v)
+                    cols[_REF].append(i)
+                    cols[_NAME].append(normalised)
+                    cols[_SCALE].append(r.scale)
+                    cols[_KIND].append(None if sig.kind is None else sig.kind.value)
+                    cols[_HIST].append(sig.histogram)
+                    # The "_total" spelling is the parser's, and only for counters.
+                    cols[_COUNTER_ONLY].append(
+                        not sig.histogram and not r.metric.endswith("_total")
+                        and upstream != r.metric)
+            i += 1
+    lookups = []
+    for labels, cols in groups.items():
+        schema: dict[str, pl.DataType] = {
+            "metric": pl.String(), **{_label_col(k): pl.String() for k in labels},
+            _REF: pl.UInt32(), _NAME: pl.String(), _SCALE: pl.Float64(), _KIND: KIND_DTYPE,
+            _HIST: pl.Boolean(), _COUNTER_ONLY: pl.Boolean()}
+        frame = pl.DataFrame(cols, schema=schema).unique(maintain_order=True)
+        metrics = list(dict.fromkeys(str(m) for m in cols["metric"]))
+        lookups.append(_Lookup(labels, metrics, frame))
+    return _Compiled(signals, list(wanted), tuple(lookups), tuple(special))
+
+
+# Compiled tables by the identity of their signals; an entry holds its signals,
+# so their ids are not reused while it lives.
+_COMPILED: dict[tuple[int, ...], _Compiled] = {}
+_COMPILED_MAX = 64
+
+
+def _compiled(signals: tuple[Signal, ...]) -> _Compiled:
+    key = tuple(map(id, signals))
+    hit = _COMPILED.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit.signals, signals, strict=True)):
+        return hit
+    if len(_COMPILED) >= _COMPILED_MAX:
+        _COMPILED.clear()
+    compiled = _COMPILED[key] = _compile(signals)
+    return compiled
+
+
+def _joined_rows(candidates: pl.DataFrame, lookups: tuple[_Lookup, ...]) -> pl.DataFrame:
+    """The rows of every joinable ref at once, with ``_REF`` and ``_ROW`` to order them."""
+    kind = pl.col("kind")
+    keep = (
+        pl.when(pl.col(_HIST))
+        # Only real histogram samples: an untyped "<name>_sum" (a malformed
+        # payload, like Triton's doc example) must not pass for a histogram.
+        .then(kind.cast(pl.String).is_in(_HIST_KINDS))
+        .when(pl.col(_COUNTER_ONLY))
+        .then(kind == Kind.COUNTER.value)
+        .otherwise(pl.lit(True))
+    )
+    narrow = candidates.lazy().select("metric", "kind", "labels").with_row_index(_ROW)
+    pieces = []
+    for lk in lookups:
+        rows = narrow
+        if lk.labels:
+            # A constrained label must be present with an allowed value (a null never joins).
+            rows = rows.filter(pl.col("metric").is_in(lk.metrics)).with_columns(
+                label(k).alias(_label_col(k)) for k in lk.labels)
+        on = ["metric", *(_label_col(k) for k in lk.labels)]
+        pieces.append(
+            rows.join(lk.frame.lazy(), on=on, how="inner")
+            .filter(keep)
+            .select(_ROW, _REF, _NAME, _SCALE, _KIND)
+        )
+    picked = (pl.concat(pieces) if len(pieces) > 1 else pieces[0]).collect()
+    scale = picked.get_column(_SCALE)
+    return (
+        candidates.select(COLUMNS)[picked.get_column(_ROW)]
+        .with_columns(
+            value=pl.when(scale != 1.0).then(pl.col("value") * scale).otherwise(pl.col("value")),
+            kind=pl.coalesce(picked.get_column(_KIND), pl.col("kind")),
+            metric=picked.get_column(_NAME),
+        )
+        .with_columns(picked.get_column(_REF), picked.get_column(_ROW))
+    )
+
+
+_EMPTY = empty_frame()
+
+
 def normalised_rows(frame: pl.DataFrame, signals: Iterable[Signal]) -> pl.DataFrame:
     """Only the normalised rows that ``signals`` derive from ``frame``.
 
     Pure: ``frame`` is not changed.  Rows whose value is NaN upstream stay NaN
     (an engine that has not observed anything yet); dropping them is the
-    consumer's call.
+    consumer's call.  Rows come grouped by ref in table order, each ref's rows
+    in ``frame`` order (a scaled histogram's buckets after its other rows).
     """
-    signals = list(signals)
-    wanted: set[str] = set()
-    for sig in signals:
-        for r in sig.series:
-            wanted.update(_upstream_names(sig, r.metric))
-    candidates = frame.filter(pl.col("metric").is_in(list(wanted)))
-    parts = [empty_frame()]
-    if candidates.height:
+    table = _compiled(tuple(signals))
+    candidates = frame.filter(pl.col("metric").is_in(table.wanted))
+    if candidates.height == 0:
+        return _EMPTY.clone()
+    parts = [_joined_rows(candidates, table.lookups)] if table.lookups else []
+    if table.special:
         # A table declares every engine's spelling; one target exposes few of them.
-        # Skipping refs with no sample here, by name, saves a frame query per ref.
+        # Skipping refs with no sample here, by name, saves frame queries per ref.
         present = set(candidates.get_column("metric").unique().to_list())
-        for sig in signals:
-            for r in sig.series:
-                if present.isdisjoint(_upstream_names(sig, r.metric)):
-                    continue
-                part = _rows_for(candidates, sig, r)
-                if part.height:
-                    parts.append(part)
-    return pl.concat(parts, how="vertical")
+        for i, sig, r, names in table.special:
+            if present.isdisjoint(names):
+                continue
+            part = _rows_for(candidates, sig, r)
+            if part.height:
+                parts.append(part.with_columns(
+                    pl.lit(i, dtype=pl.UInt32).alias(_REF),
+                    pl.int_range(part.height, dtype=pl.UInt32).alias(_ROW)))
+    if not parts:
+        return _EMPTY.clone()
+    out = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
+    return pl.concat([_EMPTY, out.sort(_REF, _ROW).select(COLUMNS)], how="vertical")
 
 
 def normalise(frame: pl.DataFrame, signals: Iterable[Signal]) -> pl.DataFrame:
