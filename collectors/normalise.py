@@ -53,6 +53,7 @@ _HISTOGRAM_SUFFIXES: tuple[tuple[str, Kind], ...] = (
     ("_sum", Kind.HISTOGRAM_SUM),
     ("_count", Kind.HISTOGRAM_COUNT),
 )
+_HIST_KINDS = [k.value for _, k in _HISTOGRAM_SUFFIXES]
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,7 @@ def _rows_for(frame: pl.DataFrame, sig: Signal, r: SeriesRef) -> pl.DataFrame:
     if sig.histogram:
         # Only real histogram samples: an untyped "<name>_sum" (a malformed
         # payload, like Triton's doc example) must not pass for a histogram.
-        kinds = [k.value for _, k in _HISTOGRAM_SUFFIXES]
-        rows = rows.filter(pl.col("kind").cast(pl.String).is_in(kinds))
+        rows = rows.filter(pl.col("kind").cast(pl.String).is_in(_HIST_KINDS))
     elif not r.metric.endswith("_total"):
         # The "_total" spelling is the parser's, and only for counters.
         rows = rows.filter((pl.col("metric") == r.metric) | (pl.col("kind") == Kind.COUNTER.value))
@@ -251,7 +251,6 @@ _SCALE = "__gpuslo_scale"
 _KIND = "__gpuslo_kind"
 _HIST = "__gpuslo_histogram"
 _COUNTER_ONLY = "__gpuslo_counter_only"
-_HIST_KINDS = [k.value for _, k in _HISTOGRAM_SUFFIXES]
 
 
 def _label_col(name: str) -> str:

@@ -57,7 +57,14 @@ import polars as pl
 from pipeline.schema import SERIES_KEY, label
 from slo import conventions as cv
 from slo.hashindex import HashIndex
-from slo.spec import FRAME_COLUMNS, SelectorSpec, SliKind, SloSpec, ThresholdOp
+from slo.spec import (
+    FRAME_COLUMNS,
+    SelectorSpec,
+    SliKind,
+    SloSpec,
+    ThresholdOp,
+    input_metrics,
+)
 
 PARTIAL_SCHEMA: pl.Schema = pl.Schema(
     {
@@ -255,6 +262,12 @@ class _Minute:
     gauge: I8  # by route id
 
 
+def _add_sums(mstate: _Minute, slots: I64, gids: I64, inc: F64) -> None:
+    """Add increases into a minute's (slot, gid) sums; repeated cells add up."""
+    cap = mstate.sums.shape[1]
+    mstate.sums.reshape(-1)[:] += np.bincount(slots * cap + gids, inc, minlength=2 * cap)
+
+
 @dataclass
 class _PartitionState:
     last_ts: I64 = field(default_factory=lambda: np.full(0, _NONE, np.int64))
@@ -297,24 +310,14 @@ class Stage1State:
         self.specs = list(specs)
         self.open_minutes = open_minutes
         self.series_ttl = series_ttl
+        self._ttl_ms = int(series_ttl.total_seconds() * 1000)
         self._partitions: dict[int, _PartitionState] = {}
         self._labels = sorted(
-            {m.label for s in self.specs for sel in (s.sli.good, s.sli.bad, s.sli.total,
-                                                     s.sli.gauge) if sel is not None
-             for m in sel.matchers}
+            {m.label for s in self.specs for sel in s.sli.selectors() for m in sel.matchers}
             | {b for s in self.specs for b in s.sli.by}
             | {"le"}
         )
-        self._metrics = sorted(
-            {
-                name
-                for s in self.specs
-                for sel in (s.sli.good, s.sli.bad, s.sli.total, s.sli.gauge)
-                if sel is not None
-                for name in (sel.metric, sel.per)
-                if name is not None
-            }
-        )
+        self._metrics = input_metrics(self.specs)
         self._slo_kind = {s.id: _sli_kind(s) for s in self.specs}
         self._kept_routes = 0
         self._slo_mean = {
@@ -361,7 +364,7 @@ class Stage1State:
         cutoff_before = _NONE if before_ms is None else (
             _minute_floor_ms(before_ms) - self.open_minutes * _MINUTE_MS)
         ttl_cut = _NONE + 1 if before_ms is None else (
-            before_ms - int(self.series_ttl.total_seconds() * 1000))
+            before_ms - self._ttl_ms)
         batch_max = int(ms.max())
         st.watermark_ms = batch_max if before_ms is None else max(before_ms, batch_max)
         cutoff_after = _minute_floor_ms(st.watermark_ms) - self.open_minutes * _MINUTE_MS
@@ -440,13 +443,13 @@ class Stage1State:
         keys = self._route_keys.keys()
         held = np.zeros(0, np.int64)
         if st.watermark_ms is not None:
-            ttl_cut = st.watermark_ms - int(self.series_ttl.total_seconds() * 1000)
+            ttl_cut = st.watermark_ms - self._ttl_ms
             held = np.flatnonzero(st.last_ts >= ttl_cut)
         last = pl.DataFrame(
             {_KEY: keys[held], "ts": st.last_ts[held], "value": st.last_value[held]}
         ).cast(dict(_LAST_SCHEMA))  # type: ignore[arg-type]
         acc_gid, acc_slot, acc_minute, acc_inc = [], [], [], []
-        gauge_rid, gauge_minute = [], []
+        gauge_rid, gauge_minute, gauge_state = [], [], []
         kind = self._kind[: len(self._gid_slo)]
         for m, mstate in sorted(st.minutes.items()):
             # A minute's arrays grow when it is next touched: pad to the ids there are now.
@@ -460,6 +463,7 @@ class Stage1State:
             rids = np.flatnonzero(mstate.gauge)
             gauge_rid.append(rids)
             gauge_minute.append(np.full(rids.size, m, np.int64))
+            gauge_state.append(mstate.gauge[rids])
         gid = np.concatenate([np.zeros(0, np.int64), *acc_gid])
         slot = np.concatenate([np.zeros(0, np.int64), *acc_slot])
         names = [_SLOT_ROLES.get(k, ("good", "total")) for k in kind[gid].tolist()]
@@ -472,8 +476,7 @@ class Stage1State:
         }, schema_overrides={_ROLE: pl.String()}).cast(dict(_ACC_SCHEMA))  # type: ignore[arg-type]
         rid = np.concatenate([np.zeros(0, np.int64), *gauge_rid])
         gminute = np.concatenate([np.zeros(0, np.int64), *gauge_minute])
-        state = np.concatenate([np.zeros(0, np.int8)] + [
-            st.minutes[m].gauge[r] for m, r in zip(sorted(st.minutes), gauge_rid, strict=True)])
+        state = np.concatenate([np.zeros(0, np.int8), *gauge_state])
         ggid = self._gid[rid]
         gauge = pl.DataFrame({
             cv.COL_SLO: self._gid_names()[0][ggid],
@@ -508,10 +511,7 @@ class Stage1State:
         minutes = acc.get_column(cv.COL_MINUTE).dt.epoch("ms").to_numpy()
         incs = acc.get_column("inc").to_numpy()
         for m, idx in _by_minute(minutes):
-            mstate = self._minute(st, m)
-            flat = slots[idx] * mstate.sums.shape[1] + gids[idx]
-            mstate.sums.reshape(-1)[:] += np.bincount(
-                flat, incs[idx], minlength=mstate.sums.size)
+            _add_sums(self._minute(st, m), slots[idx], gids[idx], incs[idx])
 
         gids = self._gids_of(gauge.get_column(cv.COL_SLO).to_list(),
                              gauge.get_column(cv.COL_SCOPE).to_list())
@@ -737,9 +737,7 @@ class Stage1State:
         return rids, ms - ms % _MINUTE_MS, inc
 
     def _add_counts(self, mstate: _Minute, rids: I64, inc: F64) -> None:
-        cap = mstate.sums.shape[1]
-        flat = _SLOT[self._role[rids]] * cap + self._gid[rids]
-        mstate.sums.reshape(-1)[:] += np.bincount(flat, inc, minlength=2 * cap)
+        _add_sums(mstate, _SLOT[self._role[rids]], self._gid[rids], inc)
 
     def _add_gauges(self, mstate: _Minute, rids: I64, codes: I8) -> None:
         """Fold samples into series-minute states; keep the good/total series-minute sums."""
@@ -805,4 +803,4 @@ def _sli_kind(spec: SloSpec) -> int:
 
 
 def _minute_floor_ms(ts_ms: int) -> int:
-    return ts_ms - ts_ms % 60_000
+    return ts_ms - ts_ms % _MINUTE_MS

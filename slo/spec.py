@@ -353,6 +353,21 @@ class SliSpec:
     op: ThresholdOp | None = None
     value: float | None = None
 
+    def selectors(self) -> tuple[SelectorSpec, ...]:
+        """The selectors this SLI has (good/bad, total, or the gauge)."""
+        return tuple(s for s in (self.good, self.bad, self.total, self.gauge) if s is not None)
+
+
+def input_metrics(specs: Iterable[SloSpec]) -> list[str]:
+    """Every upstream metric the SLOs read (selector metrics and ``per`` counters), sorted."""
+    return sorted({
+        name
+        for s in specs
+        for sel in s.sli.selectors()
+        for name in (sel.metric, sel.per)
+        if name is not None
+    })
+
 
 @dataclass(frozen=True)
 class TimeWindowSpec:

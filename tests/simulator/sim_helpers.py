@@ -13,7 +13,6 @@ from collectors.prometheus import parse_text
 from pipeline.demo import PROMETHEUS_KINDS
 from simulator import Fleet, FleetSpec, ServiceSpec, TrainingSpec
 from simulator.endpoints import Endpoint, endpoints
-from slo.spec import SloSpec
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SCRAPE_S = 15.0
@@ -98,16 +97,6 @@ def pick(vals: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
 # normalisation costs seconds per simulated minute of a default fleet.  The catalog
 # reads upstream series only, which the collectors pass through as scraped
 # (test_sim_catalog_margin checks that the shortcut sees what the collectors would).
-
-
-def catalog_metrics(specs: Sequence[SloSpec]) -> list[str]:
-    """Every upstream metric the SLOs read (selector metrics and ``per`` counters)."""
-    return sorted({
-        name
-        for s in specs
-        for sel in (s.sli.good, s.sli.bad, s.sli.total, s.sli.gauge) if sel is not None
-        for name in (sel.metric, sel.per) if name is not None
-    })
 
 
 def scrape(fleet: Fleet, eps: Sequence[Endpoint], metrics: Sequence[str]) -> pl.DataFrame:

@@ -24,13 +24,13 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
-from sim_helpers import catalog_endpoints, catalog_metrics, scrape
+from sim_helpers import catalog_endpoints, scrape
 
 from pipeline.demo import collectors_for_targets, demo_spec_paths
 from simulator import Fleet, FleetServer, FleetSpec, ManualClock
 from slo.budget import SliState, Stage2State
 from slo.sli import Stage1State
-from slo.spec import SloSpec, load_specs
+from slo.spec import SloSpec, input_metrics, load_specs
 
 WARMUP_S = 300.0  # as the default scenario: temperatures settle, Ceph answers
 SCRAPE_S = 30.0  # simulated seconds between scrapes (the demo scrapes every 60)
@@ -58,7 +58,7 @@ def warmed_default_fleet() -> Fleet:
 def test_healthy_default_fleet_burns_every_catalog_slo_below_one(specs: list[SloSpec]) -> None:
     fleet = warmed_default_fleet()
     assert not fleet.faults
-    metrics = catalog_metrics(specs)
+    metrics = input_metrics(specs)
     eps = catalog_endpoints(fleet, metrics)
     stage1, stage2 = Stage1State(specs), Stage2State(specs)
     worst: dict[tuple[str, str, timedelta], float] = {}
@@ -86,7 +86,7 @@ async def test_collectors_pass_the_catalog_series_through(specs: list[SloSpec]) 
     :func:`scrape` parses (same series, values and timestamps; only ``source`` and
     ``entity`` may differ, and neither is part of an SLO scope)."""
     fleet = warmed_default_fleet()
-    metrics = catalog_metrics(specs)
+    metrics = input_metrics(specs)
     key = ["ts", "node", "metric", "value", "labels"]
 
     def rows(frame: pl.DataFrame) -> pl.DataFrame:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sim_helpers import catalog_endpoints, catalog_metrics, scrape
+from sim_helpers import catalog_endpoints, scrape
 
 from pipeline.demo import demo_spec_paths
 from simulator.entities import CLOCK_SW_THERMAL
@@ -30,7 +30,7 @@ from simulator.fleet import HW_THERMAL_C, SW_THERMAL_C
 from simulator.scenario import default_scenario
 from slo.budget import SliState, Stage2State
 from slo.sli import Stage1State
-from slo.spec import load_specs
+from slo.spec import input_metrics, load_specs
 
 SCRAPE_S = 30.0  # simulated seconds between scrapes (the demo scrapes every 60)
 WINDOW = timedelta(minutes=5)
@@ -87,7 +87,7 @@ def run() -> Run:
     out = Run(faults=list(fleet.faults))
     assert sorted(f.kind for f in out.faults) == sorted(CAUGHT_BY)
     end = max(f.end_s for f in out.faults)
-    metrics = catalog_metrics(specs)
+    metrics = input_metrics(specs)
     eps = catalog_endpoints(fleet, metrics)
     stage1, stage2 = Stage1State(specs), Stage2State(specs)
     node1 = fleet.node_by_name["node-1"]
