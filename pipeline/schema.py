@@ -22,7 +22,6 @@ import polars as pl
 
 SCHEMA_VERSION = 1
 MAGIC = b"GSLO"
-_HEADER_LEN = len(MAGIC) + 1
 
 
 class Kind(StrEnum):
@@ -124,14 +123,58 @@ def validate(frame: pl.DataFrame) -> pl.DataFrame:
     return frame
 
 
-def encode(frame: pl.DataFrame) -> bytes:
-    """Serialise a sample frame as ``MAGIC + version + Arrow IPC stream``."""
-    frame = validate(frame)
+def write_framed(frame: pl.DataFrame, magic: bytes, version: int) -> bytes:
+    """``magic + version byte + Arrow IPC stream``: the framing of every gpuslo record."""
     buf = io.BytesIO()
-    buf.write(MAGIC)
-    buf.write(bytes([SCHEMA_VERSION]))
+    buf.write(magic)
+    buf.write(bytes([version]))
     frame.write_ipc_stream(buf, compression="uncompressed")
     return buf.getvalue()
+
+
+def read_framed(
+    data: object,
+    magic: bytes,
+    version: int,
+    *,
+    what: str,
+    error: type[SchemaError],
+    foreign: Mapping[bytes, str] | None = None,
+) -> pl.DataFrame:
+    """The Arrow frame inside bytes made by :func:`write_framed`, columns unchecked.
+
+    Every way the bytes can be wrong raises ``error`` with a message naming
+    ``what`` they should have been: not bytes, too short, another magic (with
+    ``foreign``'s message when it is a magic gpuslo knows), a version this
+    build does not read, a truncated or corrupt body.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise error(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    header = len(magic) + 1
+    if len(data) < header:
+        raise error(f"record of {len(data)} bytes is too short to be a {what}")
+    head = data[: len(magic)]
+    if head != magic:
+        if foreign and head in foreign:
+            raise error(foreign[head])
+        raise error(f"not a gpuslo {what}: starts with {head!r}, expected {magic!r}")
+    got = data[len(magic)]
+    if got != version:
+        raise error(
+            f"{what} schema version {got} is not supported (this build reads version {version})"
+        )
+    try:
+        return pl.read_ipc_stream(io.BytesIO(data[header:]))
+    except Exception as exc:  # polars raises several error types for bad IPC
+        raise error(
+            f"{what} body ({len(data) - header} bytes) is truncated or corrupt: {exc}"
+        ) from exc
+
+
+def encode(frame: pl.DataFrame) -> bytes:
+    """Serialise a sample frame as ``MAGIC + version + Arrow IPC stream``."""
+    return write_framed(validate(frame), MAGIC, SCHEMA_VERSION)
 
 
 def decode(data: bytes) -> pl.DataFrame:
@@ -141,28 +184,8 @@ def decode(data: bytes) -> pl.DataFrame:
         SchemaError: the bytes are empty, not a gpuslo frame, of an unknown
             version, truncated or corrupt, or hold a frame with other columns.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise SchemaError(f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) < _HEADER_LEN:
-        raise SchemaError(f"record of {len(data)} bytes is too short to be a sample frame")
-    if data[: len(MAGIC)] != MAGIC:
-        raise SchemaError(
-            f"not a gpuslo sample frame: starts with {data[: len(MAGIC)]!r}, expected {MAGIC!r}"
-        )
-    version = data[len(MAGIC)]
-    if version != SCHEMA_VERSION:
-        raise SchemaError(
-            f"sample frame schema version {version} is not supported "
-            f"(this build reads version {SCHEMA_VERSION})"
-        )
-    try:
-        frame = pl.read_ipc_stream(io.BytesIO(data[_HEADER_LEN:]))
-    except Exception as exc:  # polars raises several error types for bad IPC
-        raise SchemaError(
-            f"sample frame body ({len(data) - _HEADER_LEN} bytes) is truncated or corrupt: {exc}"
-        ) from exc
-    return validate(frame)
+    return validate(read_framed(data, MAGIC, SCHEMA_VERSION, what="sample frame",
+                                error=SchemaError))
 
 
 def split(frame: pl.DataFrame, max_rows: int) -> list[pl.DataFrame]:

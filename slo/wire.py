@@ -12,17 +12,14 @@ way.
 
 from __future__ import annotations
 
-import io
-
 import polars as pl
 
 from pipeline.schema import MAGIC as SAMPLE_MAGIC
-from pipeline.schema import SchemaError
+from pipeline.schema import SchemaError, read_framed, write_framed
 from slo.sli import PARTIAL_SCHEMA
 
 PARTIALS_VERSION = 1
 PARTIALS_MAGIC = b"GSLP"
-_HEADER_LEN = len(PARTIALS_MAGIC) + 1
 
 
 class PartialsError(SchemaError):
@@ -40,11 +37,7 @@ def encode_partials(frame: pl.DataFrame) -> bytes:
         )
     except Exception as exc:  # polars raises several error types for a bad cast
         raise PartialsError(f"not a partial-count frame: {exc}") from exc
-    buf = io.BytesIO()
-    buf.write(PARTIALS_MAGIC)
-    buf.write(bytes([PARTIALS_VERSION]))
-    frame.write_ipc_stream(buf, compression="uncompressed")
-    return buf.getvalue()
+    return write_framed(frame, PARTIALS_MAGIC, PARTIALS_VERSION)
 
 
 def decode_partials(data: bytes | bytearray | memoryview) -> pl.DataFrame:
@@ -54,31 +47,10 @@ def decode_partials(data: bytes | bytearray | memoryview) -> pl.DataFrame:
         PartialsError: empty, a sample frame, not gpuslo's, an unknown version,
             truncated or corrupt, or a frame with other columns or types.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise PartialsError(f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) < _HEADER_LEN:
-        raise PartialsError(f"record of {len(data)} bytes is too short to be a partial frame")
-    head = data[: len(PARTIALS_MAGIC)]
-    if head == SAMPLE_MAGIC:
-        raise PartialsError("a sample frame, not a partial-count frame (wrong topic?)")
-    if head != PARTIALS_MAGIC:
-        raise PartialsError(
-            f"not a gpuslo partial-count frame: starts with {head!r}, expected {PARTIALS_MAGIC!r}"
-        )
-    version = data[len(PARTIALS_MAGIC)]
-    if version != PARTIALS_VERSION:
-        raise PartialsError(
-            f"partial-count frame version {version} is not supported "
-            f"(this build reads version {PARTIALS_VERSION})"
-        )
-    try:
-        frame = pl.read_ipc_stream(io.BytesIO(data[_HEADER_LEN:]))
-    except Exception as exc:  # polars raises several error types for bad IPC
-        raise PartialsError(
-            f"partial-count frame body ({len(data) - _HEADER_LEN} bytes) is truncated or "
-            f"corrupt: {exc}"
-        ) from exc
+    frame = read_framed(
+        data, PARTIALS_MAGIC, PARTIALS_VERSION, what="partial-count frame", error=PartialsError,
+        foreign={SAMPLE_MAGIC: "a sample frame, not a partial-count frame (wrong topic?)"},
+    )
     problems = [
         f"column {n!r} is {frame.schema.get(n)}, expected {t}"
         for n, t in PARTIAL_SCHEMA.items()
