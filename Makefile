@@ -20,7 +20,7 @@ test: $(BIN)/gpuslo
 	./scripts/system-packages.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/gpuslo
 	$(BIN)/ruff check .
@@ -30,7 +30,7 @@ bench: $(BIN)/gpuslo
 	$(BIN)/python benchmarks/bench_kafka.py
 	$(BIN)/python benchmarks/bench_parser.py
 	$(BIN)/python benchmarks/bench_slo.py
-	$(BIN)/python -m simulator.bench --nodes 64
+	$(BIN)/python -m gpuslo.simulator.bench --nodes 64
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

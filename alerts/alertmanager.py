@@ -36,12 +36,12 @@ from urllib.parse import quote
 
 import aiohttp
 
-from exporters.base import DeliveryStats, ExportResult, Snapshot
-from pipeline.config import AlertmanagerConfig, TlsConfig
-from slo import conventions as cv
-from slo.alerting import AlertReport, AlertStatus
-from slo.budget import SloReport
-from slo.spec import SloSpec
+from gpuslo.exporters.base import DeliveryStats, ExportResult, Snapshot
+from gpuslo.pipeline.config import AlertmanagerConfig, TlsConfig
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.alerting import AlertReport, AlertStatus
+from gpuslo.slo.budget import SloReport
+from gpuslo.slo.spec import SloSpec
 
 log = logging.getLogger(__name__)
 

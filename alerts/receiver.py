@@ -33,8 +33,8 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.config import ReceiverConfig
-from slo import conventions as cv
+from gpuslo.pipeline.config import ReceiverConfig
+from gpuslo.slo import conventions as cv
 
 log = logging.getLogger(__name__)
 

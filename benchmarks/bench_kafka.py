@@ -15,10 +15,10 @@ import uuid
 import polars as pl
 from aiokafka import AIOKafkaProducer
 
-from pipeline.broker import EmbeddedBroker
-from pipeline.config import ConsumerConfig, KafkaConfig
-from pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
-from pipeline.schema import SAMPLE_SCHEMA, canonical_labels
+from gpuslo.pipeline.broker import EmbeddedBroker
+from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
+from gpuslo.pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
+from gpuslo.pipeline.schema import SAMPLE_SCHEMA, canonical_labels
 
 
 def dcgm_like_frame(rows: int, node: str) -> pl.DataFrame:

@@ -44,12 +44,12 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.schema import SAMPLE_SCHEMA, canonical_labels
-from slo import conventions as cv
-from slo.budget import Stage2State
-from slo.catalog import CATALOG_DIR
-from slo.sli import PARTIAL_SCHEMA, Stage1State
-from slo.spec import SloSpec, load_specs
+from gpuslo.pipeline.schema import SAMPLE_SCHEMA, canonical_labels
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.budget import Stage2State
+from gpuslo.slo.catalog import CATALOG_DIR
+from gpuslo.slo.sli import PARTIAL_SCHEMA, Stage1State
+from gpuslo.slo.spec import SloSpec, load_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = CATALOG_DIR

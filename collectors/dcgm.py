@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import polars as pl
 
-from collectors.engine import ScrapeEngine, ScrapeTarget, settings_from_config
-from collectors.normalise import (
+from gpuslo.collectors.engine import ScrapeEngine, ScrapeTarget, settings_from_config
+from gpuslo.collectors.normalise import (
     ParseFn,
     Signal,
     default_parse,
@@ -42,8 +42,8 @@ from collectors.normalise import (
     signal,
     with_entity,
 )
-from pipeline.config import DcgmCollectorConfig
-from pipeline.schema import COLUMNS, KIND_DTYPE, Kind, empty_frame, label
+from gpuslo.pipeline.config import DcgmCollectorConfig
+from gpuslo.pipeline.schema import COLUMNS, KIND_DTYPE, Kind, empty_frame, label
 
 SOURCE = "dcgm"
 
@@ -277,7 +277,7 @@ class DcgmCollector(ScrapeEngine):
         default_node: str,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        from collectors.discovery import target_source
+        from gpuslo.collectors.discovery import target_source
 
         self.config = config
         self.xids = XidTracker(emit_on_first_sight=config.xid_on_first_sight)

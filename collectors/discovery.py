@@ -36,8 +36,8 @@ from typing import Any, Literal
 
 import aiohttp
 
-from collectors.engine import ScrapeTarget, TargetSource
-from pipeline.config import DiscoveryConfig, ScrapeCollectorConfig
+from gpuslo.collectors.engine import ScrapeTarget, TargetSource
+from gpuslo.pipeline.config import DiscoveryConfig, ScrapeCollectorConfig
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class CombinedTargets:
 
 def kubernetes_pods(d: DiscoveryConfig, *, node: str, source: str) -> KubernetesPods:
     """Node-local pod discovery from its config section (token re-read on rotation)."""
-    from collectors.kubelet import BearerTokenFile, make_ssl_context, redact
+    from gpuslo.collectors.kubelet import BearerTokenFile, make_ssl_context, redact
 
     assert d.url is not None
     token = BearerTokenFile(d.token_file) if d.token_file is not None else None

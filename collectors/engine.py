@@ -67,10 +67,10 @@ from typing import Protocol
 import aiohttp
 import polars as pl
 
-from collectors.base import TargetResult
-from collectors.exposition import ExpositionError, detect_openmetrics, parse_exposition
-from pipeline.config import ScrapeCollectorConfig
-from pipeline.schema import COLUMNS, Kind, frame_from_rows
+from gpuslo.collectors.base import TargetResult
+from gpuslo.collectors.exposition import ExpositionError, detect_openmetrics, parse_exposition
+from gpuslo.pipeline.config import ScrapeCollectorConfig
+from gpuslo.pipeline.schema import COLUMNS, Kind, frame_from_rows
 
 log = logging.getLogger(__name__)
 

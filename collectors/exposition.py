@@ -48,7 +48,7 @@ from prometheus_client.metrics_core import METRIC_TYPES
 from prometheus_client.openmetrics import parser as _prom_om
 from prometheus_client.samples import Timestamp
 
-from pipeline.schema import SAMPLE_SCHEMA, Kind
+from gpuslo.pipeline.schema import SAMPLE_SCHEMA, Kind
 
 __all__ = [
     "ExpositionError", "clear_shape_cache", "detect_openmetrics", "parse_exposition", "sample_kind",

@@ -51,7 +51,7 @@ from typing import Any
 import aiohttp
 import polars as pl
 
-from collectors.engine import (
+from gpuslo.collectors.engine import (
     Partial,
     ScrapeEngine,
     ScrapeFailed,
@@ -59,14 +59,14 @@ from collectors.engine import (
     exposition_parse,
     settings_from_config,
 )
-from collectors.normalise import (
+from gpuslo.collectors.normalise import (
     Signal,
     normalised_rows,
     ref,
     signal,
 )
-from pipeline.config import KubeletCollectorConfig, kubelet_endpoint
-from pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows, label
+from gpuslo.pipeline.config import KubeletCollectorConfig, kubelet_endpoint
+from gpuslo.pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows, label
 
 log = logging.getLogger(__name__)
 

@@ -62,8 +62,8 @@ from __future__ import annotations
 import aiohttp
 import polars as pl
 
-from collectors.engine import ScrapeEngine, ScrapeTarget, settings_from_config
-from collectors.normalise import (
+from gpuslo.collectors.engine import ScrapeEngine, ScrapeTarget, settings_from_config
+from gpuslo.collectors.normalise import (
     ParseFn,
     Signal,
     default_parse,
@@ -74,8 +74,8 @@ from collectors.normalise import (
     signal,
     with_entity,
 )
-from pipeline.config import KvCacheCollectorConfig
-from pipeline.schema import Kind, label
+from gpuslo.pipeline.config import KvCacheCollectorConfig
+from gpuslo.pipeline.schema import Kind, label
 
 SOURCE = "kvcache"
 
@@ -296,7 +296,7 @@ class KvCacheCollector(ScrapeEngine):
         default_node: str,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        from collectors.discovery import target_source
+        from gpuslo.collectors.discovery import target_source
 
         self.config = config
         super().__init__(config.name, settings_from_config(config),

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from collectors.prometheus import parse_text
-from pipeline.schema import COLUMNS, KIND_DTYPE, SAMPLE_SCHEMA, Kind, empty_frame, label
+from gpuslo.collectors.prometheus import parse_text
+from gpuslo.pipeline.schema import COLUMNS, KIND_DTYPE, SAMPLE_SCHEMA, Kind, empty_frame, label
 
 ParseFn = Callable[..., pl.DataFrame]
 

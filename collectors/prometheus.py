@@ -16,10 +16,10 @@ import aiohttp
 import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.engine import ScrapeEngine, ScrapeTarget, settings_from_config
-from collectors.exposition import parse_exposition, sample_kind
-from pipeline.config import PrometheusCollectorConfig
-from pipeline.schema import SAMPLE_SCHEMA, canonical_labels
+from gpuslo.collectors.engine import ScrapeEngine, ScrapeTarget, settings_from_config
+from gpuslo.collectors.exposition import parse_exposition, sample_kind
+from gpuslo.pipeline.config import PrometheusCollectorConfig
+from gpuslo.pipeline.schema import SAMPLE_SCHEMA, canonical_labels
 
 ParseFn = Callable[..., pl.DataFrame]
 
@@ -122,7 +122,7 @@ class PrometheusCollector(ScrapeEngine):
         session: aiohttp.ClientSession | None = None,
         parse: ParseFn = parse_text,
     ) -> None:
-        from collectors.discovery import target_source
+        from gpuslo.collectors.discovery import target_source
 
         self.config = config
         source = config.source

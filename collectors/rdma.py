@@ -46,7 +46,7 @@ from pathlib import Path
 import aiohttp
 import polars as pl
 
-from collectors.engine import (
+from gpuslo.collectors.engine import (
     Partial,
     ScrapeEngine,
     ScrapeTarget,
@@ -55,14 +55,14 @@ from collectors.engine import (
     settings_from_config,
     target_path,
 )
-from collectors.normalise import (
+from gpuslo.collectors.normalise import (
     Signal,
     normalised_rows,
     ref,
     signal,
 )
-from pipeline.config import RdmaCollectorConfig
-from pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows, label
+from gpuslo.pipeline.config import RdmaCollectorConfig
+from gpuslo.pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows, label
 
 SOURCE = "rdma"
 NODE_EXPORTER_PREFIX = "node_infiniband_"
@@ -505,7 +505,7 @@ class RdmaCollector(ScrapeEngine):
         default_node: str,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        from collectors.discovery import CombinedTargets, StaticTargets, target_source
+        from gpuslo.collectors.discovery import CombinedTargets, StaticTargets, target_source
 
         self.config = config
         self.unavailable = 0  # counter files reading "N/A (no PMA)", cumulative

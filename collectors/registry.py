@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from collectors.base import Collector
-from collectors.dcgm import DcgmCollector
-from collectors.kubelet import KubeletCollector
-from collectors.kvcache import KvCacheCollector
-from collectors.prometheus import PrometheusCollector
-from collectors.rdma import RdmaCollector
-from collectors.storage import StorageCollector
-from pipeline.config import GpusloConfig
+from gpuslo.collectors.base import Collector
+from gpuslo.collectors.dcgm import DcgmCollector
+from gpuslo.collectors.kubelet import KubeletCollector
+from gpuslo.collectors.kvcache import KvCacheCollector
+from gpuslo.collectors.prometheus import PrometheusCollector
+from gpuslo.collectors.rdma import RdmaCollector
+from gpuslo.collectors.storage import StorageCollector
+from gpuslo.pipeline.config import GpusloConfig
 
 # The config argument is the member of the CollectorConfig union named by the key.
 Factory = Callable[[Any, GpusloConfig], Collector]

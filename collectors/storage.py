@@ -44,7 +44,7 @@ from pathlib import Path
 import aiohttp
 import polars as pl
 
-from collectors.engine import (
+from gpuslo.collectors.engine import (
     Partial,
     ScrapeEngine,
     ScrapeTarget,
@@ -54,14 +54,14 @@ from collectors.engine import (
     settings_from_config,
     target_path,
 )
-from collectors.normalise import (
+from gpuslo.collectors.normalise import (
     Signal,
     normalised_rows,
     ref,
     signal,
 )
-from pipeline.config import StorageCollectorConfig
-from pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows, label
+from gpuslo.pipeline.config import StorageCollectorConfig
+from gpuslo.pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows, label
 
 SOURCE = "storage"
 # Families this collector keeps from a shared page (node_exporter serves many more).
@@ -385,7 +385,7 @@ class StorageCollector(ScrapeEngine):
         default_node: str,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        from collectors.discovery import CombinedTargets, StaticTargets, target_source
+        from gpuslo.collectors.discovery import CombinedTargets, StaticTargets, target_source
 
         self.config = config
         self.excluded = 0  # partition/virtual devices skipped, cumulative

@@ -26,14 +26,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from slo.alerting import AlertReport
-from slo.budget import SloReport
-from slo.spec import SloSpec
+from gpuslo.slo.alerting import AlertReport
+from gpuslo.slo.budget import SloReport
+from gpuslo.slo.spec import SloSpec
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from pipeline.runtime import CollectStats
+    from gpuslo.pipeline.runtime import CollectStats
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
-from exporters.base import Snapshot
-from slo import conventions as cv
-from slo.budget import SliState, SloReport
-from slo.spec import SloSpec
+from gpuslo.exporters.base import Snapshot
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.budget import SliState, SloReport
+from gpuslo.slo.spec import SloSpec
 
 Labels = dict[str, str]
 

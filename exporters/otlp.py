@@ -38,10 +38,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, Span, SpanKind, Tracer, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from exporters.base import ExportResult, Snapshot
-from exporters.figures import Figure, iter_figures
-from pipeline.config import OtlpExporterConfig
-from slo import conventions as cv
+from gpuslo.exporters.base import ExportResult, Snapshot
+from gpuslo.exporters.figures import Figure, iter_figures
+from gpuslo.pipeline.config import OtlpExporterConfig
+from gpuslo.slo import conventions as cv
 
 log = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
-from exporters.base import Snapshot
-from exporters.figures import Labels, iter_figures, scope_labels
-from pipeline.config import PrometheusExporterConfig
-from slo import conventions as cv
-from slo.budget import SloReport
-from slo.spec import SloSpec
+from gpuslo.exporters.base import Snapshot
+from gpuslo.exporters.figures import Labels, iter_figures, scope_labels
+from gpuslo.pipeline.config import PrometheusExporterConfig
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.budget import SloReport
+from gpuslo.slo.spec import SloSpec
 
 log = logging.getLogger(__name__)
 

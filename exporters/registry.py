@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from alerts.alertmanager import AlertmanagerClient, utc_now
-from exporters.base import Exporter, ExportHub
-from exporters.otlp import OtlpExporter
-from exporters.prometheus import PrometheusExporter
-from pipeline.config import GpusloConfig
+from gpuslo.alerts.alertmanager import AlertmanagerClient, utc_now
+from gpuslo.exporters.base import Exporter, ExportHub
+from gpuslo.exporters.otlp import OtlpExporter
+from gpuslo.exporters.prometheus import PrometheusExporter
+from gpuslo.pipeline.config import GpusloConfig
 
 Clock = Callable[[], datetime]
 ExporterFactory = Callable[[GpusloConfig, Clock], Exporter | None]

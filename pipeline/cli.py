@@ -20,10 +20,10 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from pipeline.broker import BrokerError, EmbeddedBroker
-from pipeline.config import ConfigError, GpusloConfig, load_config
-from pipeline.kafka import SampleProducer, TransportError
-from pipeline.schema import SCHEMA_VERSION
+from gpuslo.pipeline.broker import BrokerError, EmbeddedBroker
+from gpuslo.pipeline.config import ConfigError, GpusloConfig, load_config
+from gpuslo.pipeline.kafka import SampleProducer, TransportError
+from gpuslo.pipeline.schema import SCHEMA_VERSION
 
 app = typer.Typer(
     name="gpuslo",
@@ -125,8 +125,8 @@ def broker(
 @app.command()
 def collect(config: ConfigOption = None, duration: DurationOption = None) -> None:
     """Run the configured collectors and produce their batches to Kafka."""
-    from collectors.registry import build_collectors
-    from pipeline.runtime import CollectRunner, kafka_servers, run_until
+    from gpuslo.collectors.registry import build_collectors
+    from gpuslo.pipeline.runtime import CollectRunner, kafka_servers, run_until
 
     cfg = _load(config)
     if not cfg.collectors:
@@ -164,8 +164,8 @@ def tail(
     group: Annotated[str, typer.Option(help="Consumer group.")] = "gpuslo-tail",
 ) -> None:
     """Consume gpuslo.samples and show a live table per source and node."""
-    from pipeline.demo import tail_samples
-    from pipeline.tail import SampleTail
+    from gpuslo.pipeline.demo import tail_samples
+    from gpuslo.pipeline.tail import SampleTail
 
     cfg = _load(config)
     servers = bootstrap_servers or cfg.kafka.bootstrap_servers
@@ -176,7 +176,7 @@ def tail(
         raise typer.Exit(2)
 
     async def main(stop: asyncio.Event) -> None:
-        from pipeline.runtime import run_until
+        from gpuslo.pipeline.runtime import run_until
 
         with Live(SampleTail().table(), console=console, refresh_per_second=4) as live:
 
@@ -230,10 +230,10 @@ def demo(
     ] = None,
 ) -> None:
     """Simulated fleet + embedded broker + collectors + SLO engine + live view."""
-    from pipeline.demo import run_demo
-    from simulator.faults import FaultError
-    from simulator.scenario import ScenarioError
-    from slo.spec import SpecError
+    from gpuslo.pipeline.demo import run_demo
+    from gpuslo.simulator.faults import FaultError
+    from gpuslo.simulator.scenario import ScenarioError
+    from gpuslo.slo.spec import SpecError
 
     _setup_logging("WARNING")
     seen = 0
@@ -269,7 +269,7 @@ def demo(
 
 def _register_command_groups() -> None:
     """Commands of other areas live beside their area, each with a ``register(app)``."""
-    from pipeline import cli_alerts, cli_collect, cli_sim, cli_slo
+    from gpuslo.pipeline import cli_alerts, cli_collect, cli_sim, cli_slo
 
     for module in (cli_collect, cli_slo, cli_sim, cli_alerts):
         module.register(app)

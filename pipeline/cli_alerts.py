@@ -27,12 +27,12 @@ DurationOption = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
-    from pipeline.cli import _load, _run, console, err_console
+    from gpuslo.pipeline.cli import _load, _run, console, err_console
 
     @app.command()
     def receiver(config: ConfigOption = None, duration: DurationOption = None) -> None:
         """Receive Alertmanager webhooks (bearer token required) and keep the recent ones."""
-        from alerts.receiver import WebhookReceiver
+        from gpuslo.alerts.receiver import WebhookReceiver
 
         cfg = _load(config)
         if cfg.alerts.receiver.token is None:

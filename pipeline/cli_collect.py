@@ -69,8 +69,8 @@ def map_payload(
     Raises:
         ValueError: the payload is malformed (exposition errors name the line).
     """
-    from collectors import dcgm, kubelet, kvcache, rdma, storage
-    from collectors.exposition import detect_openmetrics, parse_exposition
+    from gpuslo.collectors import dcgm, kubelet, kvcache, rdma, storage
+    from gpuslo.collectors.exposition import detect_openmetrics, parse_exposition
 
     # A file has no Content-Type: read it as text format, as Prometheus's own tools do.
     openmetrics = detect_openmetrics("", content_type) if content_type is not None else False
@@ -112,7 +112,7 @@ def map_payload(
 
 def read_sysfs_path(path: Path, *, node: str, scrape_ts_ms: int) -> Mapped:
     """An RDMA sysfs root (``/sys`` or a copy) read and mapped."""
-    from collectors import rdma
+    from gpuslo.collectors import rdma
 
     result = rdma.read_sysfs(path, node=node, scrape_ts_ms=scrape_ts_ms)
     notes = [f"{p.path}: {p.reason} {p.detail}".rstrip() for p in result.errors]
@@ -124,7 +124,7 @@ def read_sysfs_path(path: Path, *, node: str, scrape_ts_ms: int) -> Mapped:
 async def fetch(url: str, *, timeout_s: float, max_bytes: int, token_file: Path | None,
                 ca_file: Path | None, insecure: bool) -> tuple[str, str | None]:
     """GET one page: its text and Content-Type (kubelet-style bearer token and TLS options)."""
-    from collectors.kubelet import BearerTokenFile, TokenError, make_ssl_context, redact
+    from gpuslo.collectors.kubelet import BearerTokenFile, TokenError, make_ssl_context, redact
 
     headers: dict[str, str] = {}
     secrets: list[str] = []

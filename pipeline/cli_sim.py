@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
-    from simulator.server import Target
+    from gpuslo.simulator.server import Target
 
 # Kept equal to pipeline.demo.SIM_PORT (not imported: that module is heavy).
 DEFAULT_PORT = 9800
@@ -38,7 +38,7 @@ def collector_config_yaml(targets: list[Target], interval_s: float, *, base_url:
     """A gpuslo config (``collectors:``) that scrapes every Prometheus-format target."""
     import yaml
 
-    from pipeline.demo import prometheus_configs
+    from gpuslo.pipeline.demo import prometheus_configs
 
     collectors = [
         {"type": "prometheus", "name": c.name, "source": c.source,
@@ -96,15 +96,15 @@ def register(app: typer.Typer) -> None:
             help="Also keep a sysfs-shaped tree and /proc/diskstats per node here.")] = None,
     ) -> None:
         """Serve a simulated GPU fleet (real exporter formats) and print its endpoints."""
-        from simulator.faults import FaultError
-        from simulator.scenario import (
+        from gpuslo.simulator.faults import FaultError
+        from gpuslo.simulator.scenario import (
             ScenarioError,
             default_ground_truth_path,
             default_scenario,
             load_scenario,
             write_ground_truth,
         )
-        from simulator.server import FleetServer
+        from gpuslo.simulator.server import FleetServer
 
         out = err_console if print_config else console
         try:
@@ -183,8 +183,8 @@ def register(app: typer.Typer) -> None:
             help="Base URL of the running simulator or demo.")] = DEFAULT_URL,
     ) -> None:
         """Inject a fault into a running `gpuslo simulate` or `gpuslo demo`."""
-        from simulator.faults import FaultError, lookup
-        from simulator.scenario import parse_duration
+        from gpuslo.simulator.faults import FaultError, lookup
+        from gpuslo.simulator.scenario import parse_duration
 
         try:
             lookup(kind)

@@ -21,11 +21,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.schema import SAMPLE_SCHEMA, SchemaError, validate
-from slo.spec import SloSpec, SpecError, load_specs, parse_duration
+from gpuslo.pipeline.schema import SAMPLE_SCHEMA, SchemaError, validate
+from gpuslo.slo.spec import SloSpec, SpecError, load_specs, parse_duration
 
 if TYPE_CHECKING:
-    from pipeline.stages import BoardSnapshot
+    from gpuslo.pipeline.stages import BoardSnapshot
 
 SpecsArg = Annotated[
     list[Path], typer.Argument(help="OpenSLO spec files or directories of *.yaml files.")
@@ -33,13 +33,13 @@ SpecsArg = Annotated[
 
 
 def _err() -> Console:
-    from pipeline.cli import err_console
+    from gpuslo.pipeline.cli import err_console
 
     return err_console
 
 
 def _out() -> Console:
-    from pipeline.cli import console
+    from gpuslo.pipeline.cli import console
 
     return console
 
@@ -69,8 +69,8 @@ def report_table(
     reports: Sequence[object], alerts: Sequence[object], evaluated_at: datetime | None
 ) -> Table:
     """The live view of ``gpuslo aggregate``: one row per SLO scope."""
-    from slo.alerting import AlertReport, AlertStatus
-    from slo.budget import SloReport
+    from gpuslo.slo.alerting import AlertReport, AlertStatus
+    from gpuslo.slo.budget import SloReport
 
     firing: dict[tuple[str, str], list[str]] = {}
     for a in alerts:
@@ -141,7 +141,7 @@ def _read_replay_input(path: Path) -> pl.DataFrame:
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    from slo.openmetrics_input import is_exposition_file, read_exposition
+    from gpuslo.slo.openmetrics_input import is_exposition_file, read_exposition
 
     if not is_exposition_file(path):
         return read_samples(path)
@@ -201,7 +201,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Option(help="Name of the PrometheusRule.")] = "gpuslo-slos",
     ) -> None:
         """Generate Sloth-compatible Prometheus recording and alerting rules."""
-        from slo.rules import generate, render_prometheus_rule, render_rules_file
+        from gpuslo.slo.rules import generate, render_prometheus_rule, render_rules_file
 
         report = generate(_specs(specs))
         for skip in report.skipped:
@@ -242,8 +242,8 @@ def register(app: typer.Typer) -> None:
         """Backtest specs over recorded samples: SLIs, budgets, and when alerts would fire."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from slo.backtest import backtest
-        from slo.openmetrics_input import OpenMetricsInputError
+        from gpuslo.slo.backtest import backtest
+        from gpuslo.slo.openmetrics_input import OpenMetricsInputError
 
         slos = _specs(specs)
         try:
@@ -313,11 +313,11 @@ def register(app: typer.Typer) -> None:
         """Run SLO stage 1 and stage 2 in one process and show a live table of SLO reports."""
         from rich.live import Live
 
-        from exporters.registry import build_hub
-        from pipeline.cli import _load, _run
-        from pipeline.publish import publish_board
-        from pipeline.runtime import kafka_servers, run_until
-        from pipeline.stages import SloEngine
+        from gpuslo.exporters.registry import build_hub
+        from gpuslo.pipeline.cli import _load, _run
+        from gpuslo.pipeline.publish import publish_board
+        from gpuslo.pipeline.runtime import kafka_servers, run_until
+        from gpuslo.pipeline.stages import SloEngine
 
         cfg = _load(config)
         paths = specs or cfg.slo.specs

@@ -27,17 +27,17 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from collectors.base import Collector
-from collectors.dcgm import DcgmCollector
-from collectors.kubelet import KubeletCollector
-from collectors.kvcache import KvCacheCollector
-from collectors.prometheus import PrometheusCollector
-from collectors.rdma import RdmaCollector
-from collectors.storage import StorageCollector
-from exporters.base import HealthSnapshot
-from exporters.registry import build_hub
-from pipeline.cli_slo import report_table
-from pipeline.config import (
+from gpuslo.collectors.base import Collector
+from gpuslo.collectors.dcgm import DcgmCollector
+from gpuslo.collectors.kubelet import KubeletCollector
+from gpuslo.collectors.kvcache import KvCacheCollector
+from gpuslo.collectors.prometheus import PrometheusCollector
+from gpuslo.collectors.rdma import RdmaCollector
+from gpuslo.collectors.storage import StorageCollector
+from gpuslo.exporters.base import HealthSnapshot
+from gpuslo.exporters.registry import build_hub
+from gpuslo.pipeline.cli_slo import report_table
+from gpuslo.pipeline.config import (
     ConsumerConfig,
     DcgmCollectorConfig,
     GpusloConfig,
@@ -49,24 +49,24 @@ from pipeline.config import (
     RdmaCollectorConfig,
     StorageCollectorConfig,
 )
-from pipeline.kafka import SampleConsumer, SampleProducer, TransportError
-from pipeline.publish import publish_board
-from pipeline.runtime import CollectRunner, kafka_servers, run_until
-from pipeline.stages import SloEngine
-from pipeline.tail import SampleTail
-from simulator.faults import FaultError
-from simulator.fleet import Fleet
-from simulator.scenario import (
+from gpuslo.pipeline.kafka import SampleConsumer, SampleProducer, TransportError
+from gpuslo.pipeline.publish import publish_board
+from gpuslo.pipeline.runtime import CollectRunner, kafka_servers, run_until
+from gpuslo.pipeline.stages import SloEngine
+from gpuslo.pipeline.tail import SampleTail
+from gpuslo.simulator.faults import FaultError
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.scenario import (
     Scenario,
     default_scenario,
     load_scenario,
     parse_inject,
     write_ground_truth,
 )
-from simulator.server import FleetServer, Target
-from slo.budget import SloReport
-from slo.catalog import CATALOG_DIR
-from slo.spec import SpecError, load_specs
+from gpuslo.simulator.server import FleetServer, Target
+from gpuslo.slo.budget import SloReport
+from gpuslo.slo.catalog import CATALOG_DIR
+from gpuslo.slo.spec import SpecError, load_specs
 
 # The demo evaluates its SLOs this many real seconds behind the simulated clock.
 # Everything runs on one event loop, and a sample takes about two to three real
@@ -688,7 +688,7 @@ async def run_demo(
 
             refresh()
             quiet = _DropScrapeFailures()
-            runtime_log = logging.getLogger("pipeline.runtime")
+            runtime_log = logging.getLogger("gpuslo.pipeline.runtime")
             runtime_log.addFilter(quiet)
             async with contextlib.AsyncExitStack() as stack:
                 stack.callback(runtime_log.removeFilter, quiet)

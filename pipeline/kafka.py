@@ -38,8 +38,8 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from pipeline.config import ConsumerConfig, KafkaConfig
-from pipeline.schema import SCHEMA_VERSION, SchemaError, decode, encode, split
+from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
+from gpuslo.pipeline.schema import SCHEMA_VERSION, SchemaError, decode, encode, split
 
 log = logging.getLogger(__name__)
 

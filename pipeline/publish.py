@@ -10,9 +10,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from exporters.base import ExportHub, HealthSnapshot, Snapshot
-from pipeline.stages import ReportBoard
-from slo.spec import SloSpec
+from gpuslo.exporters.base import ExportHub, HealthSnapshot, Snapshot
+from gpuslo.pipeline.stages import ReportBoard
+from gpuslo.slo.spec import SloSpec
 
 
 async def publish_board(

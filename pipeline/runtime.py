@@ -20,10 +20,10 @@ from typing import Protocol, runtime_checkable
 
 import polars as pl
 
-from collectors.base import Collector, TargetResult
-from pipeline.broker import EmbeddedBroker
-from pipeline.config import KafkaConfig
-from pipeline.kafka import SampleProducer, TransportError, ensure_topics
+from gpuslo.collectors.base import Collector, TargetResult
+from gpuslo.pipeline.broker import EmbeddedBroker
+from gpuslo.pipeline.config import KafkaConfig
+from gpuslo.pipeline.kafka import SampleProducer, TransportError, ensure_topics
 
 log = logging.getLogger(__name__)
 

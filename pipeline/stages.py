@@ -42,16 +42,16 @@ from typing import Any
 import polars as pl
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from pipeline.checkpoint import CheckpointStore
-from pipeline.config import ConsumerConfig, GpusloConfig, KafkaConfig
-from pipeline.kafka import HEADER_SCHEMA, ConsumedBatch, SampleConsumer, SampleProducer
-from slo import conventions as cv
-from slo.alerting import AlertEvaluator, AlertReport, AlertState, AlertStatus
-from slo.budget import SloReport, Stage2State
-from slo.sli import Stage1State
-from slo.spec import SloSpec
-from slo.windows import Severity
-from slo.wire import PARTIALS_VERSION, decode_partials, encode_partials
+from gpuslo.pipeline.checkpoint import CheckpointStore
+from gpuslo.pipeline.config import ConsumerConfig, GpusloConfig, KafkaConfig
+from gpuslo.pipeline.kafka import HEADER_SCHEMA, ConsumedBatch, SampleConsumer, SampleProducer
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.alerting import AlertEvaluator, AlertReport, AlertState, AlertStatus
+from gpuslo.slo.budget import SloReport, Stage2State
+from gpuslo.slo.sli import Stage1State
+from gpuslo.slo.spec import SloSpec
+from gpuslo.slo.windows import Severity
+from gpuslo.slo.wire import PARTIALS_VERSION, decode_partials, encode_partials
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,12 @@ renderers in :mod:`simulator.formats`.  Async shell: :class:`FleetServer`.
 
 from __future__ import annotations
 
-from simulator.clock import ManualClock, SimClock
-from simulator.endpoints import Endpoint, endpoints
-from simulator.faults import CATALOG, FaultError, FaultKind, FaultSpec
-from simulator.fleet import Fleet
-from simulator.server import FileTarget, FleetServer, Target
-from simulator.spec import FleetSpec, ServiceSpec, TrainingSpec, default_services
+from gpuslo.simulator.clock import ManualClock, SimClock
+from gpuslo.simulator.endpoints import Endpoint, endpoints
+from gpuslo.simulator.faults import CATALOG, FaultError, FaultKind, FaultSpec
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.server import FileTarget, FleetServer, Target
+from gpuslo.simulator.spec import FleetSpec, ServiceSpec, TrainingSpec, default_services
 
 __all__ = [
     "CATALOG",

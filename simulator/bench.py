@@ -1,6 +1,6 @@
 """Benchmark: serve an N-node fleet on loopback and fetch every page once.
 
-``python -m simulator.bench --nodes 64`` prints the wall time of one full round
+``python -m gpuslo.simulator.bench --nodes 64`` prints the wall time of one full round
 (the issue's "64 simulated nodes serve a full round of every endpoint").
 """
 
@@ -12,10 +12,10 @@ import time
 
 import aiohttp
 
-from simulator.clock import ManualClock
-from simulator.fleet import Fleet
-from simulator.server import FleetServer
-from simulator.spec import FleetSpec
+from gpuslo.simulator.clock import ManualClock
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.server import FleetServer
+from gpuslo.simulator.spec import FleetSpec
 
 
 async def one_round(nodes: int, concurrency: int = 32) -> tuple[int, int, float]:

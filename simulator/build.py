@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from simulator.entities import (
+from gpuslo.simulator.entities import (
     Container,
     Disk,
     Gpu,
@@ -23,7 +23,7 @@ from simulator.entities import (
     TrainingJob,
     TrainingRank,
 )
-from simulator.spec import FleetSpec, ServiceSpec
+from gpuslo.simulator.spec import FleetSpec, ServiceSpec
 
 GIB = 1024.0**3
 _PCI_BUSES = ("18", "2A", "3A", "5D", "9A", "AB", "BA", "DB",

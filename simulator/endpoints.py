@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from simulator.fleet import Fleet
-from simulator.formats.ceph import render_ceph
-from simulator.formats.dcgm import render_dcgm
-from simulator.formats.disk import render_diskstats
-from simulator.formats.engines import render_engine, render_training
-from simulator.formats.kubelet import render_cadvisor, render_resource, render_summary
-from simulator.formats.node_exporter import render_node_exporter
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.formats.ceph import render_ceph
+from gpuslo.simulator.formats.dcgm import render_dcgm
+from gpuslo.simulator.formats.disk import render_diskstats
+from gpuslo.simulator.formats.engines import render_engine, render_training
+from gpuslo.simulator.formats.kubelet import render_cadvisor, render_resource, render_summary
+from gpuslo.simulator.formats.node_exporter import render_node_exporter
 
 CEPH_NODE = "ceph"
 

@@ -18,8 +18,8 @@ import math
 import random
 from collections.abc import Iterable
 
-from simulator.build import World, build
-from simulator.entities import (
+from gpuslo.simulator.build import World, build
+from gpuslo.simulator.entities import (
     CLOCK_GPU_IDLE,
     CLOCK_HW_SLOWDOWN,
     CLOCK_HW_THERMAL,
@@ -34,8 +34,8 @@ from simulator.entities import (
     Replica,
     TrainingJob,
 )
-from simulator.faults import FaultError, FaultSpec, lookup, parse_target
-from simulator.spec import FleetSpec, ServiceSpec
+from gpuslo.simulator.faults import FaultError, FaultSpec, lookup, parse_target
+from gpuslo.simulator.spec import FleetSpec, ServiceSpec
 
 INLET_C = 28.0
 THERMAL_TAU_S = 45.0

@@ -34,10 +34,10 @@ from pydantic import (
     field_validator,
 )
 
-from pipeline.config import ConfigError, validation_problems
-from simulator.faults import CATALOG, FaultError, FaultSpec
-from simulator.fleet import Fleet
-from simulator.spec import FleetSpec, ServiceSpec, TrainingSpec, default_services
+from gpuslo.pipeline.config import ConfigError, validation_problems
+from gpuslo.simulator.faults import CATALOG, FaultError, FaultSpec
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.spec import FleetSpec, ServiceSpec, TrainingSpec, default_services
 
 _DURATION = re.compile(r"^\s*(?:(?P<h>\d+(?:\.\d+)?)h)?\s*(?:(?P<m>\d+(?:\.\d+)?)m)?\s*"
                        r"(?:(?P<s>\d+(?:\.\d+)?)s?)?\s*$")

@@ -20,11 +20,11 @@ from typing import Protocol
 
 from aiohttp import web
 
-from simulator.clock import SimClock
-from simulator.endpoints import Endpoint, endpoints
-from simulator.faults import FaultError, FaultSpec
-from simulator.fleet import Fleet
-from simulator.formats.sysfs import write_tree
+from gpuslo.simulator.clock import SimClock
+from gpuslo.simulator.endpoints import Endpoint, endpoints
+from gpuslo.simulator.faults import FaultError, FaultSpec
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.formats.sysfs import write_tree
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from slo import conventions as cv
-from slo.budget import SliState, SloReport
-from slo.spec import SloSpec
-from slo.windows import BurnRateWindowSpec, Severity
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.budget import SliState, SloReport
+from gpuslo.slo.spec import SloSpec
+from gpuslo.slo.windows import BurnRateWindowSpec, Severity
 
 
 class AlertStatus(StrEnum):

@@ -17,12 +17,12 @@ from typing import Any
 
 import polars as pl
 
-from slo import conventions as cv
-from slo.alerting import AlertEvaluator, AlertStatus
-from slo.budget import SloReport, Stage2State
-from slo.sli import Stage1State
-from slo.spec import SloSpec
-from slo.windows import Severity
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.alerting import AlertEvaluator, AlertStatus
+from gpuslo.slo.budget import SloReport, Stage2State
+from gpuslo.slo.sli import Stage1State
+from gpuslo.slo.spec import SloSpec
+from gpuslo.slo.windows import Severity
 
 TIMELINE_SCHEMA = pl.Schema(
     {

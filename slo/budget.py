@@ -57,10 +57,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from slo import conventions as cv
-from slo.sli import PARTIAL_SCHEMA
-from slo.spec import BudgetingMethod, SloSpec
-from slo.windows import REPORT_WINDOWS
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.sli import PARTIAL_SCHEMA
+from gpuslo.slo.spec import BudgetingMethod, SloSpec
+from gpuslo.slo.windows import REPORT_WINDOWS
 
 _TS = pl.Datetime("ms", "UTC")
 _BUCKET_SCHEMA = pl.Schema(

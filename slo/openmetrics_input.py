@@ -42,9 +42,9 @@ from pathlib import Path
 
 import polars as pl
 
-from collectors import dcgm, kubelet, kvcache, rdma, storage
-from collectors.exposition import ExpositionError, parse_exposition
-from pipeline.schema import COLUMNS, SAMPLE_SCHEMA, label, validate
+from gpuslo.collectors import dcgm, kubelet, kvcache, rdma, storage
+from gpuslo.collectors.exposition import ExpositionError, parse_exposition
+from gpuslo.pipeline.schema import COLUMNS, SAMPLE_SCHEMA, label, validate
 
 Progress = Callable[[int, int], None]
 """Called with (bytes read, total bytes) after each chunk, for a progress bar."""

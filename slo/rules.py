@@ -36,9 +36,9 @@ from typing import Any
 
 import yaml
 
-from slo import conventions as cv
-from slo.spec import BudgetingMethod, SelectorSpec, SliKind, SloSpec
-from slo.windows import REPORT_WINDOWS, BurnRateWindowSpec, Severity, format_decimal
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.spec import BudgetingMethod, SelectorSpec, SliKind, SloSpec
+from gpuslo.slo.windows import REPORT_WINDOWS, BurnRateWindowSpec, Severity, format_decimal
 
 
 @dataclass(frozen=True)

@@ -54,10 +54,10 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from pipeline.schema import SERIES_KEY, label
-from slo import conventions as cv
-from slo.hashindex import HashIndex
-from slo.spec import (
+from gpuslo.pipeline.schema import SERIES_KEY, label
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.hashindex import HashIndex
+from gpuslo.slo.spec import (
     FRAME_COLUMNS,
     SelectorSpec,
     SliKind,

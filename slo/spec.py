@@ -71,9 +71,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.config import ConfigError, validation_problems
-from slo import conventions
-from slo.windows import BurnRateWindowSpec, Severity, default_windows
+from gpuslo.pipeline.config import ConfigError, validation_problems
+from gpuslo.slo import conventions
+from gpuslo.slo.windows import BurnRateWindowSpec, Severity, default_windows
 
 API_VERSION = "openslo/v1"
 FRAME_COLUMNS: frozenset[str] = frozenset({"node", "source", "entity"})

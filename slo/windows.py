@@ -21,7 +21,7 @@ from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from slo import conventions
+from gpuslo.slo import conventions
 
 # Windows for which every SLO gets an error ratio, in the order reports list them.
 REPORT_WINDOWS: tuple[timedelta, ...] = (

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.schema import MAGIC as SAMPLE_MAGIC
-from pipeline.schema import SchemaError, read_framed, write_framed
-from slo.sli import PARTIAL_SCHEMA
+from gpuslo.pipeline.schema import MAGIC as SAMPLE_MAGIC
+from gpuslo.pipeline.schema import SchemaError, read_framed, write_framed
+from gpuslo.slo.sli import PARTIAL_SCHEMA
 
 PARTIALS_VERSION = 1
 PARTIALS_MAGIC = b"GSLP"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker
-from pipeline.config import ConsumerConfig, KafkaConfig
+from gpuslo.pipeline.broker import EmbeddedBroker
+from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
-from exporters.base import AnomalyScore, DeliveryStats, HealthSnapshot, Snapshot
-from slo import conventions as cv
-from slo.alerting import AlertEvaluator, AlertReport
-from slo.budget import SliState, SloReport, WindowReport
-from slo.spec import SloSpec, parse_yaml
-from slo.windows import REPORT_WINDOWS
+from gpuslo.exporters.base import AnomalyScore, DeliveryStats, HealthSnapshot, Snapshot
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.alerting import AlertEvaluator, AlertReport
+from gpuslo.slo.budget import SliState, SloReport, WindowReport
+from gpuslo.slo.spec import SloSpec, parse_yaml
+from gpuslo.slo.windows import REPORT_WINDOWS
 
 SPEC_YAML = """
 apiVersion: openslo/v1

@@ -12,8 +12,8 @@ The mgr answers 503 until its first collection: the server checks
 
 from __future__ import annotations
 
-from simulator.fleet import Fleet
-from simulator.formats.exposition import Family, render
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.formats.exposition import Family, render
 
 
 def _v(x: float) -> str:

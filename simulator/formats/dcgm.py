@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from simulator.entities import Gpu
-from simulator.fleet import Fleet
-from simulator.formats.exposition import Family, render
+from gpuslo.simulator.entities import Gpu
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.formats.exposition import Family, render
 
 # Active lines of NVIDIA/dcgm-exporter etc/default-counters.csv (commit d5e5f510a1b6).
 DEFAULT_COUNTERS_CSV = """\

@@ -10,9 +10,9 @@ and milliseconds into seconds.
 
 from __future__ import annotations
 
-from simulator.entities import Disk
-from simulator.fleet import Fleet
-from simulator.formats.exposition import Family, go_float
+from gpuslo.simulator.entities import Disk
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.formats.exposition import Family, go_float
 
 FIELDS: tuple[str, ...] = (
     "reads", "reads_merged", "sectors_read", "read_ms", "writes", "writes_merged",

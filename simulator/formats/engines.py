@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from simulator.entities import Replica, TrainingJob
-from simulator.fleet import Fleet
-from simulator.formats.exposition import Family, cpp_float, go_float, py_float, render
-from simulator.histogram import (
+from gpuslo.simulator.entities import Replica, TrainingJob
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.formats.exposition import Family, cpp_float, go_float, py_float, render
+from gpuslo.simulator.histogram import (
     SGLANG_LATENCY_BUCKETS,
     SGLANG_TTFT_BUCKETS,
     TRITON_FIRST_RESPONSE_MS_BUCKETS,

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from simulator.entities import Container, Node, Pod
-from simulator.fleet import Fleet
-from simulator.formats.exposition import Family, go_float, render
+from gpuslo.simulator.entities import Container, Node, Pod
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.formats.exposition import Family, go_float, render
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 

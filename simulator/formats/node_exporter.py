@@ -5,10 +5,10 @@ Families are sorted by name, as client_golang's registry gathers them.
 
 from __future__ import annotations
 
-from simulator.fleet import Fleet
-from simulator.formats.disk import disk_families
-from simulator.formats.exposition import render
-from simulator.formats.rdma import infiniband_families
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.formats.disk import disk_families
+from gpuslo.simulator.formats.exposition import render
+from gpuslo.simulator.formats.rdma import infiniband_families
 
 
 def render_node_exporter(fleet: Fleet, node: str, ts_ms: int | None = None) -> str:

@@ -11,9 +11,9 @@ multiplies the data counters back by 4.
 
 from __future__ import annotations
 
-from simulator.entities import Port
-from simulator.fleet import Fleet
-from simulator.formats.exposition import Family, go_float, render
+from gpuslo.simulator.entities import Port
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.formats.exposition import Family, go_float, render
 
 # File name -> width in bits; error counters saturate.
 COUNTER_WIDTHS: dict[str, int] = {

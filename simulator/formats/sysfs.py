@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from simulator.fleet import Fleet
-from simulator.formats.disk import render_diskstats
-from simulator.formats.rdma import sysfs_files
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.formats.disk import render_diskstats
+from gpuslo.simulator.formats.rdma import sysfs_files
 
 
 def write_tree(fleet: Fleet, root: Path, nodes: list[str] | None = None) -> list[Path]:

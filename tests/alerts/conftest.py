@@ -12,8 +12,8 @@ import yaml
 from pydantic import SecretStr
 from servers import Server, start_alertmanager
 
-from alerts.receiver import WebhookReceiver
-from pipeline.config import ReceiverConfig
+from gpuslo.alerts.receiver import WebhookReceiver
+from gpuslo.pipeline.config import ReceiverConfig
 
 EXAMPLE = Path(__file__).parents[2] / "alerts" / "examples" / "alertmanager.yml"
 RECEIVER_TOKEN = "am-to-gpuslo-token"

@@ -20,7 +20,7 @@ from aiohttp import web
 from pydantic import SecretStr
 from report_builders import SCOPE, fire, report, spec
 
-from alerts.alertmanager import (
+from gpuslo.alerts.alertmanager import (
     AlertmanagerClient,
     PayloadOptions,
     build_alert,
@@ -28,10 +28,10 @@ from alerts.alertmanager import (
     rfc3339,
     ssl_context,
 )
-from exporters.base import ExportResult, Snapshot
-from pipeline.config import AlertmanagerConfig, BasicAuthConfig, TlsConfig
-from slo.alerting import AlertEvaluator, AlertStatus
-from slo.windows import Severity
+from gpuslo.exporters.base import ExportResult, Snapshot
+from gpuslo.pipeline.config import AlertmanagerConfig, BasicAuthConfig, TlsConfig
+from gpuslo.slo.alerting import AlertEvaluator, AlertStatus
+from gpuslo.slo.windows import Severity
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 

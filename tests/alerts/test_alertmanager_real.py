@@ -13,10 +13,10 @@ import pytest
 from report_builders import fire, report, spec
 from servers import Server, free_port, require_binary, wait_for
 
-from alerts.alertmanager import AlertmanagerClient
-from alerts.receiver import WebhookReceiver
-from pipeline.config import AlertmanagerConfig
-from slo.alerting import AlertEvaluator
+from gpuslo.alerts.alertmanager import AlertmanagerClient
+from gpuslo.alerts.receiver import WebhookReceiver
+from gpuslo.pipeline.config import AlertmanagerConfig
+from gpuslo.slo.alerting import AlertEvaluator
 
 pytestmark = pytest.mark.integration
 

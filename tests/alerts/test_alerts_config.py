@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.config import ConfigError, load_config
+from gpuslo.pipeline.cli import app
+from gpuslo.pipeline.config import ConfigError, load_config
 
 
 def test_defaults_follow_the_alertmanager_contract() -> None:

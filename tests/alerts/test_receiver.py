@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from alerts.receiver import WebhookAlert, WebhookMessage, WebhookReceiver
-from pipeline.config import ReceiverConfig
+from gpuslo.alerts.receiver import WebhookAlert, WebhookMessage, WebhookReceiver
+from gpuslo.pipeline.config import ReceiverConfig
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "alertmanager"
 TOKEN = "s3cret-token"

@@ -13,20 +13,20 @@ import polars as pl
 import pytest
 import yaml
 
-from collectors.dcgm import XID_EVENT_METRIC, DcgmCollector
-from collectors.kvcache import KvCacheCollector
-from collectors.registry import build_collectors
-from pipeline.config import (
+from gpuslo.collectors.dcgm import XID_EVENT_METRIC, DcgmCollector
+from gpuslo.collectors.kvcache import KvCacheCollector
+from gpuslo.collectors.registry import build_collectors
+from gpuslo.pipeline.config import (
     ConsumerConfig,
     DcgmCollectorConfig,
     GpusloConfig,
     KafkaConfig,
     KvCacheCollectorConfig,
 )
-from pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
-from pipeline.runtime import CollectRunner
-from pipeline.schema import label
-from simulator import Fleet, FleetServer, FleetSpec, ManualClock, ServiceSpec
+from gpuslo.pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
+from gpuslo.pipeline.runtime import CollectRunner
+from gpuslo.pipeline.schema import label
+from gpuslo.simulator import Fleet, FleetServer, FleetSpec, ManualClock, ServiceSpec
 
 pytestmark = pytest.mark.integration
 
@@ -210,7 +210,7 @@ async def test_gpuslo_collect_with_dcgm_and_kvcache_lands_batches(
         path.write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUSLO_")}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pipeline.cli", "collect", "--config", str(path),
+            sys.executable, "-m", "gpuslo.pipeline.cli", "collect", "--config", str(path),
             "--duration", "2.5", stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env)
         out, err = await asyncio.wait_for(proc.communicate(), timeout=60)

@@ -14,9 +14,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from collectors import dcgm
-from collectors.normalise import default_parse
-from pipeline.schema import Kind, label
+from gpuslo.collectors import dcgm
+from gpuslo.collectors.normalise import default_parse
+from gpuslo.pipeline.schema import Kind, label
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 TS = 1_700_000_000_000

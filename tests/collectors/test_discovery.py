@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from collectors.discovery import (
+from gpuslo.collectors.discovery import (
     CombinedTargets,
     KubernetesPods,
     StaticTargets,
@@ -19,8 +19,8 @@ from collectors.discovery import (
     target_source,
     targets_from_pods,
 )
-from collectors.engine import ScrapeTarget
-from pipeline.config import KvCacheCollectorConfig
+from gpuslo.collectors.engine import ScrapeTarget
+from gpuslo.pipeline.config import KvCacheCollectorConfig
 
 NODE = "gpu-node-7"
 

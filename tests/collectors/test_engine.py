@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from aiohttp import web
 
-from collectors.base import TargetResult
-from collectors.engine import (
+from gpuslo.collectors.base import TargetResult
+from gpuslo.collectors.engine import (
     DURATION,
     ERRORS,
     HEALTH_SOURCE,
@@ -25,10 +25,10 @@ from collectors.engine import (
     count_sample_lines,
     phase,
 )
-from pipeline.config import ConsumerConfig, KafkaConfig
-from pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
-from pipeline.runtime import CollectRunner, ScheduledCollector
-from pipeline.schema import label
+from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
+from gpuslo.pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
+from gpuslo.pipeline.runtime import CollectRunner, ScheduledCollector
+from gpuslo.pipeline.schema import label
 
 pytestmark = pytest.mark.integration
 

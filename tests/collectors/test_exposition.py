@@ -15,15 +15,16 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as om_families,
 )
 
-from collectors import prometheus as reference
-from collectors.exposition import (
+from gpuslo.collectors import prometheus as reference
+from gpuslo.collectors.exposition import (
     ExpositionError,
     _om_ts_ms,
     detect_openmetrics,
     parse_exposition,
     sample_kind,
 )
-from pipeline.schema import SAMPLE_SCHEMA, Kind, canonical_labels
+from gpuslo.pipeline.schema import SAMPLE_SCHEMA, Kind, canonical_labels
+from gpuslo.simulator.synthetic import dcgm_payload
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 KW: dict[str, Any] = {"node": "node-a", "source": "test", "scrape_ts_ms": 1_700_000_000_123}
@@ -63,8 +64,6 @@ def test_every_text_fixture_matches_the_reference(rel: str) -> None:
 
 
 def test_dcgm_shaped_payload_matches_and_takes_the_entity_label() -> None:
-    from benchmarks.bench_parser import dcgm_payload
-
     got = assert_same(dcgm_payload(nodes=2, gpus=2), entity_label="UUID")
     assert got["entity"].str.starts_with("GPU-").all()
     assert set(got["kind"].unique().to_list()) == {"gauge", "counter"}

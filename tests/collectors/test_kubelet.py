@@ -19,8 +19,8 @@ import polars as pl
 import pytest
 from aiohttp import web
 
-from collectors import kubelet
-from collectors.normalise import default_parse
+from gpuslo.collectors import kubelet
+from gpuslo.collectors.normalise import default_parse
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 TS = 1_700_000_000_000

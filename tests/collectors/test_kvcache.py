@@ -13,8 +13,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from collectors import kvcache
-from pipeline.schema import label
+from gpuslo.collectors import kvcache
+from gpuslo.pipeline.schema import label
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 TS = 1_700_000_000_000
@@ -346,8 +346,8 @@ def test_sglang_label_variants_keep_one_entity_per_server(
 
 
 def test_simulated_sglang_page_keeps_one_entity_per_replica() -> None:
-    from simulator import Fleet, FleetSpec, ServiceSpec
-    from simulator.formats.engines import render_sglang
+    from gpuslo.simulator import Fleet, FleetSpec, ServiceSpec
+    from gpuslo.simulator.formats.engines import render_sglang
 
     fleet = Fleet(FleetSpec(nodes=1, gpus_per_node=2, seed=3, training=None, services=(
         ServiceSpec("qwen-32b", "sglang", replicas=1, tp=2, base_rps=5.0,

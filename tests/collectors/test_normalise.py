@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from collectors import dcgm, kubelet, kvcache, rdma, storage
-from collectors.normalise import (
+from gpuslo.collectors import dcgm, kubelet, kvcache, rdma, storage
+from gpuslo.collectors.normalise import (
     SeriesRef,
     Signal,
     _match_expr,
@@ -28,7 +28,7 @@ from collectors.normalise import (
     signal,
     signal_table,
 )
-from pipeline.schema import (
+from gpuslo.pipeline.schema import (
     COLUMNS,
     KIND_DTYPE,
     SAMPLE_SCHEMA,
@@ -284,8 +284,8 @@ def test_joined_normalisation_matches_the_per_ref_reference_on_every_fixture() -
 
 
 def test_joined_normalisation_matches_the_per_ref_reference_on_simulated_pages() -> None:
-    from simulator.endpoints import endpoints
-    from simulator.scenario import default_scenario
+    from gpuslo.simulator.endpoints import endpoints
+    from gpuslo.simulator.scenario import default_scenario
 
     fleet, _ = default_scenario().build()
     fleet.advance(fleet.t + 120.0)

@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 from aiohttp import web
 
-from collectors.prometheus import PrometheusCollector, parse_text, parse_text_reference
-from pipeline.config import PrometheusCollectorConfig
-from pipeline.schema import SAMPLE_SCHEMA, Kind
+from gpuslo.collectors.prometheus import PrometheusCollector, parse_text, parse_text_reference
+from gpuslo.pipeline.config import PrometheusCollectorConfig
+from gpuslo.pipeline.schema import SAMPLE_SCHEMA, Kind
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -94,7 +94,7 @@ async def targets() -> AsyncIterator[str]:
 
 
 async def test_bad_targets_fail_alone_with_a_reason(targets: str) -> None:
-    from pipeline.broker import free_port
+    from gpuslo.pipeline.broker import free_port
 
     dead = f"http://127.0.0.1:{free_port()}/metrics"
     cfg = PrometheusCollectorConfig(

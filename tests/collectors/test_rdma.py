@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collectors import rdma
-from collectors.normalise import default_parse
+from gpuslo.collectors import rdma
+from gpuslo.collectors.normalise import default_parse
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 PROCFS_SYS = FIXTURES / "procfs" / "sys"

@@ -18,12 +18,12 @@ import pytest
 import yaml
 from aiohttp import web
 
-from collectors.base import Collector
-from collectors.engine import ERRORS, SERIES_ERRORS, UP
-from collectors.kubelet import KubeletCollector
-from collectors.rdma import RdmaCollector
-from collectors.registry import build_collectors
-from pipeline.config import (
+from gpuslo.collectors.base import Collector
+from gpuslo.collectors.engine import ERRORS, SERIES_ERRORS, UP
+from gpuslo.collectors.kubelet import KubeletCollector
+from gpuslo.collectors.rdma import RdmaCollector
+from gpuslo.collectors.registry import build_collectors
+from gpuslo.pipeline.config import (
     ConfigError,
     ConsumerConfig,
     GpusloConfig,
@@ -33,10 +33,10 @@ from pipeline.config import (
     StorageCollectorConfig,
     load_config,
 )
-from pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
-from pipeline.runtime import CollectRunner
-from pipeline.schema import label
-from simulator import Fleet, FleetServer, FleetSpec, ManualClock, ServiceSpec
+from gpuslo.pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
+from gpuslo.pipeline.runtime import CollectRunner
+from gpuslo.pipeline.schema import label
+from gpuslo.simulator import Fleet, FleetServer, FleetSpec, ManualClock, ServiceSpec
 
 pytestmark = pytest.mark.integration
 
@@ -205,7 +205,7 @@ async def test_gpuslo_collect_runs_rdma_kubelet_storage(
         path.write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUSLO_")}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pipeline.cli", "collect", "--config", str(path),
+            sys.executable, "-m", "gpuslo.pipeline.cli", "collect", "--config", str(path),
             "--duration", "2.5", stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env)
         out, err = await asyncio.wait_for(proc.communicate(), timeout=60)

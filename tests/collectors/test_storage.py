@@ -10,8 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from collectors import storage
-from collectors.normalise import default_parse
+from gpuslo.collectors import storage
+from gpuslo.collectors.normalise import default_parse
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 TS = 1_700_000_000_000

@@ -11,8 +11,8 @@ from typing import Literal
 from prometheus_client.metrics_core import Metric
 from report_builders import snapshot
 
-from alerts.alertmanager import AlertmanagerClient
-from exporters.base import (
+from gpuslo.alerts.alertmanager import AlertmanagerClient
+from gpuslo.exporters.base import (
     DeliveryStats,
     ExportHub,
     ExportResult,
@@ -22,11 +22,11 @@ from exporters.base import (
     PushExporter,
     Snapshot,
 )
-from exporters.otlp import OtlpExporter
-from exporters.prometheus import PrometheusExporter
-from exporters.registry import EXPORTERS, build_exporters
-from pipeline.config import load_config
-from pipeline.runtime import CollectStats
+from gpuslo.exporters.otlp import OtlpExporter
+from gpuslo.exporters.prometheus import PrometheusExporter
+from gpuslo.exporters.registry import EXPORTERS, build_exporters
+from gpuslo.pipeline.config import load_config
+from gpuslo.pipeline.runtime import CollectStats
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 

@@ -21,10 +21,10 @@ from pydantic import SecretStr
 from report_builders import snapshot
 from servers import wait_for
 
-from exporters.base import ExportResult
-from exporters.otlp import STAGES, OtlpExporter, PipelineTracer, tracer_provider
-from pipeline.config import OtlpExporterConfig
-from slo import conventions as cv
+from gpuslo.exporters.base import ExportResult
+from gpuslo.exporters.otlp import STAGES, OtlpExporter, PipelineTracer, tracer_provider
+from gpuslo.pipeline.config import OtlpExporterConfig
+from gpuslo.slo import conventions as cv
 
 
 @dataclass

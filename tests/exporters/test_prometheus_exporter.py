@@ -13,10 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from report_builders import report, snapshot, spec
 from servers import require_binary
 
-from exporters.base import Snapshot
-from exporters.prometheus import PrometheusExporter, metric_families
-from pipeline.config import PrometheusExporterConfig
-from slo import conventions as cv
+from gpuslo.exporters.base import Snapshot
+from gpuslo.exporters.prometheus import PrometheusExporter, metric_families
+from gpuslo.pipeline.config import PrometheusExporterConfig
+from gpuslo.slo import conventions as cv
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 

@@ -14,9 +14,9 @@ import pytest
 from report_builders import snapshot
 from servers import Server, start_prometheus, wait_for
 
-from exporters.base import ExportHub
-from exporters.prometheus import PrometheusExporter
-from pipeline.config import PrometheusExporterConfig
+from gpuslo.exporters.base import ExportHub
+from gpuslo.exporters.prometheus import PrometheusExporter
+from gpuslo.pipeline.config import PrometheusExporterConfig
 
 pytestmark = pytest.mark.integration
 

@@ -20,11 +20,11 @@ import polars as pl
 import pytest
 import yaml
 
-from pipeline.config import KafkaConfig
-from pipeline.kafka import SampleProducer
-from slo.budget import Stage2State
-from slo.sli import Stage1State
-from slo.spec import SloSpec
+from gpuslo.pipeline.config import KafkaConfig
+from gpuslo.pipeline.kafka import SampleProducer
+from gpuslo.slo.budget import Stage2State
+from gpuslo.slo.sli import Stage1State
+from gpuslo.slo.spec import SloSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,7 +87,7 @@ def start(config: Path, report: Path, log: Path,
           spec_files: Sequence[Path]) -> subprocess.Popen[bytes]:
     """`gpuslo aggregate` writing its latest reports to ``report`` and its output to ``log``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUSLO_")}
-    argv = [sys.executable, "-m", "pipeline.cli", "aggregate", "--config", str(config),
+    argv = [sys.executable, "-m", "gpuslo.pipeline.cli", "aggregate", "--config", str(config),
             "--report-json", str(report)]
     for spec in spec_files:
         argv += ["--specs", str(spec)]

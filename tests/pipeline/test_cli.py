@@ -11,7 +11,7 @@ import pytest
 
 def gpuslo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "gpuslo.pipeline.cli", *args],
         capture_output=True, text=True, timeout=timeout,
         env={"PATH": "/usr/bin:/bin", "COLUMNS": "120", "HOME": str(Path.home())},
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from gpuslo.pipeline.cli import app
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 

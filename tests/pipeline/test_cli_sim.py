@@ -11,17 +11,17 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.config import GpusloConfig
-from simulator import Fleet, FleetServer, ManualClock
-from simulator.scenario import read_ground_truth
+from gpuslo.pipeline.cli import app
+from gpuslo.pipeline.config import GpusloConfig
+from gpuslo.simulator import Fleet, FleetServer, ManualClock
+from gpuslo.simulator.scenario import read_ground_truth
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
 
 
 def gpuslo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "gpuslo.pipeline.cli", *args],
         capture_output=True, text=True, timeout=timeout,
         env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(Path.home())},
     )

@@ -13,9 +13,9 @@ import yaml
 from servers import require_binary
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.schema import frame_from_rows
-from slo.catalog import CATALOG_DIR
+from gpuslo.pipeline.cli import app
+from gpuslo.pipeline.schema import frame_from_rows
+from gpuslo.slo.catalog import CATALOG_DIR
 
 CATALOG = CATALOG_DIR
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)

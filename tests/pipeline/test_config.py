@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from gpuslo.pipeline.config import ConfigError, load_config
 
 GOOD = """
 node: gpu-node-1

@@ -16,13 +16,13 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from collectors.base import Collector
-from collectors.prometheus import parse_text
-from pipeline.demo import FleetSignals, collectors_for_targets, run_demo
-from simulator import Fleet, FleetSpec, Target
-from simulator.endpoints import endpoints
-from simulator.faults import FaultError, FaultSpec
-from simulator.scenario import read_ground_truth
+from gpuslo.collectors.base import Collector
+from gpuslo.collectors.prometheus import parse_text
+from gpuslo.pipeline.demo import FleetSignals, collectors_for_targets, run_demo
+from gpuslo.simulator import Fleet, FleetSpec, Target
+from gpuslo.simulator.endpoints import endpoints
+from gpuslo.simulator.faults import FaultError, FaultSpec
+from gpuslo.simulator.scenario import read_ground_truth
 
 pytestmark = pytest.mark.integration
 

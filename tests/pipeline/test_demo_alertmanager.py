@@ -19,8 +19,8 @@ import pytest
 from rich.console import Console
 from servers import free_port, start_alertmanager
 
-from pipeline.demo import run_demo
-from slo.budget import SliState
+from gpuslo.pipeline.demo import run_demo
+from gpuslo.slo.budget import SliState
 
 pytestmark = pytest.mark.integration
 

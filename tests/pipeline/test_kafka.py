@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from pipeline.config import ConsumerConfig, KafkaConfig
-from pipeline.kafka import (
+from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
+from gpuslo.pipeline.kafka import (
     HEADER_DLQ_ORIGIN,
     HEADER_DLQ_REASON,
     ConsumedBatch,
@@ -19,7 +19,7 @@ from pipeline.kafka import (
     SampleProducer,
     ensure_topics,
 )
-from pipeline.schema import encode, frame_from_rows
+from gpuslo.pipeline.schema import encode, frame_from_rows
 
 pytestmark = pytest.mark.integration
 
@@ -194,8 +194,8 @@ async def test_garbage_record_goes_to_dlq_with_reason_and_consumption_continues(
 
 
 async def test_producer_to_dead_broker_raises_retriable_error(kafka_cfg: KafkaConfig) -> None:
-    from pipeline.broker import free_port
-    from pipeline.kafka import TransportError
+    from gpuslo.pipeline.broker import free_port
+    from gpuslo.pipeline.kafka import TransportError
 
     cfg = kafka_cfg.model_copy(update={"request_timeout_ms": 1000})
     producer = SampleProducer(cfg, bootstrap_servers=f"127.0.0.1:{free_port()}")

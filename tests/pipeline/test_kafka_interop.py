@@ -13,9 +13,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from pipeline.config import KafkaConfig
-from pipeline.kafka import HEADER_SCHEMA, SampleProducer, ensure_topics
-from pipeline.schema import SCHEMA_VERSION, decode, frame_from_rows
+from gpuslo.pipeline.config import KafkaConfig
+from gpuslo.pipeline.kafka import HEADER_SCHEMA, SampleProducer, ensure_topics
+from gpuslo.pipeline.schema import SCHEMA_VERSION, decode, frame_from_rows
 
 pytestmark = pytest.mark.integration
 

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from collectors.base import TargetResult
-from pipeline.broker import EmbeddedBroker
-from pipeline.config import ConsumerConfig, KafkaConfig
-from pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
-from pipeline.runtime import CollectRunner
-from pipeline.schema import frame_from_rows
+from gpuslo.collectors.base import TargetResult
+from gpuslo.pipeline.broker import EmbeddedBroker
+from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
+from gpuslo.pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
+from gpuslo.pipeline.runtime import CollectRunner
+from gpuslo.pipeline.schema import frame_from_rows
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -82,7 +82,7 @@ async def test_batches_survive_a_broker_restart(consumer_cfg: ConsumerConfig) ->
 
 
 async def test_retry_buffer_drops_oldest_and_counts_when_full() -> None:
-    from pipeline.broker import free_port
+    from gpuslo.pipeline.broker import free_port
 
     cfg = KafkaConfig(bootstrap_servers=f"127.0.0.1:{free_port()}", request_timeout_ms=500)
     producer = SampleProducer(cfg)  # never started: every send fails as not retriable
@@ -95,6 +95,6 @@ async def test_retry_buffer_drops_oldest_and_counts_when_full() -> None:
 
 
 def runner_pending(frame: pl.DataFrame) -> object:
-    from pipeline.runtime import _Pending
+    from gpuslo.pipeline.runtime import _Pending
 
     return _Pending("n", frame)

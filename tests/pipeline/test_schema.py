@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from pipeline.schema import (
+from gpuslo.pipeline.schema import (
     MAGIC,
     SAMPLE_SCHEMA,
     SCHEMA_VERSION,

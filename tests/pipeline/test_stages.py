@@ -16,15 +16,15 @@ from typing import Any
 import polars as pl
 import pytest
 
-from pipeline.checkpoint import CheckpointStore
-from pipeline.config import ConsumerConfig, KafkaConfig
-from pipeline.kafka import SampleProducer, ensure_topics
-from pipeline.schema import frame_from_rows
-from pipeline.stages import ReportBoard, Stage1Runner, Stage2Runner
-from slo.alerting import AlertStatus
-from slo.backtest import backtest
-from slo.catalog import CATALOG_DIR
-from slo.spec import SloSpec, load_specs
+from gpuslo.pipeline.checkpoint import CheckpointStore
+from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
+from gpuslo.pipeline.kafka import SampleProducer, ensure_topics
+from gpuslo.pipeline.schema import frame_from_rows
+from gpuslo.pipeline.stages import ReportBoard, Stage1Runner, Stage2Runner
+from gpuslo.slo.alerting import AlertStatus
+from gpuslo.slo.backtest import backtest
+from gpuslo.slo.catalog import CATALOG_DIR
+from gpuslo.slo.spec import SloSpec, load_specs
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from pipeline.checkpoint import CheckpointError, CheckpointStore
-from pipeline.stages import alert_states_from_json, alert_states_to_json
+from gpuslo.pipeline.checkpoint import CheckpointError, CheckpointStore
+from gpuslo.pipeline.stages import alert_states_from_json, alert_states_to_json
 
 
 def test_round_trip_and_replace(tmp_path: Path) -> None:
@@ -39,8 +39,8 @@ def test_damaged_checkpoint_is_an_error_not_an_empty_state(tmp_path: Path) -> No
 def test_alert_states_survive_json() -> None:
     from datetime import UTC, datetime
 
-    from slo.alerting import AlertState, AlertStatus
-    from slo.windows import Severity
+    from gpuslo.slo.alerting import AlertState, AlertStatus
+    from gpuslo.slo.windows import Severity
 
     t = datetime(2026, 1, 1, tzinfo=UTC)
     states = {("slo", "{}", Severity.PAGE): AlertState(AlertStatus.FIRING, t, t, None)}

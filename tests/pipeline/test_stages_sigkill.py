@@ -32,11 +32,11 @@ from aggregate_process import (
     write_config,
 )
 
-from pipeline.config import KafkaConfig
-from pipeline.kafka import ensure_topics
-from pipeline.schema import frame_from_rows
-from slo.catalog import CATALOG_DIR
-from slo.spec import load_specs
+from gpuslo.pipeline.config import KafkaConfig
+from gpuslo.pipeline.kafka import ensure_topics
+from gpuslo.pipeline.schema import frame_from_rows
+from gpuslo.slo.catalog import CATALOG_DIR
+from gpuslo.slo.spec import load_specs
 
 pytestmark = pytest.mark.integration
 

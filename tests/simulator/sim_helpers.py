@@ -9,10 +9,10 @@ import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from collectors.prometheus import parse_text
-from pipeline.demo import PROMETHEUS_KINDS
-from simulator import Fleet, FleetSpec, ServiceSpec, TrainingSpec
-from simulator.endpoints import Endpoint, endpoints
+from gpuslo.collectors.prometheus import parse_text
+from gpuslo.pipeline.demo import PROMETHEUS_KINDS
+from gpuslo.simulator import Fleet, FleetSpec, ServiceSpec, TrainingSpec
+from gpuslo.simulator.endpoints import Endpoint, endpoints
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SCRAPE_S = 15.0

@@ -26,11 +26,11 @@ import polars as pl
 import pytest
 from sim_helpers import catalog_endpoints, scrape
 
-from pipeline.demo import collectors_for_targets, demo_spec_paths
-from simulator import Fleet, FleetServer, FleetSpec, ManualClock
-from slo.budget import SliState, Stage2State
-from slo.sli import Stage1State
-from slo.spec import SloSpec, input_metrics, load_specs
+from gpuslo.pipeline.demo import collectors_for_targets, demo_spec_paths
+from gpuslo.simulator import Fleet, FleetServer, FleetSpec, ManualClock
+from gpuslo.slo.budget import SliState, Stage2State
+from gpuslo.slo.sli import Stage1State
+from gpuslo.slo.spec import SloSpec, input_metrics, load_specs
 
 WARMUP_S = 300.0  # as the default scenario: temperatures settle, Ceph answers
 SCRAPE_S = 30.0  # simulated seconds between scrapes (the demo scrapes every 60)

@@ -23,14 +23,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sim_helpers import catalog_endpoints, scrape
 
-from pipeline.demo import demo_spec_paths
-from simulator.entities import CLOCK_SW_THERMAL
-from simulator.faults import FaultSpec
-from simulator.fleet import HW_THERMAL_C, SW_THERMAL_C
-from simulator.scenario import default_scenario
-from slo.budget import SliState, Stage2State
-from slo.sli import Stage1State
-from slo.spec import input_metrics, load_specs
+from gpuslo.pipeline.demo import demo_spec_paths
+from gpuslo.simulator.entities import CLOCK_SW_THERMAL
+from gpuslo.simulator.faults import FaultSpec
+from gpuslo.simulator.fleet import HW_THERMAL_C, SW_THERMAL_C
+from gpuslo.simulator.scenario import default_scenario
+from gpuslo.slo.budget import SliState, Stage2State
+from gpuslo.slo.sli import Stage1State
+from gpuslo.slo.spec import input_metrics, load_specs
 
 SCRAPE_S = 30.0  # simulated seconds between scrapes (the demo scrapes every 60)
 WINDOW = timedelta(minutes=5)

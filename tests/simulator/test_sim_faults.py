@@ -11,9 +11,9 @@ from collections.abc import Callable
 import pytest
 from sim_helpers import SCRAPE_S, page, pick, small_spec, values
 
-from simulator import CATALOG, Fleet
-from simulator.endpoints import endpoints
-from simulator.faults import FaultError, FaultSpec
+from gpuslo.simulator import CATALOG, Fleet
+from gpuslo.simulator.endpoints import endpoints
+from gpuslo.simulator.faults import FaultError, FaultSpec
 
 Vals = dict[tuple[str, frozenset[tuple[str, str]]], float]
 TRAIN = "node-3"

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sim_helpers import FIXTURES, fixture_families, page, parse, small_spec, values, warmed
 
-from simulator import Fleet
-from simulator.endpoints import endpoints
-from simulator.formats.dcgm import parse_counters
-from simulator.formats.disk import render_diskstats
-from simulator.formats.rdma import counter_values, hw_values
-from simulator.formats.sysfs import write_tree
+from gpuslo.simulator import Fleet
+from gpuslo.simulator.endpoints import endpoints
+from gpuslo.simulator.formats.dcgm import parse_counters
+from gpuslo.simulator.formats.disk import render_diskstats
+from gpuslo.simulator.formats.rdma import counter_values, hw_values
+from gpuslo.simulator.formats.sysfs import write_tree
 
 
 @pytest.fixture(scope="module")

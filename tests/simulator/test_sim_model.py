@@ -7,10 +7,10 @@ import dataclasses
 from prometheus_client.parser import text_string_to_metric_families
 from sim_helpers import SCRAPE_S, page, pick, small_spec, values, warmed
 
-from simulator import Fleet
-from simulator.endpoints import endpoints
-from simulator.entities import CLOCK_HW_THERMAL, CLOCK_SW_POWER_CAP, CLOCK_SW_THERMAL
-from simulator.faults import FaultSpec
+from gpuslo.simulator import Fleet
+from gpuslo.simulator.endpoints import endpoints
+from gpuslo.simulator.entities import CLOCK_HW_THERMAL, CLOCK_SW_POWER_CAP, CLOCK_SW_THERMAL
+from gpuslo.simulator.faults import FaultSpec
 
 
 def _round(fleet: Fleet) -> list[str | None]:

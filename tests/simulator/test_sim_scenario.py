@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from simulator.endpoints import endpoints
-from simulator.faults import FaultError
-from simulator.fleet import Fleet
-from simulator.scenario import (
+from gpuslo.simulator.endpoints import endpoints
+from gpuslo.simulator.faults import FaultError
+from gpuslo.simulator.fleet import Fleet
+from gpuslo.simulator.scenario import (
     DEFAULT_SCENARIO,
     Scenario,
     ScenarioError,

@@ -8,7 +8,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from sim_helpers import small_spec
 
-from simulator import Fleet, FleetServer, FleetSpec, ManualClock, ServiceSpec, TrainingSpec
+from gpuslo.simulator import Fleet, FleetServer, FleetSpec, ManualClock, ServiceSpec, TrainingSpec
 
 
 async def test_index_pages_faults_and_ceph_readiness() -> None:

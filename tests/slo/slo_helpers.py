@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from pipeline.schema import frame_from_rows
-from slo.spec import SloSpec, parse_yaml
+from gpuslo.pipeline.schema import frame_from_rows
+from gpuslo.slo.spec import SloSpec, parse_yaml
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 

@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 from slo_helpers import T0, ratio_spec, steady_counters
 
-from slo.alerting import AlertEvaluator, AlertState, AlertStatus, evaluate_tier, transition
-from slo.budget import SliState, Stage2State
-from slo.sli import Stage1State
-from slo.spec import parse_yaml
-from slo.windows import Severity
+from gpuslo.slo.alerting import AlertEvaluator, AlertState, AlertStatus, evaluate_tier, transition
+from gpuslo.slo.budget import SliState, Stage2State
+from gpuslo.slo.sli import Stage1State
+from gpuslo.slo.spec import parse_yaml
+from gpuslo.slo.windows import Severity
 
 S = timedelta(seconds=1)
 M = timedelta(minutes=1)

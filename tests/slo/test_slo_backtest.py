@@ -8,10 +8,10 @@ from datetime import timedelta
 import pytest
 from slo_helpers import T0, samples
 
-from slo.backtest import backtest
-from slo.catalog import CATALOG_DIR
-from slo.spec import load_specs
-from slo.windows import Severity
+from gpuslo.slo.backtest import backtest
+from gpuslo.slo.catalog import CATALOG_DIR
+from gpuslo.slo.spec import load_specs
+from gpuslo.slo.windows import Severity
 
 CATALOG = CATALOG_DIR
 M = timedelta(minutes=1)

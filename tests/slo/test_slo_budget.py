@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from slo_helpers import T0, ratio_spec
 
-from slo.budget import SliState, Stage2State
-from slo.spec import SloSpec
+from gpuslo.slo.budget import SliState, Stage2State
+from gpuslo.slo.spec import SloSpec
 
 M = timedelta(minutes=1)
 H = timedelta(hours=1)

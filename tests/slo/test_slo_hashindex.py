@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slo.hashindex import HashIndex
+from gpuslo.slo.hashindex import HashIndex
 
 # Keys that differ only in their high or low bits probe the same slots: the
 # table must still tell them apart.

@@ -21,10 +21,10 @@ import pytest
 from servers import require_binary
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.schema import frame_from_rows
-from slo.catalog import CATALOG_DIR
-from slo.openmetrics_input import (
+from gpuslo.pipeline.cli import app
+from gpuslo.pipeline.schema import frame_from_rows
+from gpuslo.slo.catalog import CATALOG_DIR
+from gpuslo.slo.openmetrics_input import (
     OpenMetricsInputError,
     is_exposition_file,
     read_exposition,

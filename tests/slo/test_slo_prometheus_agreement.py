@@ -45,15 +45,15 @@ import polars as pl
 import pytest
 from servers import Server, require_binary, start_prometheus
 
-from slo import conventions as cv
-from slo.alerting import AlertEvaluator, AlertStatus
-from slo.budget import Stage2State
-from slo.catalog import CATALOG_DIR
-from slo.openmetrics_input import read_exposition
-from slo.rules import error_ratio_expr, generate, slo_rule_groups
-from slo.sli import Stage1State
-from slo.spec import SloSpec, load_specs
-from slo.windows import Severity
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.alerting import AlertEvaluator, AlertStatus
+from gpuslo.slo.budget import Stage2State
+from gpuslo.slo.catalog import CATALOG_DIR
+from gpuslo.slo.openmetrics_input import read_exposition
+from gpuslo.slo.rules import error_ratio_expr, generate, slo_rule_groups
+from gpuslo.slo.sli import Stage1State
+from gpuslo.slo.spec import SloSpec, load_specs
+from gpuslo.slo.windows import Severity
 
 pytestmark = pytest.mark.integration
 

@@ -13,18 +13,18 @@ import pytest
 import yaml
 from slo_helpers import samples
 
-from slo.alerting import AlertEvaluator, AlertStatus
-from slo.budget import Stage2State
-from slo.catalog import CATALOG_DIR
-from slo.rules import (
+from gpuslo.slo.alerting import AlertEvaluator, AlertStatus
+from gpuslo.slo.budget import Stage2State
+from gpuslo.slo.catalog import CATALOG_DIR
+from gpuslo.slo.rules import (
     error_ratio_expr,
     generate,
     promtool_tests,
     render_prometheus_rule,
     render_rules_file,
 )
-from slo.sli import Stage1State
-from slo.spec import SloSpec, load_specs
+from gpuslo.slo.sli import Stage1State
+from gpuslo.slo.spec import SloSpec, load_specs
 
 HERE = Path(__file__).resolve().parent
 CATALOG = CATALOG_DIR

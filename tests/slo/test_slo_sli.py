@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from slo_helpers import T0, ratio_spec, samples
 
-from slo import conventions as cv
-from slo import sli
-from slo.sli import Stage1State, scope_expr, with_label_columns
-from slo.spec import parse_yaml
+from gpuslo.slo import conventions as cv
+from gpuslo.slo import sli
+from gpuslo.slo.sli import Stage1State, scope_expr, with_label_columns
+from gpuslo.slo.spec import parse_yaml
 
 M = timedelta(minutes=1)
 S = timedelta(seconds=1)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from slo_helpers import ratio_slo_yaml
 
-from slo.catalog import CATALOG_DIR
-from slo.spec import (
+from gpuslo.slo.catalog import CATALOG_DIR
+from gpuslo.slo.spec import (
     BudgetingMethod,
     SliKind,
     SpecError,
@@ -19,7 +19,7 @@ from slo.spec import (
     parse_duration,
     parse_yaml,
 )
-from slo.windows import Severity
+from gpuslo.slo.windows import Severity
 
 CATALOG = CATALOG_DIR
 

@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from slo.conventions import alert_name, duration_label, scope_key, scope_labels
-from slo.windows import budget_consumed_at_fire, default_windows, factor
+from gpuslo.slo.conventions import alert_name, duration_label, scope_key, scope_labels
+from gpuslo.slo.windows import budget_consumed_at_fire, default_windows, factor
 
 D = timedelta(days=1)
 H = timedelta(hours=1)
@@ -61,7 +61,7 @@ def test_scope_keys_round_trip_any_label_value() -> None:
 
 
 def test_openslo_label_keys_become_valid_prometheus_label_names() -> None:
-    from slo.conventions import prometheus_label_name
+    from gpuslo.slo.conventions import prometheus_label_name
 
     assert prometheus_label_name("team.example.com/owner") == "team_example_com_owner"
     assert prometheus_label_name("9lives") == "_9lives"

@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from pipeline.schema import empty_frame, encode
-from slo.sli import PARTIAL_SCHEMA
-from slo.wire import PartialsError, decode_partials, encode_partials
+from gpuslo.pipeline.schema import empty_frame, encode
+from gpuslo.slo.sli import PARTIAL_SCHEMA
+from gpuslo.slo.wire import PartialsError, decode_partials, encode_partials
 
 
 def partials() -> pl.DataFrame:

@@ -1,0 +1,71 @@
+"""The shape of what we ship: one import root, every package and its data in the wheel.
+
+An installed gpuslo (wheel, container image) has no clone beside it.  A generic
+top-level name (``pipeline``, ``collectors``...) would let pip silently overwrite
+another distribution's files, a subpackage missing from the wheel breaks
+``gpuslo demo`` with an ImportError, and a catalog missing from the package
+data makes it ask for ``--specs``.  So the wheel is built here, with the
+project's own build backend and no network (no build isolation), and read.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from gpuslo.slo.catalog import CATALOG_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+AREAS = ("alerts", "anomaly", "collectors", "dashboards", "exporters", "pipeline",
+         "simulator", "slo")
+
+
+@pytest.fixture(scope="module")
+def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(out), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = out.glob("gpuslo-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        return z.namelist()
+
+
+def test_the_area_folders_stay_at_the_top_and_gpuslo_links_to_each() -> None:
+    for area in AREAS:
+        link = ROOT / "gpuslo" / area
+        assert (ROOT / area / "__init__.py").is_file(), area
+        assert link.is_symlink() and link.readlink() == Path("..") / area, area
+
+
+def test_the_wheel_installs_one_top_level_import_name(wheel_names: list[str]) -> None:
+    tops = {PurePosixPath(n).parts[0] for n in wheel_names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"gpuslo"}
+    assert "gpuslo/py.typed" in wheel_names
+    assert "gpuslo/pipeline/schema.py" in wheel_names  # files, not links
+
+
+def test_every_package_directory_is_in_the_wheel(wheel_names: list[str]) -> None:
+    on_disk = {
+        "gpuslo/" + p.parent.relative_to(ROOT).as_posix() + "/__init__.py"
+        for area in AREAS
+        for p in (ROOT / area).rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    assert "gpuslo/simulator/formats/__init__.py" in on_disk
+    missing = on_disk - set(wheel_names)
+    assert not missing, f"not in the wheel: {sorted(missing)}"
+
+
+def test_the_default_catalog_and_examples_are_package_data(wheel_names: list[str]) -> None:
+    catalog = sorted(p.name for p in CATALOG_DIR.iterdir() if p.suffix in {".yaml", ".md"})
+    assert len([n for n in catalog if n.endswith(".yaml")]) >= 8
+    for name in catalog:
+        assert f"gpuslo/slo/catalog/{name}" in wheel_names, name
+    assert "gpuslo/alerts/examples/alertmanager.yml" in wheel_names
