@@ -141,7 +141,7 @@ def _read_replay_input(path: Path) -> pl.DataFrame:
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    from gpuslo.slo.openmetrics_input import is_exposition_file, read_exposition
+    from gpuslo.collectors.history import is_exposition_file, read_exposition
 
     if not is_exposition_file(path):
         return read_samples(path)
@@ -242,8 +242,8 @@ def register(app: typer.Typer) -> None:
         """Backtest specs over recorded samples: SLIs, budgets, and when alerts would fire."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+        from gpuslo.collectors.history import OpenMetricsInputError
         from gpuslo.slo.backtest import backtest
-        from gpuslo.slo.openmetrics_input import OpenMetricsInputError
 
         slos = _specs(specs)
         try:

@@ -7,7 +7,7 @@ openmetrics``; a real Prometheus (Debian package) serves it.  At every 10
 minutes, the PromQL of each generated ``slo:sli_error:ratio_rate<W>`` recording
 rule (:func:`slo.rules.error_ratio_expr`, the exact text in the rules file) is
 queried over the API, and compared with the engine's burn rate for the same
-window, fed from the same file by :mod:`slo.openmetrics_input`.  (Recording
+window, fed from the same file by :mod:`gpuslo.collectors.history`.  (Recording
 rules evaluate only going forward, so over backfilled data their expressions
 are queried directly: the same evaluation the rule would have stored.)
 
@@ -45,11 +45,11 @@ import polars as pl
 import pytest
 from servers import Server, require_binary, start_prometheus
 
+from gpuslo.collectors.history import read_exposition
 from gpuslo.slo import conventions as cv
 from gpuslo.slo.alerting import AlertEvaluator, AlertStatus
 from gpuslo.slo.budget import Stage2State
 from gpuslo.slo.catalog import CATALOG_DIR
-from gpuslo.slo.openmetrics_input import read_exposition
 from gpuslo.slo.rules import error_ratio_expr, generate, slo_rule_groups
 from gpuslo.slo.sli import Stage1State
 from gpuslo.slo.spec import SloSpec, load_specs

@@ -21,14 +21,14 @@ import pytest
 from servers import require_binary
 from typer.testing import CliRunner
 
-from gpuslo.pipeline.cli import app
-from gpuslo.pipeline.schema import frame_from_rows
-from gpuslo.slo.catalog import CATALOG_DIR
-from gpuslo.slo.openmetrics_input import (
+from gpuslo.collectors.history import (
     OpenMetricsInputError,
     is_exposition_file,
     read_exposition,
 )
+from gpuslo.pipeline.cli import app
+from gpuslo.pipeline.schema import frame_from_rows
+from gpuslo.slo.catalog import CATALOG_DIR
 
 CATALOG = CATALOG_DIR
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
