@@ -186,6 +186,12 @@ EXPORT_LABEL_DETECTOR = "detector"
 EXPORT_LABEL_ENTITY = "entity"
 EXPORT_LABEL_METRIC = "metric"
 EXPORT_LABEL_ALERTMANAGER = "alertmanager"
+# A root-cause candidate of an alert (prefixed: an alert's scope may itself carry node=...).
+EXPORT_LABEL_CAUSE_RANK = "cause_rank"
+EXPORT_LABEL_CAUSE_ENTITY = "cause_entity"
+EXPORT_LABEL_CAUSE_NODE = "cause_node"
+EXPORT_LABEL_CAUSE_SIGNAL = "cause_signal"
+EXPORT_LABEL_CAUSE_KIND = "cause_kind"
 
 # Per SLO scope.
 M_SLO_OBJECTIVE = ExportedMetric(
@@ -221,6 +227,11 @@ M_SLO_ALERTS = ExportedMetric(
 M_ANOMALY_SCORE = ExportedMetric(
     "gpuslo_anomaly_score", "gpuslo.anomaly.score", "1", "gauge",
     "Latest anomaly score per detector and entity (higher is more unusual).")
+# Not in SLO_METRICS until the exporter emits it (the RCA issue).
+M_ALERT_CAUSE = ExportedMetric(
+    "gpuslo_slo_alert_cause", "gpuslo.slo.alert.cause", "1", "gauge",
+    "Ranked root-cause candidates of each firing alert, the value being the cause's score: "
+    "the alert's labels plus cause_rank, cause_entity, cause_node, cause_signal, cause_kind.")
 
 # gpuslo's own health.
 M_SCRAPE_UP = ExportedMetric(
