@@ -13,8 +13,26 @@ applied (out of order), changes nothing: each sample is applied at most once,
 whatever the batching.  The increase between two samples is ``v − prev``, or
 ``v`` when the value went down (a counter reset: the process restarted from
 zero), as Prometheus' ``increase`` does but without extrapolation, so counts
-are exact.  The first sample of a series is its baseline.  The increase is
-attributed to the minute of the newer sample.
+are exact.  The first sample of a series is its baseline.
+
+Minutes.  A minute bucket ``m`` holds what happened in ``(m, m + 1 min]``
+(left-open, right-closed, as a PromQL range ending at ``m + 1 min``), so a
+window evaluated at ``t`` that sums the buckets ``[t − W, t)`` counts the
+samples of ``(t − W, t]``: a sample stamped exactly on the minute counts at
+that minute, not a minute later.  Which bucket an increase belongs to depends
+on what the SLO compares it with (:func:`starts_at_earlier_sample`):
+
+* Occurrences over a ratio SLI: the bucket of the *earlier* of its two samples.
+  A window then counts an increase when both of its samples lie in the window,
+  exactly the increases ``rate()`` sees over the same range, so the ratio of
+  sums equals the generated rule's ratio of rates at every evaluation on the
+  minute (extrapolation cancels between good and total scraped together), and
+  the windows are never behind the rules (issue 15).  A series back from a gap
+  puts its increase at most ``open_minutes − 1`` minutes before its later
+  sample, and never in a minute already closed.
+* Every per-minute slice (Timeslices and RatioTimeslices ratios, means of two
+  counters): the bucket of the *later* sample, so a minute's slice is the
+  counter's change over that minute (the rule's ``x − x offset 1m``).
 
 Gauges (threshold SLIs).  A series-minute is good when *every* sample of the
 series in that minute meets the objective's threshold ("throttle-free
@@ -59,6 +77,7 @@ from gpuslo.slo import conventions as cv
 from gpuslo.slo.hashindex import HashIndex
 from gpuslo.slo.spec import (
     FRAME_COLUMNS,
+    BudgetingMethod,
     SelectorSpec,
     SliKind,
     SloSpec,
@@ -319,6 +338,7 @@ class Stage1State:
         )
         self._metrics = input_metrics(self.specs)
         self._slo_kind = {s.id: _sli_kind(s) for s in self.specs}
+        self._start_slos = {s.id for s in self.specs if starts_at_earlier_sample(s)}
         self._kept_routes = 0
         self._slo_mean = {
             s.id: (_OPS.index(s.sli.op), float(s.sli.value))
@@ -362,12 +382,12 @@ class Stage1State:
         # decision never depends on the order of rows inside a batch.
         before_ms = st.watermark_ms
         cutoff_before = _NONE if before_ms is None else (
-            _minute_floor_ms(before_ms) - self.open_minutes * _MINUTE_MS)
+            _bucket_of(before_ms) - self.open_minutes * _MINUTE_MS)
         ttl_cut = _NONE + 1 if before_ms is None else (
             before_ms - self._ttl_ms)
         batch_max = int(ms.max())
         st.watermark_ms = batch_max if before_ms is None else max(before_ms, batch_max)
-        cutoff_after = _minute_floor_ms(st.watermark_ms) - self.open_minutes * _MINUTE_MS
+        cutoff_after = _bucket_of(st.watermark_ms) - self.open_minutes * _MINUTE_MS
 
         rows, rids = self._expand(sids)
         value = frame.get_column("value").to_numpy()[rows]
@@ -375,15 +395,16 @@ class Stage1State:
         routed = ~np.isnan(value)
         if not routed.all():
             rids, ms, value = rids[routed], ms[routed], value[routed]
-        minute = ms - ms % _MINUTE_MS
+        minute = _buckets(ms)
         self._fit_partition(st)
         late = minute < cutoff_before
         st.late_dropped += int(late.sum())
         is_gauge = self._role[rids] == _GAUGE
         counter = ~is_gauge
-        c_rid, c_minute, c_inc = self._apply_counters(
+        c_rid, c_ms, c_prev, c_inc = self._apply_counters(
             st, rids[counter], ms[counter], value[counter], ttl_cut)
-        counted = c_minute >= cutoff_before
+        c_minute = self._attribute(c_rid, c_ms, c_prev, cutoff_before)
+        counted = _buckets(c_ms) >= cutoff_before
         c_rid, c_minute, c_inc = c_rid[counted], c_minute[counted], c_inc[counted]
         gauge = is_gauge & ~late
         g_rid, g_minute = rids[gauge], minute[gauge]
@@ -549,6 +570,7 @@ class Stage1State:
         self._gid_slo: list[str] = []
         self._gid_scope: list[str] = []
         self._kind = np.zeros(0, np.int64)
+        self._start_attr = np.zeros(0, np.bool_)
         self._gid_op = np.zeros(0, np.int64)
         self._gid_thr = np.zeros(0, np.float64)
         self._gid_rank = np.zeros(0, np.int64)
@@ -661,12 +683,14 @@ class Stage1State:
         n = len(self._gid_slo)
         if n > start:
             self._kind = _fit(self._kind, n, _K_GOOD)
+            self._start_attr = _fit(self._start_attr, n, False)
             self._gid_op = _fit(self._gid_op, n, 0)
             self._gid_thr = _fit(self._gid_thr, n, 0.0)
             for gid in range(start, n):
                 slo = self._gid_slo[gid]
                 # An SLO no longer in the specs (a restored checkpoint) is kept as a ratio.
                 self._kind[gid] = self._slo_kind.get(slo, _K_GOOD)
+                self._start_attr[gid] = slo in self._start_slos
                 self._gid_op[gid], self._gid_thr[gid] = self._slo_mean.get(slo, (0, 0.0))
             order = sorted(range(n), key=lambda g: (self._gid_slo[g], self._gid_scope[g]))
             self._gid_rank = np.empty(n, np.int64)
@@ -705,8 +729,9 @@ class Stage1State:
 
     def _apply_counters(
         self, st: _PartitionState, rids: I64, ms: I64, value: F64, ttl_cut: int
-    ) -> tuple[I64, I64, F64]:
-        """Advance each counter series; return (rid, minute, increase) of the increases."""
+    ) -> tuple[I64, I64, I64, F64]:
+        """Advance each counter series; return (rid, time, previous time, increase) of the
+        increases (a series' first sample is its baseline and yields none)."""
         distinct = self._distinct(rids)  # the usual batch (one scrape): each series once
         if not distinct:
             # Same series, same timestamp: one sample.  Sorting by value too makes the
@@ -719,7 +744,8 @@ class Stage1State:
         prev_ts = st.last_ts[rids]
         has = prev_ts >= ttl_cut
         newer = ~has | (ms > prev_ts)
-        rids, ms, value, has = rids[newer], ms[newer], value[newer], has[newer]
+        rids, ms, value, has, prev_ts = (rids[newer], ms[newer], value[newer], has[newer],
+                                         prev_ts[newer])
         prev = st.last_value[rids]
         latest = np.ones(rids.size, bool)
         if not distinct:
@@ -727,14 +753,32 @@ class Stage1State:
             same = np.zeros(rids.size, bool)
             same[1:] = rids[1:] == rids[:-1]
             prev = np.where(same, np.roll(value, 1), prev)
+            prev_ts = np.where(same, np.roll(ms, 1), prev_ts)
             has |= same
             latest[:-1] = ~same[1:]
         st.last_ts[rids[latest]] = ms[latest]
         st.last_value[rids[latest]] = value[latest]
         # The first sample of a series is its baseline; a drop is a reset (count the value).
-        rids, ms, value, prev = rids[has], ms[has], value[has], prev[has]
+        rids, ms, value, prev, prev_ts = rids[has], ms[has], value[has], prev[has], prev_ts[has]
         inc = np.where(value >= prev, value - prev, value)
-        return rids, ms - ms % _MINUTE_MS, inc
+        return rids, ms, prev_ts, inc
+
+    def _attribute(self, rids: I64, ms: I64, prev_ms: I64, floor_minute: int) -> I64:
+        """The minute each increase belongs to (see the module docstring).
+
+        Occurrences ratio SLIs: the minute of the earlier sample, so that a window
+        counts an increase when both its samples lie in it, as ``rate()`` does; at
+        most ``open_minutes - 1`` minutes before the later sample's (a series back
+        from a gap) and never a minute already closed.  Every other SLI: the minute
+        of the later sample, so a minute's slice is the counter's change over it.
+        """
+        own = _buckets(ms)
+        start = self._start_attr[self._gid[rids]]
+        if not start.any():
+            return own
+        grace = max(0, self.open_minutes - 1) * _MINUTE_MS
+        earlier = np.maximum(np.maximum(_buckets(prev_ms), own - grace), floor_minute)
+        return np.where(start, earlier, own)
 
     def _add_counts(self, mstate: _Minute, rids: I64, inc: F64) -> None:
         _add_sums(mstate, _SLOT[self._role[rids]], self._gid[rids], inc)
@@ -795,6 +839,15 @@ class Stage1State:
         ])
 
 
+def starts_at_earlier_sample(spec: SloSpec) -> bool:
+    """Whether ``spec``'s counter increases belong to the minute of their earlier sample.
+
+    True for Occurrences over ratio (and latency) SLIs, whose windows are matched
+    against ``rate()``; every per-minute slice SLI uses the later sample's minute.
+    """
+    return spec.sli.kind is SliKind.RATIO and spec.budgeting is BudgetingMethod.OCCURRENCES
+
+
 def _sli_kind(spec: SloSpec) -> int:
     sli = spec.sli
     if sli.kind is SliKind.THRESHOLD:
@@ -802,5 +855,11 @@ def _sli_kind(spec: SloSpec) -> int:
     return _K_BAD if sli.bad is not None else _K_GOOD
 
 
-def _minute_floor_ms(ts_ms: int) -> int:
-    return ts_ms - ts_ms % _MINUTE_MS
+def _bucket_of(ts_ms: int) -> int:
+    """Start of the minute bucket holding ``ts_ms``: buckets are ``(m, m + 1 min]``."""
+    return (ts_ms - 1) - (ts_ms - 1) % _MINUTE_MS
+
+
+def _buckets(ms: I64) -> I64:
+    """:func:`_bucket_of` of every element."""
+    return (ms - 1) - (ms - 1) % _MINUTE_MS

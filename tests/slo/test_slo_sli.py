@@ -79,7 +79,10 @@ def _counts(partials: pl.DataFrame) -> dict[tuple[str, object], tuple[float, flo
             for r in partials.iter_rows(named=True)}
 
 
-def test_increases_are_attributed_to_the_minute_of_the_newer_sample() -> None:
+def test_occurrences_increases_belong_to_the_minute_of_their_earlier_sample() -> None:
+    # Buckets are (m, m + 1 min]: T0 itself is the last instant of the minute before.
+    # An Occurrences window counts an increase when both its samples are in the window
+    # (what rate() sees), so the increase lives in its earlier sample's bucket.
     spec = ratio_spec()
     s1 = Stage1State([spec])
     frame = samples([
@@ -90,17 +93,40 @@ def test_increases_are_attributed_to_the_minute_of_the_newer_sample() -> None:
     out = s1.apply(frame, partition=3)
     assert out["partition"].to_list() == [3, 3]
     # The first sample of a series is its baseline (no increase).
-    assert _counts(out) == {("{}", T0): (9.0, 10.0), ("{}", T0 + M): (20.0, 20.0)}
+    assert _counts(out) == {("{}", T0 - M): (9.0, 10.0), ("{}", T0): (20.0, 20.0)}
+
+
+def test_slice_increases_belong_to_the_minute_of_their_later_sample() -> None:
+    # A Timeslices minute is the counter's change over that minute (x - x offset 1m).
+    extra = "      timeSliceWindow: 1m\n      timeSliceTarget: 0.9"
+    spec = ratio_spec(method="Timeslices", objective_extra=extra)
+    frame = samples([
+        (T0, "req_total", 100.0, {}), (T0, "req_good_total", 90.0, {}),
+        (T0 + 30 * S, "req_total", 110.0, {}), (T0 + 30 * S, "req_good_total", 99.0, {}),
+        (T0 + 60 * S, "req_total", 120.0, {}), (T0 + 60 * S, "req_good_total", 105.0, {}),
+        (T0 + 70 * S, "req_total", 130.0, {}), (T0 + 70 * S, "req_good_total", 119.0, {}),
+    ])
+    out = Stage1State([spec]).apply(frame, 0)
+    assert _counts(out) == {("{}", T0): (15.0, 20.0), ("{}", T0 + M): (14.0, 10.0)}
+
+
+def test_an_increase_after_a_gap_stays_within_the_open_minutes() -> None:
+    spec = ratio_spec()
+    s1 = Stage1State([spec], open_minutes=10)
+    frame = samples([(T0 + 15 * S, "req_total", 1.0, {}),
+                     (T0 + 40 * M + 15 * S, "req_total", 31.0, {})])
+    # Earlier sample's minute is T0, but a 40-minute gap puts it 9 minutes before the later.
+    assert _counts(s1.apply(frame, 0)) == {("{}", T0 + 31 * M): (0.0, 30.0)}
 
 
 def test_a_counter_reset_counts_the_value_after_the_reset() -> None:
     spec = ratio_spec()
     s1 = Stage1State([spec])
     frame = samples([
-        (T0 + 0 * S, "req_total", 500.0, {}),
-        (T0 + 15 * S, "req_total", 520.0, {}),
-        (T0 + 30 * S, "req_total", 4.0, {}),   # process restarted: 4 new requests
-        (T0 + 45 * S, "req_total", 10.0, {}),
+        (T0 + 1 * S, "req_total", 500.0, {}),
+        (T0 + 16 * S, "req_total", 520.0, {}),
+        (T0 + 31 * S, "req_total", 4.0, {}),   # process restarted: 4 new requests
+        (T0 + 46 * S, "req_total", 10.0, {}),
     ])
     out = s1.apply(frame, 0)
     assert _counts(out)[("{}", T0)] == (0.0, 20.0 + 4.0 + 6.0)
@@ -116,7 +142,9 @@ def test_a_sample_seen_twice_or_out_of_order_is_applied_once() -> None:
     assert again.height == 0 and older.height == 0
     fresh = Stage1State([spec]).apply(samples(list(reversed(rows))), 0)  # shuffled in a batch
     assert_frame_equal(first, fresh)
-    assert _counts(first) == {("{}", T0): (0.0, 30.0), ("{}", T0 + M): (0.0, 40.0)}
+    # Each increase in its earlier sample's bucket (m, m + 1 min]; T0 closes the one before.
+    assert _counts(first) == {("{}", T0 - M): (0.0, 10.0), ("{}", T0): (0.0, 40.0),
+                              ("{}", T0 + M): (0.0, 20.0)}
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -186,7 +214,7 @@ spec:
     (spec,) = parse_yaml(text)
     rows = []
     for i, (b1, b2, count) in enumerate([(0, 0, 0), (7, 9, 10)]):
-        ts = T0 + i * 30 * S
+        ts = T0 + S + i * 30 * S
         # Two exporters spell the same bound differently: "1" (Prometheus 2) and "1.0".
         rows += [
             (ts, "ttft_seconds_bucket", float(b1), {"le": "1", "model_name": "a"}),
@@ -208,7 +236,7 @@ def test_bad_over_total_counts_good_as_total_minus_bad_and_regex_matchers_are_an
     (spec,) = parse_yaml(text)
     rows = []
     for i, scale in enumerate([0, 1]):
-        ts = T0 + i * 15 * S
+        ts = T0 + S + i * 15 * S
         for reason, n in (("stop", 90), ("error", 6), ("abort", 3), ("errors", 1)):
             rows.append((ts, "vllm:request_success_total", float(n * scale),
                          {"finished_reason": reason}))
@@ -221,9 +249,9 @@ def test_a_gauge_minute_is_good_only_if_every_sample_meets_the_threshold() -> No
     (spec,) = parse_yaml(text)
     s1 = Stage1State([spec])
     frame = pl.concat([
-        samples([(T0 + i * 15 * S, "DCGM_FI_DEV_GPU_TEMP", t, {"UUID": "GPU-a"})
+        samples([(T0 + S + i * 15 * S, "DCGM_FI_DEV_GPU_TEMP", t, {"UUID": "GPU-a"})
                  for i, t in enumerate([70, 71, 86, 72, 70, 70, 70, 70])], kind="gauge"),
-        samples([(T0 + i * 15 * S, "DCGM_FI_DEV_GPU_TEMP", 60.0, {"UUID": "GPU-b"})
+        samples([(T0 + S + i * 15 * S, "DCGM_FI_DEV_GPU_TEMP", 60.0, {"UUID": "GPU-b"})
                  for i in range(8)], kind="gauge"),
     ])
     out = s1.apply(frame, 0)
