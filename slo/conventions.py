@@ -24,6 +24,13 @@ CURRENT_BURN_RATE_RATIO = "slo:current_burn_rate:ratio"
 PERIOD_BURN_RATE_RATIO = "slo:period_burn_rate:ratio"
 PERIOD_ERROR_BUDGET_REMAINING_RATIO = "slo:period_error_budget_remaining:ratio"
 SLO_INFO = "sloth_slo_info"
+# Per-minute and per-slice recordings of SLIs that are not a ratio of counters over the
+# window (gauge thresholds, means of two counters, Timeslices, RatioTimeslices).
+GOOD_EVENTS_PER_MINUTE = "slo:sli_good_events:increase1m"
+TOTAL_EVENTS_PER_MINUTE = "slo:sli_total_events:increase1m"
+SLICE_ERROR_RATIO_PREFIX = "slo:sli_slice_error:ratio"
+# Alert annotation saying how far a rule form is from gpuslo's own evaluation.
+RULE_ANNOTATION_APPROXIMATION = "approximation"
 
 # --- Labels on generated series and alerts ----------------------------------------------------
 
@@ -50,6 +57,16 @@ RULES_VERSION = "gpuslo/v1"
 def sli_recording_group(slo_id: str) -> str:
     """Name of the group holding one SLO's ``slo:sli_error:ratio_rate<W>`` rules."""
     return f"gpuslo-slo-sli-recordings-{slo_id}"
+
+
+def sli_slices_group(slo_id: str) -> str:
+    """Name of the group recording one SLO's per-minute events or per-slice errors."""
+    return f"gpuslo-slo-sli-slices-{slo_id}"
+
+
+def slice_error_ratio(slice_length: timedelta) -> str:
+    """``slo:sli_slice_error:ratio5m``: one recorded value per 5-minute slice."""
+    return f"{SLICE_ERROR_RATIO_PREFIX}{duration_label(slice_length)}"
 
 
 def meta_recording_group(slo_id: str) -> str:

@@ -1,28 +1,47 @@
-"""Prometheus recording and alerting rules from SLO specs, Sloth-compatible.
+"""Prometheus recording and alerting rules from SLO specs, Sloth-compatible, for every SLI kind.
 
-For every Occurrences SLO with a ratio or latency SLI (whose selectors have a
-PromQL equivalent, generated from metric + matchers + ``le`` or given as
-``promql``), three groups:
+Every SLO gets ``slo:sli_error:ratio_rate<W>`` for the report windows 5m … 3d,
+its alert windows and its period, the Sloth meta recordings
+(``slo:objective:ratio`` … ``sloth_slo_info``) and one page and one ticket
+alert, each an OR of its tiers' (short AND long) pairs in Sloth's
+``max(...) without (sloth_window)`` shape.  ``by:`` labels become
+``sum by (...)``, so every scope gets its own series and alerts.  Constants are
+exact decimals (``0.001``, not ``0.0009999999999999432``).  How a window's error
+ratio is computed depends on the SLI (:class:`RuleForm`):
 
-* ``slo:sli_error:ratio_rate<W>`` for 5m … 3d as a ratio of rates, and for the
-  period as an **exact** ratio of ``increase`` (not Sloth's average of 5m
-  ratios, SLO.md pitfall 1).  The denominator is guarded with ``> 0`` so a
-  scope without traffic has no series instead of a NaN (pitfall 3), and a
-  ``bad`` counter that was never incremented counts as 0.
-* ``slo:objective:ratio``, ``slo:error_budget:ratio``, ``slo:time_period:days``,
-  ``slo:current_burn_rate:ratio``, ``slo:period_burn_rate:ratio``,
-  ``slo:period_error_budget_remaining:ratio`` and ``sloth_slo_info``.
-* one page and one ticket alert, each an OR of its tiers' (short AND long)
-  pairs, in Sloth's ``max(...) without (sloth_window)`` shape.
+* **rate** (Occurrences over a ratio or latency SLI): a ratio of ``rate()``
+  over the window, the period an exact ratio of ``increase()`` (not Sloth's
+  average of 5m ratios, SLO.md pitfall 1); the denominator is guarded with
+  ``> 0`` so a scope without traffic has no series instead of a NaN
+  (pitfall 3), and a ``bad`` counter that was never incremented counts as 0.
+  gpuslo's windows count the same increases (:mod:`slo.sli`), so on the minute
+  the two ratios are equal when good and total are scraped together.
+* **minutes** (Occurrences over a gauge threshold or a mean of two counters):
+  a group with ``interval: 1m`` records each minute's good and total events per
+  scope (``slo:sli_good_events:increase1m``, ``slo:sli_total_events:increase1m``:
+  GPU-minutes that met the threshold in every sample, via ``max_over_time`` or
+  ``min_over_time`` over ``[1m]``; minutes whose mean met it), and each window
+  is ``1 − Σgood ÷ Σtotal`` over them with ``sum_over_time``, as Pyrra does for
+  bool-gauge SLIs.
+* **slices** (Timeslices and RatioTimeslices over any SLI): a group with
+  ``interval`` = the slice length records each slice's error
+  (``slo:sli_slice_error:ratio<L>``: 1 or 0 for a slice below or at its
+  ``timeSliceTarget``, or 1 − the slice's ratio), and each window is its
+  ``avg_over_time``.  A counter's change over a slice is
+  ``x − x offset L`` (each increase in exactly one slice, as gpuslo counts it),
+  or ``increase(x[L])`` when the counter restarted inside the slice.
 
-``by:`` labels become ``sum by (...)`` so every scope gets its own series and
-alerts.  Constants are exact decimals (``0.001``, not ``0.0009999999999999432``).
-Timeslices, RatioTimeslices and threshold SLIs have no faithful PromQL form
-here; they are listed in :attr:`RulesReport.skipped` with the reason.
+The minute and slice forms are close to gpuslo's evaluation but not equal to it
+everywhere: Prometheus ends a group's minutes and slices where it evaluates the
+group (a fixed phase within the interval), gpuslo on the clock's minute; gpuslo
+also counts the slice still open.  Each alert of such an SLO says so, and by how
+much, in its ``approximation`` annotation (:func:`approximation`);
+:func:`window_query` gives the same windows with the recordings replaced by
+subqueries aligned on the clock, which is what the agreement tests query.
 
 :func:`promtool_tests` writes a ``promtool test rules`` file that shows each
-alert not firing on healthy traffic and firing (or not) as the burn-rate math
-says after a full outage.
+alert not firing on healthy input and firing (or not) as the burn-rate math
+says after a full outage, for every SLO.
 """
 
 from __future__ import annotations
@@ -32,13 +51,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 import yaml
 
 from gpuslo.slo import conventions as cv
-from gpuslo.slo.spec import BudgetingMethod, SelectorSpec, SliKind, SloSpec
+from gpuslo.slo.spec import BudgetingMethod, SelectorSpec, SliKind, SloSpec, ThresholdOp
 from gpuslo.slo.windows import REPORT_WINDOWS, BurnRateWindowSpec, Severity, format_decimal
+
+MINUTE = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -58,17 +80,47 @@ class RulesReport:
     slo_ids: tuple[str, ...]
 
 
-def skip_reason(spec: SloSpec) -> str | None:
-    """Why ``spec`` cannot be expressed as rules, or None when it can."""
-    if spec.sli.kind is not SliKind.RATIO:
-        return "threshold SLIs are evaluated per time slice by gpuslo only"
+class RuleForm(StrEnum):
+    """How the rules compute a window's error ratio (see the module docstring)."""
+
+    RATE = "rate"
+    MINUTES = "minutes"
+    SLICES = "slices"
+
+
+def rule_form(spec: SloSpec) -> RuleForm:
+    """The form of ``spec``'s window rules."""
     if spec.budgeting is not BudgetingMethod.OCCURRENCES:
-        return f"{spec.budgeting.value} has no exact PromQL form; gpuslo evaluates it"
+        return RuleForm.SLICES
+    return RuleForm.RATE if spec.sli.kind is SliKind.RATIO else RuleForm.MINUTES
+
+
+def skip_reason(spec: SloSpec) -> str | None:
+    """Why ``spec`` cannot be expressed as rules, or None when it can.
+
+    Every SLI kind and budgeting method the engine evaluates has a form; only a
+    selector whose ``promql`` override is not a plain series selector cannot be
+    shifted with ``offset`` for a slice.
+    """
+    if rule_form(spec) is RuleForm.RATE:
+        return None
+    for sel in spec.sli.selectors():
+        if sel.promql_override is not None and not _PLAIN_SELECTOR.fullmatch(
+                sel.promql_override.strip()):
+            return (f"selector override {sel.promql_override!r} is not a plain series "
+                    "selector, so its change over a slice has no PromQL form")
     return None
+
+
+_PLAIN_SELECTOR = re.compile(r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^{}]*\})?')
 
 
 def _by(spec: SloSpec) -> str:
     return f"sum by ({', '.join(spec.sli.by)})" if spec.sli.by else "sum"
+
+
+def _count(spec: SloSpec) -> str:
+    return f"count by ({', '.join(spec.sli.by)})" if spec.sli.by else "count"
 
 
 def _agg(spec: SloSpec, fn: str, sel: SelectorSpec, window: str) -> str:
@@ -76,7 +128,7 @@ def _agg(spec: SloSpec, fn: str, sel: SelectorSpec, window: str) -> str:
 
 
 def error_ratio_expr(spec: SloSpec, window: timedelta, fn: str = "rate") -> str:
-    """PromQL error ratio of ``spec`` over ``window`` (``rate`` or ``increase``)."""
+    """PromQL error ratio of a rate-form ``spec`` over ``window`` (``rate`` or ``increase``)."""
     w = cv.duration_label(window)
     sli = spec.sli
     assert sli.total is not None
@@ -89,6 +141,161 @@ def error_ratio_expr(spec: SloSpec, window: timedelta, fn: str = "rate") -> str:
     return f"{bad}\n/\n({total} > 0)\n"
 
 
+# --- per-minute and per-slice events ---------------------------------------------------------
+
+def counter_change(sel: SelectorSpec, length: timedelta) -> str:
+    """A counter's change over the ``length`` before the evaluation, per series.
+
+    ``x − x offset L`` puts every increase in exactly one slice (the one its later
+    sample falls in, as gpuslo does); after a restart it goes negative, and
+    ``increase(x[L])`` (reset-aware, extrapolated) stands in.
+    """
+    s = sel.promql()
+    w = cv.duration_label(length)
+    return f"(({s} - {s} offset {w}) >= 0 or increase({s}[{w}]))"
+
+
+_GAUGE_FN: dict[ThresholdOp, tuple[str, str]] = {
+    # A GPU-minute is good when every sample meets the threshold: the worst one does.
+    ThresholdOp.LT: ("max_over_time", "<"),
+    ThresholdOp.LTE: ("max_over_time", "<="),
+    ThresholdOp.GT: ("min_over_time", ">"),
+    ThresholdOp.GTE: ("min_over_time", ">="),
+}
+_OP: dict[ThresholdOp, str] = {ThresholdOp.LT: "<", ThresholdOp.LTE: "<=",
+                               ThresholdOp.GT: ">", ThresholdOp.GTE: ">="}
+
+
+def _number(value: float) -> str:
+    return format_decimal(Decimal(repr(float(value))))
+
+
+def minute_events_exprs(spec: SloSpec) -> tuple[str, str]:
+    """(good, total) events of one minute per scope, for gauge and mean-of-counters SLIs.
+
+    Gauge: GPU-minutes (series-minutes) with data, and those whose every sample met
+    the threshold.  Mean of two counters: 1 when the scope had events in the
+    minute, good when their mean met the threshold.
+    """
+    sli = spec.sli
+    assert sli.kind is SliKind.THRESHOLD and sli.gauge is not None
+    assert sli.op is not None and sli.value is not None
+    value = _number(sli.value)
+    if sli.gauge.per:
+        per = SelectorSpec(sli.gauge.per, sli.gauge.matchers)
+        num = f"{_by(spec)} ({counter_change(sli.gauge, MINUTE)})"
+        den = f"{_by(spec)} ({counter_change(per, MINUTE)})"
+        good = f"({num} / ({den} > 0) {_OP[sli.op]} bool {value})"
+        total = f"({den} > bool 0)"
+        return good, total
+    fn, op = _GAUGE_FN[sli.op]
+    worst = f"{fn}({sli.gauge.promql()}[1m])"
+    return f"{_by(spec)} ({worst} {op} bool {value})", f"{_count(spec)} ({worst})"
+
+
+def slice_events_exprs(spec: SloSpec) -> tuple[str, str]:
+    """(good, total) events of one slice (``spec.time_slice`` long) per scope."""
+    sli = spec.sli
+    length = spec.time_slice
+    if sli.kind is SliKind.RATIO:
+        assert sli.total is not None
+        total = f"{_by(spec)} ({counter_change(sli.total, length)})"
+        if sli.good is not None:
+            return f"{_by(spec)} ({counter_change(sli.good, length)})", total
+        assert sli.bad is not None
+        bad = f"{_by(spec)} ({counter_change(sli.bad, length)})"
+        return f"({total} - ({bad} or 0 * {total}))", total
+    good, total = minute_events_exprs(spec)
+    if length == MINUTE:
+        return good, total
+    w = cv.duration_label(length)
+    return f"sum_over_time({good}[{w}:1m])", f"sum_over_time({total}[{w}:1m])"
+
+
+def slice_error_expr(spec: SloSpec) -> str:
+    """One slice's error: 1 or 0 (Timeslices), 1 − its ratio (RatioTimeslices)."""
+    good, total = slice_events_exprs(spec)
+    ratio = f"clamp({good} / ({total} > 0), 0, 1)"
+    if spec.budgeting is BudgetingMethod.TIMESLICES:
+        target = spec.time_slice_target if spec.time_slice_target is not None else 1.0
+        return f"{ratio} < bool {_number(target)}"
+    return f"1 - {ratio}"
+
+
+def _sel(spec: SloSpec) -> str:
+    return (
+        "{"
+        + ", ".join(f'{k}="{v}"' for k, v in (
+            (cv.LABEL_ID, spec.id), (cv.LABEL_SERVICE, spec.service), (cv.LABEL_SLO, spec.name)))
+        + "}"
+    )
+
+
+def window_expr(spec: SloSpec, window: timedelta) -> str:
+    """The expression recorded as ``slo:sli_error:ratio_rate<W>`` for ``spec``."""
+    form = rule_form(spec)
+    if form is RuleForm.RATE:
+        return error_ratio_expr(spec, window, "increase" if window == spec.period else "rate")
+    w = cv.duration_label(window)
+    if form is RuleForm.MINUTES:
+        good = f"sum_over_time({cv.GOOD_EVENTS_PER_MINUTE}{_sel(spec)}[{w}])"
+        total = f"sum_over_time({cv.TOTAL_EVENTS_PER_MINUTE}{_sel(spec)}[{w}])"
+        return f"1 - {good}\n/\n({total} > 0)\n"
+    return f"avg_over_time({cv.slice_error_ratio(spec.time_slice)}{_sel(spec)}[{w}])\n"
+
+
+def window_query(spec: SloSpec, window: timedelta) -> str:
+    """:func:`window_expr` over raw series only: recordings become subqueries.
+
+    Subquery steps are aligned on the clock, so this is what the recording rules
+    store when Prometheus evaluates their group on the minute (or slice) boundary;
+    it is what the agreement tests query over backfilled data, where recording
+    rules never ran.
+    """
+    form = rule_form(spec)
+    if form is RuleForm.RATE:
+        return window_expr(spec, window)
+    w = cv.duration_label(window)
+    if form is RuleForm.MINUTES:
+        good, total = minute_events_exprs(spec)
+        return (f"1 - sum_over_time(({good})[{w}:1m])\n/\n"
+                f"(sum_over_time(({total})[{w}:1m]) > 0)\n")
+    step = cv.duration_label(spec.time_slice)
+    return f"avg_over_time(({slice_error_expr(spec)})[{w}:{step}])\n"
+
+
+def approximation(spec: SloSpec) -> str | None:
+    """How far the rules of ``spec`` can be from gpuslo's evaluation, or None when equal.
+
+    Rate form: equal on the minute (both count the increases between samples in
+    the window; the extrapolation of ``rate()`` cancels between good and total
+    scraped together).  Minute and slice forms: see the text.
+    """
+    notes: list[str] = []
+    form = rule_form(spec)
+    group = cv.sli_slices_group(spec.id)
+    if form is RuleForm.MINUTES:
+        notes.append(
+            f"Minutes end where Prometheus evaluates group {group} (every 1m), gpuslo's on "
+            "the clock minute, and gpuslo also counts the minute in progress: a window's "
+            "good and total events can differ by one minute's at each end.")
+    elif form is RuleForm.SLICES:
+        length = cv.duration_label(spec.time_slice)
+        notes.append(
+            f"Slices end where Prometheus evaluates group {group} (every {length}), gpuslo's "
+            f"on multiples of {length} of the clock, and gpuslo also counts the slice in "
+            "progress: a window can differ by one slice at each end. A counter restart "
+            f"inside a slice is counted by increase() over the {length} (extrapolated, "
+            "without the interval across the restart).")
+    tw = spec.time_window
+    if not tw.rolling:
+        unit = tw.calendar_unit or "period"
+        notes.append(
+            f"The period is a rolling {cv.duration_label(spec.period)} here; gpuslo restarts "
+            f"it every calendar {unit} ({tw.timezone}).")
+    return " ".join(notes) if notes else None
+
+
 def _meta_labels(spec: SloSpec) -> dict[str, str]:
     return {
         **{cv.prometheus_label_name(k): v for k, v in spec.labels.items()},
@@ -99,12 +306,7 @@ def _meta_labels(spec: SloSpec) -> dict[str, str]:
 
 
 def _selector(spec: SloSpec) -> str:
-    return (
-        "{"
-        + ", ".join(f'{k}="{v}"' for k, v in (
-            (cv.LABEL_ID, spec.id), (cv.LABEL_SERVICE, spec.service), (cv.LABEL_SLO, spec.name)))
-        + "}"
-    )
+    return _sel(spec)
 
 
 def _tier_expr(spec: SloSpec, tier: BurnRateWindowSpec) -> str:
@@ -120,34 +322,52 @@ def _tier_expr(spec: SloSpec, tier: BurnRateWindowSpec) -> str:
     )
 
 
-def _annotations(severity: Severity) -> dict[str, str]:
+def _annotations(spec: SloSpec, severity: Severity) -> dict[str, str]:
     who = f"{{{{$labels.{cv.LABEL_SERVICE}}}}} {{{{$labels.{cv.LABEL_SLO}}}}}"
-    return {
+    out = {
         "summary": f"{who} SLO error budget burn rate is over expected.",
         "title": f"({severity.value}) {who} SLO error budget burn rate is too fast.",
     }
+    note = approximation(spec)
+    if note is not None:
+        out[cv.RULE_ANNOTATION_APPROXIMATION] = note
+    return out
+
+
+def rule_windows(spec: SloSpec) -> list[timedelta]:
+    """Every window that gets a ``ratio_rate`` recording, shortest first (the period last)."""
+    return sorted(set(REPORT_WINDOWS) | {w for t in spec.windows for w in (t.short, t.long)}
+                  | {spec.period})
+
+
+def _slice_group(spec: SloSpec) -> dict[str, Any] | None:
+    form = rule_form(spec)
+    meta = _meta_labels(spec)
+    if form is RuleForm.MINUTES:
+        good, total = minute_events_exprs(spec)
+        return {"name": cv.sli_slices_group(spec.id), "interval": "1m", "rules": [
+            {"record": cv.GOOD_EVENTS_PER_MINUTE, "expr": good + "\n", "labels": meta},
+            {"record": cv.TOTAL_EVENTS_PER_MINUTE, "expr": total + "\n", "labels": meta},
+        ]}
+    if form is RuleForm.SLICES:
+        return {"name": cv.sli_slices_group(spec.id),
+                "interval": cv.duration_label(spec.time_slice), "rules": [
+                    {"record": cv.slice_error_ratio(spec.time_slice),
+                     "expr": slice_error_expr(spec) + "\n", "labels": meta}]}
+    return None
 
 
 def slo_rule_groups(spec: SloSpec) -> list[dict[str, Any]]:
-    """The three rule groups of one SLO (assumes :func:`skip_reason` is None)."""
+    """The rule groups of one SLO (assumes :func:`skip_reason` is None)."""
     meta = _meta_labels(spec)
-    windows = sorted(set(REPORT_WINDOWS) | {w for t in spec.windows for w in (t.short, t.long)})
     sli_rules: list[dict[str, Any]] = [
         {
             "record": cv.sli_error_ratio(w),
-            "expr": error_ratio_expr(spec, w),
+            "expr": window_expr(spec, w),
             "labels": {**meta, cv.LABEL_WINDOW: cv.duration_label(w)},
         }
-        for w in windows
-        if w != spec.period
+        for w in rule_windows(spec)
     ]
-    sli_rules.append(
-        {
-            "record": cv.sli_error_ratio(spec.period),
-            "expr": error_ratio_expr(spec, spec.period, "increase"),
-            "labels": {**meta, cv.LABEL_WINDOW: cv.duration_label(spec.period)},
-        }
-    )
     sel = _selector(spec)
     on = f"on({', '.join(cv.META_LABELS)}) group_left"
     eps = format_decimal(spec.error_budget)
@@ -199,17 +419,19 @@ def slo_rule_groups(spec: SloSpec) -> list[dict[str, Any]]:
         if after > timedelta(0):
             rule["for"] = cv.duration_label(after)
         rule["labels"] = {cv.LABEL_SEVERITY: sev.value, cv.ALERT_LABEL_SEVERITY: sev.value}
-        rule["annotations"] = _annotations(sev)
+        rule["annotations"] = _annotations(spec, sev)
         alert_rules.append(rule)
-    return [
+    groups = [
         {"name": cv.sli_recording_group(spec.id), "rules": sli_rules},
         {"name": cv.meta_recording_group(spec.id), "rules": meta_rules},
         {"name": cv.alert_group(spec.id), "rules": alert_rules},
     ]
+    slices = _slice_group(spec)
+    return groups if slices is None else [slices, *groups]
 
 
 def generate(specs: Sequence[SloSpec]) -> RulesReport:
-    """Rule groups for every SLO that has a PromQL form; the others in ``skipped``."""
+    """Rule groups for every SLO (``skipped`` lists the rare selector without a form)."""
     groups: list[dict[str, Any]] = []
     skipped: list[RuleSkip] = []
     ids: list[str] = []
@@ -335,56 +557,101 @@ def _expected(spec: SloSpec, at_min: int, outage_from: int) -> dict[Severity, bo
     return out
 
 
-def promtool_tests(specs: Sequence[SloSpec], rule_file: str) -> tuple[str, list[RuleSkip]]:
-    """A ``promtool test rules`` file: healthy traffic, then a full outage, per SLO.
+def _ratio_series(spec: SloSpec, scope: dict[str, str]) -> list[dict[str, str]] | str:
+    """Counters of a ratio SLI: 1 event/s, all good for the first hour, then all bad."""
+    sli = spec.sli
+    assert sli.total is not None
+    labels_total = _sample_labels(sli.total, scope)
+    role = sli.bad if sli.bad is not None else sli.good
+    assert role is not None
+    labels_role = _sample_labels(role, scope)
+    if labels_total is None or labels_role is None or sli.total.promql_override or \
+            role.promql_override:
+        return "cannot build input series for its matchers"
+    total_n = _HEALTHY_MIN + _OUTAGE_MIN
+    h, r, rest = _HEALTHY_MIN, _RATE_PER_MIN, total_n - _HEALTHY_MIN
+    good_values = f"0+{r}x{h} {h * r}+0x{rest}"  # rising, then flat
+    bad_values = f"0+0x{h} 0+{r}x{rest}"  # flat, then rising
+    always = f"0+{r}x{total_n}"
+    if role.metric != sli.total.metric:
+        return [_series(sli.total.metric, labels_total, always),
+                _series(role.metric, labels_role,
+                        bad_values if sli.bad is not None else good_values)]
+    # Good (or bad) events are a labelled subset of the total: two series sum to it.
+    other = dict(labels_role)
+    for m in role.matchers:
+        other[m.label] = "gpuslo-other" if m.op in ("=", "=~") else m.value
+    if "le" in other:
+        return "bucket and total share a metric name"
+    if sli.bad is not None:
+        return [_series(role.metric, labels_role, bad_values),
+                _series(role.metric, other, good_values)]
+    return [_series(role.metric, labels_role, good_values),
+            _series(role.metric, other, bad_values)]
 
-    Input is 1 event/s per SLO scope, all good for the first hour, then all bad.
-    Alerts are checked five minutes before the outage (nothing fires) and at a
-    few times during its 12 hours, against what the burn-rate math predicts; evaluation
-    times where a window sits within 15 % of its threshold are not used, so
-    ``rate()`` extrapolation cannot flip a verdict.
+
+def _good_and_bad(op: ThresholdOp, value: float) -> tuple[float, float]:
+    """A value that meets ``op value`` and one that does not, half the threshold away."""
+    d = abs(value) / 2 or 1.0
+    if op is ThresholdOp.LTE:
+        return (value if value == 0 else value - d), value + d
+    if op is ThresholdOp.LT:
+        return value - d, value + d
+    if op is ThresholdOp.GTE:
+        return (value if value == 0 else value + d), value - d
+    return value + d, value - d
+
+
+def _threshold_series(spec: SloSpec, scope: dict[str, str]) -> list[dict[str, str]] | str:
+    """A gauge on the good side of its threshold for the first hour, then on the bad side;
+    or two counters whose per-minute mean does the same."""
+    sli = spec.sli
+    assert sli.gauge is not None and sli.op is not None and sli.value is not None
+    labels = _sample_labels(sli.gauge, scope)
+    if labels is None or sli.gauge.promql_override:
+        return "cannot build input series for its matchers"
+    h, rest = _HEALTHY_MIN, _OUTAGE_MIN
+    good, bad = _good_and_bad(sli.op, float(sli.value))
+    if sli.gauge.per is None:
+        # Sample i is the one at minute i: the first h + 1 samples are good.
+        return [_series(sli.gauge.metric, labels,
+                        f"{_number(good)}+0x{h} {_number(bad)}+0x{rest - 1}")]
+    # Mean of two counters: 100 events a minute whose mean is good, then bad.
+    per_min = 100
+    return [_series(sli.gauge.per, labels, f"0+{per_min}x{h + rest}"),
+            _series(sli.gauge.metric, labels,
+                    f"0+{_number(good * per_min)}x{h} "
+                    f"{_number(good * per_min * h + bad * per_min)}+{_number(bad * per_min)}"
+                    f"x{rest - 1}")]
+
+
+def promtool_tests(specs: Sequence[SloSpec], rule_file: str) -> tuple[str, list[RuleSkip]]:
+    """A ``promtool test rules`` file: healthy input, then a full outage, per SLO.
+
+    Ratio SLIs get 1 event/s per scope, all good for the first hour, then all
+    bad; gauge thresholds a value on the good side of the threshold, then on
+    the bad side; means of two counters 100 events a minute with a good, then a
+    bad mean.  Alerts are checked five minutes before the outage (nothing fires)
+    and at a few times during its 12 hours, against what the burn-rate math
+    predicts; evaluation times where a window sits within 15 % of its threshold
+    are not used, so ``rate()`` extrapolation or a slice boundary cannot flip a
+    verdict.  promtool evaluates every group at the file's interval (5 minutes,
+    which keeps the run short), so the one-minute groups record every fifth
+    minute; with a step from healthy to outage that sample is within the same
+    15 % margin.
     """
     tests: list[dict[str, Any]] = []
     skipped: list[RuleSkip] = []
     for spec in specs:
         if skip_reason(spec) is not None:
             continue
-        sli = spec.sli
-        assert sli.total is not None
-        scope = {b: f"test-{b}" for b in sli.by}
-        total_n = _HEALTHY_MIN + _OUTAGE_MIN
-        series: list[dict[str, str]] = []
-        labels_total = _sample_labels(sli.total, scope)
-        role = sli.bad if sli.bad is not None else sli.good
-        assert role is not None
-        labels_role = _sample_labels(role, scope)
-        if labels_total is None or labels_role is None or sli.total.promql_override or \
-                role.promql_override:
-            skipped.append(RuleSkip(spec.id, "cannot build input series for its matchers"))
+        scope = {b: f"test-{b}" for b in spec.sli.by}
+        series = (_ratio_series(spec, scope) if spec.sli.kind is SliKind.RATIO
+                  else _threshold_series(spec, scope))
+        if isinstance(series, str):
+            skipped.append(RuleSkip(spec.id, series))
             continue
-        h, r, rest = _HEALTHY_MIN, _RATE_PER_MIN, total_n - _HEALTHY_MIN
-        rising_then_flat = f"0+{r}x{h} {h * r}+0x{rest}"
-        flat_then_rising = f"0+0x{h} 0+{r}x{rest}"
-        always = f"0+{r}x{total_n}"
-        good_values, bad_values = rising_then_flat, flat_then_rising
-        if role.metric == sli.total.metric:
-            # Good (or bad) events are a labelled subset of the total: two series sum to it.
-            other = dict(labels_role)
-            for m in role.matchers:
-                other[m.label] = "gpuslo-other" if m.op in ("=", "=~") else m.value
-            if "le" in other:
-                skipped.append(RuleSkip(spec.id, "bucket and total share a metric name"))
-                continue
-            if sli.bad is not None:
-                series += [_series(role.metric, labels_role, bad_values),
-                           _series(role.metric, other, good_values)]
-            else:
-                series += [_series(role.metric, labels_role, good_values),
-                           _series(role.metric, other, bad_values)]
-        else:
-            series.append(_series(sli.total.metric, labels_total, always))
-            series.append(_series(role.metric, labels_role,
-                                  bad_values if sli.bad is not None else good_values))
+        h = _HEALTHY_MIN
         alert_labels = {**_meta_labels(spec), **scope}
         evals: list[dict[str, Any]] = []
         for at in (h - 5, h + 10, h + 30, h + 60, h + 3 * 60, h + _OUTAGE_MIN):
@@ -401,7 +668,7 @@ def promtool_tests(specs: Sequence[SloSpec], rule_file: str) -> tuple[str, list[
                     "exp_annotations": {
                         k: v.replace(f"{{{{$labels.{cv.LABEL_SERVICE}}}}}", spec.service)
                         .replace(f"{{{{$labels.{cv.LABEL_SLO}}}}}", spec.name)
-                        for k, v in _annotations(sev).items()
+                        for k, v in _annotations(spec, sev).items()
                     },
                 }
                 for sev in Severity
@@ -411,6 +678,10 @@ def promtool_tests(specs: Sequence[SloSpec], rule_file: str) -> tuple[str, list[
                           "exp_alerts": exp_alerts})
         tests.append({"name": f"{spec.id}: healthy, then a full outage",
                       "interval": "1m", "input_series": series, "alert_rule_test": evals})
+    # promtool evaluates groups in map order unless told: recordings first, then alerts,
+    # so each evaluation sees the windows of the same instant.
+    order = [g["name"] for spec in specs if skip_reason(spec) is None
+             for g in slo_rule_groups(spec)]
     doc = {"rule_files": [rule_file], "evaluation_interval": f"{_EVAL_EVERY_MIN}m",
-           "tests": tests}
+           "group_eval_order": order, "tests": tests}
     return _dump(doc), skipped

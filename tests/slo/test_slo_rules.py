@@ -13,18 +13,21 @@ import pytest
 import yaml
 from slo_helpers import samples
 
+from gpuslo.slo import conventions as cv
 from gpuslo.slo.alerting import AlertEvaluator, AlertStatus
 from gpuslo.slo.budget import Stage2State
 from gpuslo.slo.catalog import CATALOG_DIR
 from gpuslo.slo.rules import (
+    RuleForm,
     error_ratio_expr,
     generate,
     promtool_tests,
     render_prometheus_rule,
     render_rules_file,
+    rule_form,
 )
 from gpuslo.slo.sli import Stage1State
-from gpuslo.slo.spec import SloSpec, load_specs
+from gpuslo.slo.spec import SloSpec, load_specs, parse_yaml
 
 HERE = Path(__file__).resolve().parent
 CATALOG = CATALOG_DIR
@@ -66,12 +69,58 @@ def test_catalog_rules_match_the_golden_file(specs: list[SloSpec]) -> None:
     _golden("catalog.rules.test.yaml", tests)
 
 
-def test_slos_without_a_promql_form_are_skipped_with_a_reason(specs: list[SloSpec]) -> None:
+def test_every_catalog_slo_gets_rules_in_the_form_its_sli_needs(specs: list[SloSpec]) -> None:
     report = generate(specs)
-    assert set(report.slo_ids) == {"kv-cache-hit-ratio", "ttft", "request-success"}
-    reasons = {s.slo_id: s.reason for s in report.skipped}
-    assert reasons["rdma-port-health"].startswith("Timeslices has no exact PromQL form")
-    assert reasons["gpu-thermal-headroom"].startswith("threshold SLIs")
+    assert report.skipped == ()
+    assert set(report.slo_ids) == {s.id for s in specs} and len(specs) == 8
+    assert {s.id: rule_form(s) for s in specs} == {
+        "gpu-availability": RuleForm.MINUTES, "gpu-thermal-headroom": RuleForm.MINUTES,
+        "storage-read-latency": RuleForm.SLICES, "rdma-port-health": RuleForm.SLICES,
+        "inter-token-latency": RuleForm.SLICES, "kv-cache-hit-ratio": RuleForm.RATE,
+        "ttft": RuleForm.RATE, "request-success": RuleForm.RATE,
+    }
+    groups = {g["name"]: g for g in report.groups}
+    itl = groups[cv.sli_slices_group("inter-token-latency")]
+    assert itl["interval"] == "5m"
+    assert [r["record"] for r in itl["rules"]] == ["slo:sli_slice_error:ratio5m"]
+    thermal = groups[cv.sli_slices_group("gpu-thermal-headroom")]["rules"]
+    assert thermal[0]["expr"] == (
+        "sum by (node) (max_over_time(DCGM_FI_DEV_GPU_TEMP[1m]) < bool 85)\n")
+    assert thermal[1]["expr"] == "count by (node) (max_over_time(DCGM_FI_DEV_GPU_TEMP[1m]))\n"
+    # Where a form is approximate, each alert says how far off; a rate form says nothing.
+    notes = {g["name"]: {r["annotations"].get(cv.RULE_ANNOTATION_APPROXIMATION)
+                         for r in g["rules"]} for g in report.groups
+             if g["name"].startswith("gpuslo-slo-alerts-")}
+    assert notes[cv.alert_group("ttft")] == {None}
+    (rdma,) = notes[cv.alert_group("rdma-port-health")]
+    assert rdma is not None and "one slice at each end" in rdma
+    (xid,) = notes[cv.alert_group("gpu-availability")]
+    assert xid is not None and "calendar month" in xid
+
+
+def test_a_selector_override_that_cannot_be_offset_is_skipped_with_a_reason() -> None:
+    text = """
+apiVersion: openslo/v1
+kind: SLO
+metadata: {name: ports}
+spec:
+  service: fabric
+  indicator:
+    metadata: {name: ports-sli}
+    spec:
+      ratioMetric:
+        counter: true
+        bad: {metricSource: {type: gpuslo, spec: {metric: errs_total,
+              promql: 'sum without (lane) (errs_total)'}}}
+        total: {metricSource: {type: gpuslo, spec: {metric: pkts_total}}}
+  timeWindow: [{duration: 7d, isRolling: true}]
+  budgetingMethod: Timeslices
+  objectives: [{target: 0.99, timeSliceTarget: 1, timeSliceWindow: 1m}]
+"""
+    report = generate(parse_yaml(text))
+    assert report.groups == ()
+    (skip,) = report.skipped
+    assert skip.slo_id == "ports" and "not a plain series selector" in skip.reason
 
 
 def test_error_ratios_guard_against_nan_and_missing_bad_series(specs: list[SloSpec]) -> None:
@@ -95,7 +144,8 @@ def test_generated_rules_pass_promtool_check(tmp_path: Path, specs: list[SloSpec
     done = subprocess.run([exe, "check", "rules", str(path)], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 50 rules found" in done.stdout
+    # 8 SLOs: 9 or 10 windows, 7 meta rules, 2 alerts, and 1 or 2 slice recordings each.
+    assert "SUCCESS: 142 rules found" in done.stdout
 
 
 def _run_promtool_tests(exe: str, tmp_path: Path, rules_text: str, specs: list[SloSpec]) -> \
