@@ -250,18 +250,34 @@ def window_query(spec: SloSpec, window: timedelta) -> str:
     Subquery steps are aligned on the clock, so this is what the recording rules
     store when Prometheus evaluates their group on the minute (or slice) boundary;
     it is what the agreement tests query over backfilled data, where recording
-    rules never ran.
+    rules never ran.  The subquery range is one millisecond short of ``W``:
+    Prometheus 2 ranges include their first instant, and an aligned subquery
+    would then hold one slice more than ``W`` does (Prometheus 3 ranges are
+    left-open, and timestamps are whole milliseconds, so both versions see the
+    ``W / L`` slices of ``(t − W, t]``).
     """
     form = rule_form(spec)
     if form is RuleForm.RATE:
         return window_expr(spec, window)
-    w = cv.duration_label(window)
+    w = _compound_duration(window - timedelta(milliseconds=1))
     if form is RuleForm.MINUTES:
         good, total = minute_events_exprs(spec)
         return (f"1 - sum_over_time(({good})[{w}:1m])\n/\n"
                 f"(sum_over_time(({total})[{w}:1m]) > 0)\n")
     step = cv.duration_label(spec.time_slice)
     return f"avg_over_time(({slice_error_expr(spec)})[{w}:{step}])\n"
+
+
+def _compound_duration(d: timedelta) -> str:
+    """``4m59s999ms``: a PromQL duration of whole milliseconds."""
+    ms = int(d / timedelta(milliseconds=1))
+    parts = []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000),
+                       ("ms", 1)):
+        if ms >= size:
+            parts.append(f"{ms // size}{unit}")
+            ms %= size
+    return "".join(parts) or "0s"
 
 
 def approximation(spec: SloSpec) -> str | None:
