@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,12 +23,14 @@ from servers import require_binary
 from typer.testing import CliRunner
 
 from gpuslo.collectors.history import (
+    ExpositionReader,
+    InputWarning,
     OpenMetricsInputError,
     is_exposition_file,
     read_exposition,
 )
 from gpuslo.pipeline.cli import app
-from gpuslo.pipeline.schema import frame_from_rows
+from gpuslo.pipeline.schema import SAMPLE_SCHEMA, frame_from_rows
 from gpuslo.slo.catalog import CATALOG_DIR
 
 CATALOG = CATALOG_DIR
@@ -243,3 +246,174 @@ def test_the_generated_export_is_what_promtool_backfills(
     done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(om),
                            str(tmp_path / "tsdb")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# --- Input as promtool accepts it (issue 15): each bad input, its message and its line -------
+
+NOW = datetime(2026, 4, 1, tzinfo=UTC)
+TS = 1772452800  # 2026-03-02 12:00:00 UTC
+TEMP = 'DCGM_FI_DEV_GPU_TEMP{UUID="GPU-a",gpu="0",instance="10.0.1.1:9400",job="dcgm"}'
+NVLINK = 'DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL{UUID="GPU-a",gpu="0",instance="10.0.1.1:9400"}'
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _temps(n: int, unit: str = "s") -> list[str]:
+    stamp = (lambda i: f"{TS + 15 * i}.000") if unit == "s" else (
+        lambda i: str((TS + 15 * i) * 1000))
+    return ["# HELP DCGM_FI_DEV_GPU_TEMP GPU temperature.",
+            "# TYPE DCGM_FI_DEV_GPU_TEMP gauge",
+            *[f"{TEMP} {60 + i} {stamp(i)}" for i in range(n)]]
+
+
+def _read(path: Path, metrics: set[str] | None = None,
+          **kw: Any) -> tuple[pl.DataFrame, list[InputWarning]]:
+    reader = ExpositionReader(path, metrics=metrics, now=NOW, **kw)
+    frames = list(reader.frames())
+    frame = pl.concat(frames) if frames else pl.DataFrame(schema=SAMPLE_SCHEMA)
+    return frame, reader.warnings
+
+
+def test_a_counter_without_total_is_a_warning_with_its_first_line_and_replays(
+    tmp_path: Path
+) -> None:
+    # dcgm-exporter's counters have no _total; Prometheus exports them as scraped and
+    # promtool ingests the file.  A family no SLO reads must not sink the replay.
+    path = _write(tmp_path / "dcgm.om", [
+        *_temps(3),
+        "# HELP DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL NVLink bandwidth.",
+        "# TYPE DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL counter",
+        f"{NVLINK} 100 {TS}.000",                # line 8: the first bad one
+        f"{NVLINK} 250 {TS + 15}.000",
+        "# TYPE DCGM_FI_DEV_XID_ERRORS gauge",     # the next family's TYPE line
+        f'DCGM_FI_DEV_XID_ERRORS{{UUID="GPU-a",gpu="0"}} 0 {TS}.000',
+        "# EOF",
+    ])
+    frame, warnings = _read(path, {"DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_XID_ERRORS"})
+    assert sorted(frame["metric"].unique()) == ["DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_XID_ERRORS"]
+    assert [str(w) for w in warnings] == [
+        "line 8: counter 'DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL' has samples without the _total "
+        "suffix; read as DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL_total, as gpuslo's collectors "
+        "name counters"]
+    # A spec that does read it gets counter samples, named as the collectors name them.
+    frame, _ = _read(path, {"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL_total"})
+    assert frame["value"].to_list() == [100.0, 250.0]
+    assert set(frame["kind"].cast(pl.String)) == {"counter"}
+    promtool = require_binary("promtool", "prometheus")
+    done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(path),
+                           str(tmp_path / "tsdb")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_malformed_line_names_itself_and_only_stops_the_families_read(
+    tmp_path: Path
+) -> None:
+    lines = [
+        *_temps(2),
+        "# TYPE node_load1 gauge",                       # line 5
+        f'node_load1{{instance="h:9100"}} 0.5 {TS}.000',
+        'node_load1{instance="h:9100" 0.9',              # line 7: not a sample line
+        'node_load1{instance="h:9100"} 0.7 17724528',    # line 8: cut short, nobody reads it
+        f"{TEMP} 61 {TS + 30}.000",
+    ]
+    frame, warnings = _read(_write(tmp_path / "ok.om", [*lines, "# EOF"]),
+                            {"DCGM_FI_DEV_GPU_TEMP"})
+    assert frame["value"].to_list() == [60.0, 61.0, 61.0]
+    assert [str(w) for w in warnings] == [
+        "line 7: malformed line of 'node_load1', a family no spec reads; skipped"]
+    bad = _write(tmp_path / "bad.om", [
+        *lines,
+        f"{TEMP} hot {TS + 45}.000",                     # line 10: the first bad line read
+        f"{TEMP} 62",                                    # line 11
+        "# EOF",
+    ])
+    with pytest.raises(OpenMetricsInputError) as err:
+        _read(bad, {"DCGM_FI_DEV_GPU_TEMP"})
+    assert str(err.value) == (
+        f"{bad}: line 10: value 'hot' is not a number: '{TEMP} hot {TS + 45}.000'")
+    with pytest.raises(OpenMetricsInputError) as err:
+        _read(_write(tmp_path / "nots.om", [*lines, f"{TEMP} 62", "# EOF"]),
+              {"DCGM_FI_DEV_GPU_TEMP"})
+    assert ": line 10: sample without a timestamp (a replay needs the time of every point, " \
+           "as Prometheus exports it)" in str(err.value)
+
+
+def test_format_and_unit_come_from_the_content_not_from_eof(tmp_path: Path) -> None:
+    # An OpenMetrics export cut at a line boundary: no # EOF, timestamps in seconds
+    # with a fraction.  Read as text format (milliseconds), three hours landed in 1970.
+    path = _write(tmp_path / "export.om.txt", _temps(720))
+    frame, warnings = _read(path)
+    assert frame["ts"].min() == datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    assert frame["ts"].max() == datetime(2026, 3, 2, 14, 59, 45, tzinfo=UTC)
+    assert [str(w) for w in warnings] == [
+        "line 722: no # EOF at the end of an OpenMetrics file (cut short?); every complete "
+        "line was read"]
+    # Integer seconds are seconds too; thirteen digits are milliseconds.
+    seconds = _write(tmp_path / "s.txt", [f"{TEMP} 60 {TS}"])
+    millis = _write(tmp_path / "ms.txt", [f"{TEMP} 60 {TS * 1000}"])
+    assert _read(seconds)[0]["ts"][0] == _read(millis)[0]["ts"][0] == datetime(
+        2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+def test_a_file_cut_inside_a_timestamp_is_refused_at_that_line(tmp_path: Path) -> None:
+    lines = _temps(4)
+    lines[-1] = lines[-1][: lines[-1].rindex(" ") + 6]  # "... 63 17724"
+    path = _write(tmp_path / "cut.om", lines)
+    with pytest.raises(OpenMetricsInputError) as err:
+        _read(path)
+    assert str(err.value) == (
+        f"{path}: line 6: timestamp 1970-01-01 04:55:24 UTC is before 2000 (a file cut inside "
+        f"a timestamp, or milliseconds read as seconds?): '{TEMP} 63 17724'")
+
+
+def test_a_timestamp_in_the_future_is_refused_at_its_line(tmp_path: Path) -> None:
+    lines = _temps(3)
+    lines.append(f"{TEMP} 70 {int(NOW.timestamp()) + 3600}.000")
+    path = _write(tmp_path / "future.om", lines)
+    with pytest.raises(OpenMetricsInputError) as err:
+        _read(path)
+    assert str(err.value) == (
+        f"{path}: line 6: timestamp 2026-04-01 01:00:00 UTC is in the future: "
+        f"'{TEMP} 70 {int(NOW.timestamp()) + 3600}.000'")
+
+
+def test_other_metadata_mismatches_are_warnings_with_their_first_line(tmp_path: Path) -> None:
+    path = _write(tmp_path / "meta.om", [
+        *_temps(2),
+        "# TYPE node_load1 loadavg",                     # line 5: unknown type
+        f'node_load1{{instance="h:9100"}} 0.5 {TS}.000',
+        "",                                              # line 7: blank in OpenMetrics
+        f"{TEMP} 61 {TS + 30}.000",
+        "# EOF",
+        f"{TEMP} 99 {TS + 45}.000",                      # line 10: after # EOF
+    ])
+    frame, warnings = _read(path)
+    assert frame.filter(pl.col("metric") == "DCGM_FI_DEV_GPU_TEMP")["value"].to_list() == [
+        60.0, 61.0, 61.0]
+    assert set(frame.filter(pl.col("metric") == "node_load1")["kind"].cast(pl.String)) == {
+        "untyped"}
+    assert [str(w) for w in warnings] == [
+        "line 5: unknown type 'loadavg' for 'node_load1'; its samples are read as untyped",
+        "line 7: blank lines, skipped",
+        "line 10: lines after # EOF are ignored, as promtool ignores them",
+    ]
+
+
+def test_start_and_end_bound_what_is_read(tmp_path: Path) -> None:
+    path = _write(tmp_path / "temps.om", [*_temps(8), "# EOF"])
+    frame, _ = _read(path, {"DCGM_FI_DEV_GPU_TEMP"},
+                     not_before=datetime(2026, 3, 2, 12, 0, 30, tzinfo=UTC),
+                     not_after=datetime(2026, 3, 2, 12, 1, 15, tzinfo=UTC))
+    assert frame["value"].to_list() == [62.0, 63.0, 64.0, 65.0]
+
+
+def test_a_replay_over_one_sample_in_1970_ends_at_once_with_an_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "epoch.txt", [f"{TEMP} 60 1234"])
+    started = time.monotonic()
+    result = runner.invoke(app, ["replay", str(CATALOG), "--samples", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "is before 2000" in result.output
+    assert time.monotonic() - started < 30
