@@ -500,19 +500,25 @@ class _SloStore:
         scopes = [self.scopes[i] for i in shown]
         cache = self.labels
         labels = [cache.get(sc) or cache.setdefault(sc, cv.scope_labels(sc)) for sc in scopes]
-        return _build_reports(spec, stats[:, :, shown], scopes, labels,
+        return build_reports(spec, stats[:, :, shown], scopes, labels,
                               list(windows), all_windows.index(one_hour), now, period_start,
                               period_len)
 
 
 # Time to exhaustion is reported up to this many SLO periods ahead, else not at all.
-_MAX_EXHAUSTION_PERIODS = 1000.0
+MAX_EXHAUSTION_PERIODS = 1000.0
 
 
-def _build_reports(spec: SloSpec, stats: np.ndarray, scopes: list[str],
+def build_reports(spec: SloSpec, stats: np.ndarray, scopes: list[str],
                    labels: list[dict[str, str]], windows: list[timedelta], hour_i: int,
                    now: datetime, period_start: datetime, period_len: timedelta) -> list[SloReport]:
-    """Reports from per-window statistics ``stats[stat, window, scope]``, column-wise."""
+    """Reports from per-window statistics ``stats[stat, window, scope]``, column-wise.
+
+    ``stats`` holds (good, total, slices, good slices, ratio sum) for each of
+    ``windows`` and then the period; ``hour_i`` is the index of the 1-hour window
+    (time to exhaustion).  Shared by :meth:`Stage2State.report` and the bulk
+    replay (:mod:`slo.backtest`), so both build reports the same way.
+    """
     g, t, s, gs, rs = stats
     eps = float(spec.error_budget)
     no_data = (t <= 0) | (s <= 0)
@@ -560,7 +566,7 @@ def _build_reports(spec: SloSpec, stats: np.ndarray, scopes: list[str],
         if remaining is not None and remaining <= 0:
             tte = timedelta(0)
         elif (remaining is not None and hour_ok[j] and hour_burn[j]
-              and remaining / hour_burn[j] < _MAX_EXHAUSTION_PERIODS):
+              and remaining / hour_burn[j] < MAX_EXHAUSTION_PERIODS):
             # Beyond that a budget is not running out (and a timedelta would overflow).
             tte = period_len * (remaining / hour_burn[j])
         out.append(SloReport(

@@ -148,6 +148,34 @@ I8 = npt.NDArray[np.int8]
 B = npt.NDArray[np.bool_]
 
 
+@dataclass(frozen=True)
+class Contributions:
+    """What one batch of samples adds before it is folded into minutes (bulk replays).
+
+    Counter increases: the (SLO, scope) id, the sum slot (0: good, bad or a mean's
+    numerator; 1: total or its denominator), the minute bucket it belongs to, the
+    time it became known (its later sample's) and the increase.  Gauge samples:
+    route, (SLO, scope) id, minute bucket, time and whether it met the threshold.
+    """
+
+    counter_gid: I64
+    counter_slot: I64
+    counter_minute_ms: I64
+    counter_ms: I64
+    counter_inc: F64
+    gauge_rid: I64
+    gauge_gid: I64
+    gauge_minute_ms: I64
+    gauge_ms: I64
+    gauge_ok: B
+
+    @staticmethod
+    def empty() -> Contributions:
+        """Nothing added."""
+        i, f = np.zeros(0, np.int64), np.zeros(0, np.float64)
+        return Contributions(i, i, i, i, f, i, i, i, i, np.zeros(0, np.bool_))
+
+
 def empty_partials() -> pl.DataFrame:
     """A zero-row partial-count frame."""
     return pl.DataFrame(schema=PARTIAL_SCHEMA)
@@ -383,8 +411,6 @@ class Stage1State:
         before_ms = st.watermark_ms
         cutoff_before = _NONE if before_ms is None else (
             _bucket_of(before_ms) - self.open_minutes * _MINUTE_MS)
-        ttl_cut = _NONE + 1 if before_ms is None else (
-            before_ms - self._ttl_ms)
         batch_max = int(ms.max())
         st.watermark_ms = batch_max if before_ms is None else max(before_ms, batch_max)
         cutoff_after = _bucket_of(st.watermark_ms) - self.open_minutes * _MINUTE_MS
@@ -402,7 +428,7 @@ class Stage1State:
         is_gauge = self._role[rids] == _GAUGE
         counter = ~is_gauge
         c_rid, c_ms, c_prev, c_inc = self._apply_counters(
-            st, rids[counter], ms[counter], value[counter], ttl_cut)
+            st, rids[counter], ms[counter], value[counter])
         c_minute = self._attribute(c_rid, c_ms, c_prev, cutoff_before)
         counted = _buckets(c_ms) >= cutoff_before
         c_rid, c_minute, c_inc = c_rid[counted], c_minute[counted], c_inc[counted]
@@ -440,6 +466,79 @@ class Stage1State:
         return self._partials_frame(partition, np.concatenate(out_gid),
                                     np.concatenate(out_minute), np.concatenate(out_good),
                                     np.concatenate(out_total))
+
+    def contributions(self, frame: pl.DataFrame, partition: int = 0) -> Contributions:
+        """What ``frame`` adds, not folded into minutes: for bulk replays (:mod:`slo.backtest`).
+
+        The same routing, counter increases and minute attribution as :meth:`apply`,
+        but every increase and gauge sample comes back with the time it became
+        known, and nothing is late: a replay reads each series in time order, but
+        not the series in time order with each other (an export holds one series
+        after another), so the partition's watermark means nothing there.
+        """
+        limit = max(ROUTE_CACHE_ROWS, 2 * self._kept_routes)
+        if len(self._series) and len(self._series) + len(self._route_keys) > limit:
+            self._rebuild_routing()
+        st = self._partitions.setdefault(partition, _PartitionState())
+        wanted = frame.get_column("metric").is_in(self._metrics)
+        if not wanted.all():
+            frame = frame.filter(wanted)
+        if frame.height == 0:
+            return Contributions.empty()
+        hashes = frame.select(_series_hash()).to_series().to_numpy()
+        sids = self._series.get(hashes)
+        unknown = sids < 0
+        if unknown.any():
+            self._learn(frame.filter(pl.Series(unknown)), hashes[unknown])
+            sids = self._series.get(hashes)
+        ts = frame.get_column("ts")
+        ms = (ts if ts.dtype == _TS else ts.cast(_TS)).to_numpy().view(np.int64)
+        rows, rids = self._expand(sids)
+        value = frame.get_column("value").to_numpy()[rows]
+        ms = ms[rows]
+        routed = ~np.isnan(value)
+        if not routed.all():
+            rids, ms, value = rids[routed], ms[routed], value[routed]
+        self._fit_partition(st)
+        is_gauge = self._role[rids] == _GAUGE
+        counter = ~is_gauge
+        c_rid, c_ms, c_prev, c_inc = self._apply_counters(
+            st, rids[counter], ms[counter], value[counter])
+        g_rid, g_ms = rids[is_gauge], ms[is_gauge]
+        return Contributions(
+            counter_gid=self._gid[c_rid],
+            counter_slot=_SLOT[self._role[c_rid]],
+            counter_minute_ms=self._attribute(c_rid, c_ms, c_prev, _NONE),
+            counter_ms=c_ms,
+            counter_inc=c_inc,
+            gauge_rid=g_rid,
+            gauge_gid=self._gid[g_rid],
+            gauge_minute_ms=_buckets(g_ms),
+            gauge_ms=g_ms,
+            gauge_ok=_meets(self._op[g_rid], self._thr[g_rid], value[is_gauge]),
+        )
+
+    def scopes(self) -> list[tuple[str, str]]:
+        """(SLO, scope) of every gid, in gid order."""
+        return list(zip(self._gid_slo, self._gid_scope, strict=True))
+
+    def counts_of(self, gids: I64, s0: F64, s1: F64) -> tuple[F64, F64]:
+        """(good, total) of minutes whose two sums are ``s0`` and ``s1``, by each gid's SLI.
+
+        What :meth:`apply` emits for a minute of a counter SLI: good or bad over
+        total, or one slice for a mean of two counters.
+        """
+        kind = self._kind[gids]
+        good = np.where(kind == _K_BAD, s1 - s0, s0)
+        total = s1.copy()
+        mean = kind == _K_MEAN
+        if mean.any():
+            has = s1[mean] > 0
+            avg = np.divide(s0[mean], s1[mean], out=np.zeros(has.size), where=has)
+            ok = _meets(self._gid_op[gids[mean]], self._gid_thr[gids[mean]], avg)
+            good[mean] = (has & ok).astype(np.float64)
+            total[mean] = has.astype(np.float64)
+        return good, total
 
     def late_dropped(self, partition: int) -> int:
         """Samples ignored because their minute was already closed."""
@@ -728,10 +827,11 @@ class Stage1State:
         return bool((self._scratch[rids] == idx).all())
 
     def _apply_counters(
-        self, st: _PartitionState, rids: I64, ms: I64, value: F64, ttl_cut: int
+        self, st: _PartitionState, rids: I64, ms: I64, value: F64
     ) -> tuple[I64, I64, I64, F64]:
         """Advance each counter series; return (rid, time, previous time, increase) of the
-        increases (a series' first sample is its baseline and yields none)."""
+        increases.  A series' first sample, and its first after ``series_ttl`` without
+        one, is a baseline and yields none; a sample not newer than the last is ignored."""
         distinct = self._distinct(rids)  # the usual batch (one scrape): each series once
         if not distinct:
             # Same series, same timestamp: one sample.  Sorting by value too makes the
@@ -742,10 +842,8 @@ class Stage1State:
             dup[1:] = (rids[1:] == rids[:-1]) & (ms[1:] == ms[:-1])
             rids, ms, value = rids[~dup], ms[~dup], value[~dup]
         prev_ts = st.last_ts[rids]
-        has = prev_ts >= ttl_cut
-        newer = ~has | (ms > prev_ts)
-        rids, ms, value, has, prev_ts = (rids[newer], ms[newer], value[newer], has[newer],
-                                         prev_ts[newer])
+        newer = ms > prev_ts
+        rids, ms, value, prev_ts = rids[newer], ms[newer], value[newer], prev_ts[newer]
         prev = st.last_value[rids]
         latest = np.ones(rids.size, bool)
         if not distinct:
@@ -754,12 +852,14 @@ class Stage1State:
             same[1:] = rids[1:] == rids[:-1]
             prev = np.where(same, np.roll(value, 1), prev)
             prev_ts = np.where(same, np.roll(ms, 1), prev_ts)
-            has |= same
             latest[:-1] = ~same[1:]
         st.last_ts[rids[latest]] = ms[latest]
         st.last_value[rids[latest]] = value[latest]
-        # The first sample of a series is its baseline; a drop is a reset (count the value).
+        # The gap to the previous sample alone decides (not the batch or the watermark),
+        # so a bulk replay over any chunking counts exactly what the live stage counts.
+        has = prev_ts >= ms - self._ttl_ms
         rids, ms, value, prev, prev_ts = rids[has], ms[has], value[has], prev[has], prev_ts[has]
+        # A drop is a reset: the process restarted from zero, so count the value.
         inc = np.where(value >= prev, value - prev, value)
         return rids, ms, prev_ts, inc
 
@@ -809,18 +909,7 @@ class Stage1State:
 
     def _partial_counts(self, mstate: _Minute, gids: I64) -> tuple[F64, F64]:
         """(good, total) of the minute for each gid, by the kind of its SLI."""
-        s0, s1 = mstate.sums[0, gids], mstate.sums[1, gids]
-        kind = self._kind[gids]
-        good = np.where(kind == _K_BAD, s1 - s0, s0)
-        total = s1.copy()
-        mean = kind == _K_MEAN
-        if mean.any():
-            # One slice per scope-minute with events: good when the minute's mean meets it.
-            has = s1[mean] > 0
-            avg = np.divide(s0[mean], s1[mean], out=np.zeros(has.size), where=has)
-            ok = _meets(self._gid_op[gids[mean]], self._gid_thr[gids[mean]], avg)
-            good[mean] = (has & ok).astype(np.float64)
-            total[mean] = has.astype(np.float64)
+        good, total = self.counts_of(gids, mstate.sums[0, gids], mstate.sums[1, gids])
         return good, total
 
     def _partials_frame(
