@@ -15,10 +15,20 @@ expected numbers can be worked out from the same functions.
 
 from __future__ import annotations
 
+import re
+import urllib.error
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from servers import Server
+
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.rules import slo_rule_groups, window_query
+from gpuslo.slo.spec import SloSpec
+from gpuslo.slo.windows import Severity
 
 SCRAPE_S = 15
 OFFSET_S = 7
@@ -166,3 +176,36 @@ def write_export(families: list[Family], path: Path) -> None:
         for line in export_lines(families):
             f.write(line + "\n")
         f.write("# EOF\n")
+
+
+def query_range(server: Server, expr: str, start: datetime, end: datetime,
+                step: timedelta) -> dict[tuple[float, str], float]:
+    """``{(unix time, scope key): value}`` of a range query (scope: every result label)."""
+    q = urllib.parse.urlencode({"query": expr, "start": start.timestamp(),
+                                "end": end.timestamp(), "step": step.total_seconds()})
+    try:
+        doc = server.get_json(f"/api/v1/query_range?{q}")
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"{exc}: {exc.read().decode(errors='replace')}\n{expr}") from exc
+    assert doc["status"] == "success", doc
+    out: dict[tuple[float, str], float] = {}
+    for series in doc["data"]["result"]:
+        scope = cv.scope_key({k: v for k, v in series["metric"].items() if k != "__name__"})
+        for t, v in series["values"]:
+            out[(float(t), scope)] = float(v)
+    return out
+
+
+RECORDING = re.compile(r"slo:sli_error:ratio_rate(\w+)\{[^}]*\}")
+
+
+def page_alert_expr(spec: SloSpec) -> str:
+    """The generated page alert's expr with each recording replaced by its query."""
+    groups = {g["name"]: g["rules"] for g in slo_rule_groups(spec)}
+    (page,) = [r for r in groups[cv.alert_group(spec.id)]
+               if r["labels"][cv.LABEL_SEVERITY] == Severity.PAGE.value]
+    assert "for" not in page  # alertAfter 0: firing is the condition holding
+    windows = {cv.duration_label(w): w for t in spec.windows for w in (t.short, t.long)}
+    expr = RECORDING.sub(lambda m: f"({window_query(spec, windows[m[1]])})", page["expr"])
+    assert "slo:" not in expr
+    return str(expr)

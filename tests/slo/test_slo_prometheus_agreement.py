@@ -32,16 +32,14 @@ things:
 from __future__ import annotations
 
 import itertools
-import re
 import subprocess
-import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
-from prom_fleet import fleet, write_export
+from prom_fleet import fleet, page_alert_expr, query_range, write_export
 from servers import Server, require_binary, start_prometheus
 
 from gpuslo.collectors.history import read_exposition
@@ -49,7 +47,7 @@ from gpuslo.slo import conventions as cv
 from gpuslo.slo.alerting import AlertEvaluator, AlertStatus
 from gpuslo.slo.budget import SliState, Stage2State
 from gpuslo.slo.catalog import CATALOG_DIR
-from gpuslo.slo.rules import slo_rule_groups, window_query
+from gpuslo.slo.rules import window_query
 from gpuslo.slo.sli import Stage1State
 from gpuslo.slo.spec import SloSpec, load_specs
 from gpuslo.slo.windows import Severity
@@ -102,21 +100,6 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, export: Path) -> Iterat
         yield server
     finally:
         server.stop()
-
-
-def query_range(server: Server, expr: str, start: datetime, end: datetime,
-                step: timedelta) -> dict[tuple[float, str], float]:
-    """``{(unix time, scope key): value}`` of a range query (scope: every result label)."""
-    q = urllib.parse.urlencode({"query": expr, "start": start.timestamp(),
-                                "end": end.timestamp(), "step": step.total_seconds()})
-    doc = server.get_json(f"/api/v1/query_range?{q}")
-    assert doc["status"] == "success", doc
-    out: dict[tuple[float, str], float] = {}
-    for series in doc["data"]["result"]:
-        scope = cv.scope_key({k: v for k, v in series["metric"].items() if k != "__name__"})
-        for t, v in series["values"]:
-            out[(float(t), scope)] = float(v)
-    return out
 
 
 def engine_error_ratios(specs: list[SloSpec], frame: pl.DataFrame, times: list[datetime],
@@ -188,21 +171,6 @@ def test_every_window_of_every_slo_equals_prometheus(
 # minute, every slice for a 5-minute-slice SLO), must fire at exactly the same
 # instants, since the windows are equal; an instant where they differ must have
 # a page window whose burn rate equals its tier's factor to floating-point noise.
-
-RECORDING = re.compile(r"slo:sli_error:ratio_rate(\w+)\{[^}]*\}")
-
-
-def page_alert_expr(spec: SloSpec) -> str:
-    """The generated page alert's expr with each recording replaced by its query."""
-    groups = {g["name"]: g["rules"] for g in slo_rule_groups(spec)}
-    (page,) = [r for r in groups[cv.alert_group(spec.id)]
-               if r["labels"][cv.LABEL_SEVERITY] == Severity.PAGE.value]
-    assert "for" not in page  # alertAfter 0: firing is the condition holding
-    windows = {cv.duration_label(w): w for t in spec.windows for w in (t.short, t.long)}
-    expr = RECORDING.sub(lambda m: f"({window_query(spec, windows[m[1]])})", page["expr"])
-    assert "slo:" not in expr
-    return str(expr)
-
 
 def engine_page_firing(specs: list[SloSpec], frame: pl.DataFrame,
                        times: list[datetime]) -> set[tuple[str, str, float]]:
