@@ -74,8 +74,6 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as om_families,
 )
@@ -90,7 +88,7 @@ Progress = Callable[[int, int], None]
 """Called with (bytes read, total bytes) after each chunk, for a progress bar."""
 
 DEFAULT_CHUNK_BYTES = 32 << 20
-DEFAULT_BATCH_ROWS = 1 << 20
+DEFAULT_BATCH_ROWS = 1 << 16
 OPENMETRICS_SUFFIXES = frozenset({".om", ".openmetrics"})
 TEXT_SUFFIXES = frozenset({".txt", ".prom"})
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -812,19 +810,15 @@ def _conform(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
         raise OpenMetricsInputError(f"{path}: {exc}") from exc
 
 
-def _record_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def _scan(path: Path) -> pl.LazyFrame | None:
+    """A lazy scan of a Parquet or Arrow IPC file; None for an Arrow IPC stream."""
     with path.open("rb") as f:
         head = f.read(6)
     if head[:4] == b"PAR1":
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
-    elif head == b"ARROW1":
-        with pa.memory_map(str(path)) as source:
-            reader = pa.ipc.open_file(source)
-            for i in range(reader.num_record_batches):
-                yield reader.get_batch(i)
-    else:
-        with pa.OSFile(str(path)) as source:
-            yield from pa.ipc.open_stream(source)
+        return pl.scan_parquet(path)
+    if head == b"ARROW1":
+        return pl.scan_ipc(path)
+    return None
 
 
 def iter_sample_file(
@@ -840,32 +834,38 @@ def iter_sample_file(
     """Sample frames from a Parquet or Arrow IPC (file or stream) file, a batch at a time.
 
     Only ``metrics`` are kept (None: all) and only times in ``[not_before,
-    not_after]``; times before 2000 or in the future are refused.
+    not_after]`` (both pushed down into the scan, so row groups outside are not
+    decoded); times before 2000 or in the future are refused.
 
     Raises:
         OpenMetricsInputError: unreadable, another format, other columns, or implausible times.
     """
     try:
         total = path.stat().st_size
-        batches = _record_batches(path, batch_rows)
-        rows_done = 0
-        for batch in batches:
-            frame = _conform(pl.from_arrow(batch), path)  # type: ignore[arg-type]
-            check_sample_times(frame, f"{path} (rows from {rows_done + 1})", now)
-            rows_done += frame.height
-            if metrics is not None:
-                frame = frame.filter(pl.col("metric").is_in(list(metrics)))
-            if not_before is not None:
-                frame = frame.filter(pl.col("ts") >= not_before)
-            if not_after is not None:
-                frame = frame.filter(pl.col("ts") <= not_after)
+        lazy = _scan(path)
+        if lazy is None:  # a stream has no index to scan: read it whole
+            lazy = pl.read_ipc_stream(path).lazy()
+        cond = pl.lit(True)
+        if metrics is not None:
+            cond &= pl.col("metric").is_in(list(metrics))
+        if not_before is not None:
+            cond &= pl.col("ts") >= not_before
+        if not_after is not None:
+            cond &= pl.col("ts") <= not_after
+        checked = 0
+        for batch in lazy.filter(cond).collect_batches(chunk_size=batch_rows):
+            frame = _conform(batch, path)
+            check_sample_times(frame, f"{path} (rows from {checked + 1} selected)", now)
+            checked += frame.height
             if frame.height:
                 yield frame
             if progress is not None:
-                progress(min(total, total * rows_done // max(rows_done, 1)), total)
+                progress(0, total)
+        if progress is not None:
+            progress(total, total)
     except OSError as exc:
         raise OpenMetricsInputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+    except pl.exceptions.PolarsError as exc:
         raise OpenMetricsInputError(
             f"{path}: not a Parquet or Arrow IPC file of samples: {exc}") from exc
 

@@ -196,6 +196,32 @@ def _ceil_div(a: I64 | int, b: int) -> Any:
     return -((-np.asarray(a)) // b)
 
 
+# Cell keys: (gid, minute, arrival) packed in an int64, so folding is integer sorting.
+_MINUTE_BITS = 26  # minutes since the epoch below 2^26: until the year 2097
+_ARRIVAL_BITS = 12  # steps after the minute is first reported (whole-second steps: 68 min)
+_MAX_GID = 1 << (63 - _MINUTE_BITS - _ARRIVAL_BITS)
+
+
+def _pack(gid: I64, minute: I64, late: I64) -> I64:
+    return (((gid << _MINUTE_BITS) | minute) << _ARRIVAL_BITS) | late
+
+
+def _unpack(key: I64) -> tuple[I64, I64, I64]:
+    late = key & ((1 << _ARRIVAL_BITS) - 1)
+    cell = key >> _ARRIVAL_BITS
+    return cell >> _MINUTE_BITS, cell & ((1 << _MINUTE_BITS) - 1), late
+
+
+def _fold(keys: I64, a: F64, b: F64) -> tuple[I64, F64, F64]:
+    """Sum ``a`` and ``b`` per distinct key; keys come back sorted."""
+    if keys.size == 0:
+        return keys, a, b
+    uniq, inv = np.unique(keys, return_inverse=True)
+    sa: F64 = np.bincount(inv, a, uniq.size).astype(np.float64)
+    sb: F64 = np.bincount(inv, b, uniq.size).astype(np.float64)
+    return uniq, sa, sb
+
+
 class _Cells:
     """Stage 1's contributions folded into (SLO scope, minute) cells and pending arrivals.
 
@@ -204,14 +230,15 @@ class _Cells:
     others (a counter's increase whose later sample comes after that first
     evaluation, a gauge minute whose first bad sample comes later) are kept apart
     with the step they arrive at, so every evaluation sees exactly what the live
-    stage would have seen by then.
+    stage would have seen by then.  Contributions are keyed by (gid, minute,
+    arrival steps after the natural one) in one int64 and summed by key.
     """
 
     def __init__(self, stage1: Stage1State, step_ms: int) -> None:
         self.stage1 = stage1
         self.step_ms = step_ms
-        self._counter: list[pl.DataFrame] = []  # gid, minute, n, natural, s0, s1
-        self._gauge: list[pl.DataFrame] = []  # gid, minute, n, natural, dg, dt
+        self._counter: list[tuple[I64, F64, F64]] = []  # key, s0, s1
+        self._gauge: list[tuple[I64, F64, F64]] = []  # key, dg, dt
         # Per gauge route: the last minute seen and its first / first-bad sample time.
         self._carry_minute = np.zeros(0, np.int64)
         self._carry_f = np.zeros(0, np.int64)
@@ -229,6 +256,14 @@ class _Cells:
         """The first step that reports ``minute`` (its time is after the minute's start)."""
         return np.asarray(minute * MINUTE_MS // self.step_ms + 1, dtype=np.int64)
 
+    def _key(self, gid: I64, minute: I64, n: I64) -> I64:
+        late = n - self._natural_n(minute)
+        if late.size and (int(late.max()) >= 1 << _ARRIVAL_BITS or int(late.min()) < 0
+                          or int(gid.max()) >= _MAX_GID):
+            raise ReplayError("a contribution arrives too long after its minute for the "
+                              "replay's step; use a longer step")
+        return _pack(gid, minute, late)
+
     def add(self, frame: pl.DataFrame) -> None:
         """Fold one sample frame in (any order between series; in time order within one)."""
         if frame.height == 0:
@@ -241,36 +276,30 @@ class _Cells:
         self.samples += frame.height
         if c.counter_gid.size:
             minute = c.counter_minute_ms // MINUTE_MS
-            n = self._n(c.counter_ms)
+            key = self._key(c.counter_gid, minute, self._n(c.counter_ms))
             slot = c.counter_slot
-            part = pl.DataFrame({
-                "gid": c.counter_gid, "minute": minute, "n": n,
-                "natural": n == self._natural_n(minute),
-                "s0": np.where(slot == 0, c.counter_inc, 0.0),
-                "s1": np.where(slot == 1, c.counter_inc, 0.0),
-            })
-            self._counter.append(_fold(part, ["s0", "s1"]))
+            self._counter.append(_fold(key, np.where(slot == 0, c.counter_inc, 0.0),
+                                       np.where(slot == 1, c.counter_inc, 0.0)))
         if c.gauge_rid.size:
             self._add_gauges(c.gauge_rid, c.gauge_gid, c.gauge_minute_ms // MINUTE_MS,
                              c.gauge_ms, c.gauge_ok)
-        if len(self._counter) > 32:
-            self._counter = [_fold(pl.concat(self._counter), ["s0", "s1"])]
-        if len(self._gauge) > 32:
-            self._gauge = [_fold(pl.concat(self._gauge), ["dg", "dt"])]
+        if len(self._counter) > 16:
+            self._counter = [_fold(*_concat(self._counter))]
+        if len(self._gauge) > 16:
+            self._gauge = [_fold(*_concat(self._gauge))]
 
     def _add_gauges(self, rid: I64, gid: I64, minute: I64, ms: I64, ok: B) -> None:
         """Per (route, minute): first sample and first bad sample; the last minute of each
         route is carried to the next frame, which may hold more of it."""
-        rec = pl.DataFrame({"rid": rid, "gid": gid, "minute": minute, "ms": ms, "ok": ok}) \
-            .group_by("rid", "minute").agg(
-                pl.col("gid").first(), pl.col("ms").min().alias("f"),
-                pl.col("ms").filter(~pl.col("ok")).min().fill_null(_INF).alias("fb"),
-            ).sort("rid", "minute")
-        r = rec.get_column("rid").to_numpy()
-        m = rec.get_column("minute").to_numpy()
-        f = rec.get_column("f").to_numpy().copy()
-        fb = rec.get_column("fb").to_numpy().copy()
-        g = rec.get_column("gid").to_numpy()
+        order = np.lexsort((ms, minute, rid))
+        rid, gid, minute, ms, ok = rid[order], gid[order], minute[order], ms[order], ok[order]
+        new = np.ones(rid.size, bool)
+        new[1:] = (rid[1:] != rid[:-1]) | (minute[1:] != minute[:-1])
+        starts = np.flatnonzero(new)
+        r, m, g = rid[starts], minute[starts], gid[starts]
+        f = ms[starts].copy()
+        bad_ms = np.where(ok, _INF, ms)
+        fb = np.minimum.reduceat(bad_ms, starts)
         need = int(r.max()) + 1
         if self._carry_minute.size < need:
             grow = need - self._carry_minute.size
@@ -278,14 +307,13 @@ class _Cells:
             self._carry_f = np.concatenate([self._carry_f, np.zeros(grow, np.int64)])
             self._carry_fb = np.concatenate([self._carry_fb, np.zeros(grow, np.int64)])
             self._carry_gid = np.concatenate([self._carry_gid, np.zeros(grow, np.int64)])
-        cm = self._carry_minute[r]
-        same = cm == m
+        same = self._carry_minute[r] == m
         f[same] = np.minimum(f[same], self._carry_f[r[same]])
         fb[same] = np.minimum(fb[same], self._carry_fb[r[same]])
         # A carried minute that none of its route's minutes here continues is complete.
         routes = np.unique(r)
         carried = routes[self._carry_minute[routes] >= 0]
-        done_carry = np.setdiff1d(carried, r[same], assume_unique=False)
+        done_carry = np.setdiff1d(carried, r[same])
         last_of = np.ones(r.size, bool)
         last_of[:-1] = r[1:] != r[:-1]
         finished = ~last_of
@@ -307,17 +335,13 @@ class _Cells:
             return
         good0 = fb > f
         later_bad = good0 & (fb < _INF)
-        nat = self._natural_n(minute)
-        n_f, n_fb = self._n(f), self._n(np.where(later_bad, fb, f))
-        gid2 = np.concatenate([gid, gid[later_bad]])
-        minute2 = np.concatenate([minute, minute[later_bad]])
-        n2 = np.concatenate([n_f, n_fb[later_bad]])
-        dg = np.concatenate([good0.astype(np.float64), np.full(int(later_bad.sum()), -1.0)])
-        dt = np.concatenate([np.ones(gid.size), np.zeros(int(later_bad.sum()))])
-        nat2 = np.concatenate([nat, nat[later_bad]])
-        self._gauge.append(_fold(pl.DataFrame({
-            "gid": gid2, "minute": minute2, "n": n2, "natural": n2 == nat2, "dg": dg, "dt": dt,
-        }), ["dg", "dt"]))
+        n_bad = int(later_bad.sum())
+        key = np.concatenate([self._key(gid, minute, self._n(f)),
+                              self._key(gid[later_bad], minute[later_bad],
+                                        self._n(fb[later_bad]))])
+        dg = np.concatenate([good0.astype(np.float64), np.full(n_bad, -1.0)])
+        dt = np.concatenate([np.ones(gid.size), np.zeros(n_bad)])
+        self._gauge.append(_fold(key, dg, dt))
 
     def finish(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         """``cells`` (gid, minute, good, total, seen) and ``pending`` (gid, minute, n, dg, dt).
@@ -331,62 +355,61 @@ class _Cells:
             self._gauge_minutes(self._carry_gid[carried], self._carry_minute[carried],
                                 self._carry_f[carried], self._carry_fb[carried])
             self._carry_minute[carried] = -1
-        cells: list[pl.DataFrame] = []
-        pending: list[pl.DataFrame] = []
+        parts = []
         if self._counter:
-            c = _fold(pl.concat(self._counter), ["s0", "s1"])
+            key, s0, s1 = _fold(*_concat(self._counter))
             self._counter = []
-            cells_c, pend_c = self._counter_cells(c)
-            cells.append(cells_c)
-            pending.append(pend_c)
+            gid, _, _ = _unpack(key)
+            parts.append((key, *self.stage1.counts_of(gid, *_cell_cumsum(key, s0, s1))))
         if self._gauge:
-            g = _fold(pl.concat(self._gauge), ["dg", "dt"])
+            key, dg, dt = _fold(*_concat(self._gauge))
             self._gauge = []
-            cells.append(g.group_by("gid", "minute").agg(
-                pl.col("dg").sum().alias("good"), pl.col("dt").sum().alias("total"),
-                pl.col("n").min().alias("seen")))
-            pending.append(g.filter(~pl.col("natural")).select("gid", "minute", "n", "dg", "dt"))
-        cell_schema = pl.Schema({"gid": pl.Int64(), "minute": pl.Int64(), "good": pl.Float64(),
-                                 "total": pl.Float64(), "seen": pl.Int64()})
-        pend_schema = pl.Schema({"gid": pl.Int64(), "minute": pl.Int64(), "n": pl.Int64(),
-                                 "dg": pl.Float64(), "dt": pl.Float64()})
-        return (pl.concat([pl.DataFrame(schema=cell_schema),
-                           *[x.select(list(cell_schema)).cast(cell_schema) for x in cells]]),
-                pl.concat([pl.DataFrame(schema=pend_schema),
-                           *[x.select(list(pend_schema)).cast(pend_schema) for x in pending]]))
-
-    def _counter_cells(self, c: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """Counter sums to (good, total) per cell, and pending arrivals as differences of
-        (good, total) between successive versions of the cell (a mean is not linear)."""
-        ordered = c.with_columns(
-            # Natural contributions first (they are there when the minute is first reported).
-            pl.when(pl.col("natural")).then(pl.lit(-1, pl.Int64)).otherwise(pl.col("n"))
-            .alias("order")).sort("gid", "minute", "order")
-        ordered = ordered.with_columns(
-            pl.col("s0").cum_sum().over("gid", "minute").alias("c0"),
-            pl.col("s1").cum_sum().over("gid", "minute").alias("c1"),
-        )
-        gid = ordered.get_column("gid").to_numpy()
-        good, total = self.stage1.counts_of(gid, ordered.get_column("c0").to_numpy(),
-                                            ordered.get_column("c1").to_numpy())
-        ordered = ordered.with_columns(pl.Series("g", good), pl.Series("t", total))
-        ordered = ordered.with_columns(
-            (pl.col("g") - pl.col("g").shift(1, fill_value=0.0).over("gid", "minute"))
-            .alias("dg"),
-            (pl.col("t") - pl.col("t").shift(1, fill_value=0.0).over("gid", "minute"))
-            .alias("dt"),
-        )
-        cells = ordered.group_by("gid", "minute").agg(
-            pl.col("g").last().alias("good"), pl.col("t").last().alias("total"),
-            pl.col("n").min().alias("seen"))
-        pending = ordered.filter(~pl.col("natural")).select("gid", "minute", "n", "dg", "dt")
+            parts.append((key, *_cell_cumsum(key, dg, dt)))
+        keys = np.concatenate([np.zeros(0, np.int64), *[p[0] for p in parts]])
+        good = np.concatenate([np.zeros(0), *[p[1] for p in parts]])
+        total = np.concatenate([np.zeros(0), *[p[2] for p in parts]])
+        gid, minute, late = _unpack(keys)
+        cell = keys >> _ARRIVAL_BITS
+        first = np.ones(cell.size, bool)
+        first[1:] = cell[1:] != cell[:-1]
+        last = np.ones(cell.size, bool)
+        last[:-1] = cell[1:] != cell[:-1]
+        natural_n = self._natural_n(minute)
+        # Successive versions of a cell: what arrives at each step is the difference.
+        prev_g = np.where(first, 0.0, np.roll(good, 1))
+        prev_t = np.where(first, 0.0, np.roll(total, 1))
+        cells = pl.DataFrame({
+            "gid": gid[last], "minute": minute[last], "good": good[last], "total": total[last],
+            "seen": (natural_n + late)[first],
+        }, schema={"gid": pl.Int64, "minute": pl.Int64, "good": pl.Float64,
+                   "total": pl.Float64, "seen": pl.Int64})
+        pend = late > 0
+        pending = pl.DataFrame({
+            "gid": gid[pend], "minute": minute[pend], "n": (natural_n + late)[pend],
+            "dg": (good - prev_g)[pend], "dt": (total - prev_t)[pend],
+        }, schema={"gid": pl.Int64, "minute": pl.Int64, "n": pl.Int64, "dg": pl.Float64,
+                   "dt": pl.Float64})
         return cells, pending
 
 
-def _fold(frame: pl.DataFrame, values: list[str]) -> pl.DataFrame:
-    """Sum ``values`` per (gid, minute, arrival step): contributions arriving together."""
-    return frame.group_by("gid", "minute", "n").agg(
-        pl.col("natural").first(), *[pl.col(v).sum() for v in values])
+def _concat(parts: list[tuple[I64, F64, F64]]) -> tuple[I64, F64, F64]:
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]))
+
+
+def _cell_cumsum(key: I64, a: F64, b: F64) -> tuple[F64, F64]:
+    """Running sums of ``a`` and ``b`` within each cell (keys sorted: a cell's arrivals in
+    order, the natural ones first): each cell's content after each arrival."""
+    cell = key >> _ARRIVAL_BITS
+    first = np.ones(cell.size, bool)
+    first[1:] = cell[1:] != cell[:-1]
+    out = []
+    for x in (a, b):
+        c = np.cumsum(x)
+        base = np.repeat(c[first] - x[first], np.diff(np.append(np.flatnonzero(first),
+                                                                  cell.size)))
+        out.append(c - base)
+    return out[0], out[1]
 
 
 # ------------------------------------------------------------------------------------------
@@ -744,6 +767,8 @@ def replay(
     end: datetime | None = None,
     open_minutes: int = _OPEN_MINUTES,
     progress: Progress | None = None,
+    keep_timelines: bool = True,
+    on_timeline: Callable[[SloTimeline], None] | None = None,
 ) -> BacktestReport:
     """Replay sample frames (read in any order between series) through the engine.
 
@@ -756,6 +781,11 @@ def replay(
             the first sample) to the first at or after ``end`` (default: the last).
         open_minutes: as the live stages' (how far back a series gap may place an
             increase).
+        keep_timelines: keep every SLO's :class:`SloTimeline` in the report (for
+            JSON output).  A month of a fleet's timelines is hundreds of megabytes:
+            a caller that writes them as they come (``on_timeline``, e.g. one
+            Parquet row group per SLO) or only prints the summary passes False.
+        on_timeline: called with each SLO's timeline as soon as it is computed.
 
     Raises:
         ReplayError: no sample any spec reads, or ``end`` before ``start``.
@@ -796,7 +826,11 @@ def replay(
         if steps.size == 0 or not names:
             continue
         tl, fin, eps, fal = _SloReplay(spec, names, mine, mine_p, steps, step_ms).run()
-        timelines.append(tl)
+        if on_timeline is not None:
+            on_timeline(tl)
+        if keep_timelines:
+            timelines.append(tl)
+        del tl
         if int(steps[-1]) == n_last:
             final += fin
             final_alerts += fal
