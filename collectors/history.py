@@ -499,7 +499,9 @@ class ExpositionReader:
         frame = frame.with_columns(
             is_meta=stripped.str.starts_with("#"),
             blank=stripped == "",
-            name=pl.col("raw").str.extract(r"^[ \t]*([^ \t{#]+)"),
+            # "name{...}", or "{..., __name__="name", ...}" as promtool tsdb dump writes it.
+            name=pl.coalesce(pl.col("raw").str.extract(r"^[ \t]*([^ \t{#]+)"),
+                             pl.col("raw").str.extract(r'^[ \t]*\{[^}]*?__name__="([^"]*)"')),
         )
         meta = frame.filter("is_meta")
         for line, raw in meta.select("line", "raw").iter_rows():
@@ -584,8 +586,13 @@ class ExpositionReader:
                     break
         metric = name
         bare = typ == "counter" and not name.endswith(("_total", "_created"))
-        if bare:
+        # Without metadata (a promtool tsdb dump) a counter stored without _total is known
+        # only by a spec asking for it with the suffix.
+        asked = typ == "untyped" and self.metrics is not None and name not in self.metrics \
+            and name + "_total" in self.metrics and not name.endswith("_total")
+        if bare or asked:
             metric = name + "_total"
+            typ = "counter" if asked else typ
         kind_type = "unknown" if typ in ("untyped", "unknown") else typ
         base_name = family or name
         if typ == "counter":
@@ -597,8 +604,14 @@ class ExpositionReader:
     def _samples(self, mine: pl.DataFrame) -> pl.DataFrame:
         """The selected sample lines as a validated, origin-inferred sample frame."""
         groups = ["g_name", "g_block", "g_value", "g_ts"]
+        dumped = pl.col("raw").str.strip_chars_start(" \t").str.starts_with("{")
+        # promtool tsdb dump: the name inside the braces, ", " between pairs.
+        text = pl.when(dumped).then(
+            pl.col("name") + pl.col("raw").str.replace(r'__name__="[^"]*"(, )?', "")
+            .str.replace(r', \}', "}").str.replace_all(r'", ([a-zA-Z_])', '",${1}')
+        ).otherwise(pl.col("raw"))
         parsed = mine.with_columns(
-            pl.col("raw").str.extract_groups(_SAMPLE_LINE).struct.rename_fields(groups)
+            text.str.extract_groups(_SAMPLE_LINE).struct.rename_fields(groups)
             .alias("g")).unnest("g")
         fast = parsed.filter(pl.col("g_name").is_not_null())
         if self.unit is None:

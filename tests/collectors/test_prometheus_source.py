@@ -142,6 +142,27 @@ def test_replaying_prometheus_gives_the_report_of_replaying_its_export(
         "request-success", "ttft", "gpu-thermal-headroom", "rdma-port-health"}
 
 
+def test_a_promtool_tsdb_dump_replays_like_the_export(
+    specs: list[SloSpec], export: Path, tsdb: Path, tmp_path: Path
+) -> None:
+    """``promtool tsdb dump`` is how a team exports a Prometheus without its API:
+    ``{__name__="x", a="b"} value milliseconds`` lines, no metadata."""
+    promtool = require_binary("promtool", "prometheus")
+    data = tmp_path / "data"
+    subprocess.run(["cp", "-r", str(tsdb), str(data)], check=True)
+    (data / "wal").mkdir(exist_ok=True)
+    dump = tmp_path / "dump.txt"
+    with dump.open("w") as out:
+        done = subprocess.run([promtool, "tsdb", "dump", str(data)], stdout=out,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert dump.read_text().startswith("{")
+    metrics = replay_metrics(input_metrics(specs))
+    from_file = replay(specs, iter_exposition_frames(export, metrics=metrics))
+    from_dump = replay(specs, iter_exposition_frames(dump, metrics=metrics))
+    assert from_dump.to_dict() == from_file.to_dict()
+
+
 @pytest.fixture(scope="module")
 def tls_prometheus(tmp_path_factory: pytest.TempPathFactory, tsdb: Path,
                    tls_files: tuple[Path, Path]) -> Iterator[Server]:
