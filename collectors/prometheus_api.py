@@ -7,7 +7,7 @@ frames, the same frames :mod:`collectors.history` reads from an export of the
 same data, so a replay over either gives the same report.
 
 **What is fetched.**  For each selector of each spec (good, bad, total, the
-gauge and the counter it is divided by, :func:`series_selectors`): the metric
+gauge and the counter it is divided by; :func:`slo.rules.series_selectors`): the metric
 and its label matchers as a PromQL series selector (the histogram bucket bound
 as the ``le`` regex the rules use, so ``0.5`` and ``0.5`` spelled otherwise
 both match).  Matchers on ``node``, ``source`` and ``entity`` are left out of
@@ -62,7 +62,6 @@ from gpuslo.collectors.history import (
     replay_metrics,
 )
 from gpuslo.pipeline.schema import SAMPLE_SCHEMA, validate
-from gpuslo.slo.spec import FRAME_COLUMNS, SelectorSpec, SloSpec, input_metrics
 
 DEFAULT_CHUNK = timedelta(hours=2)
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -140,54 +139,22 @@ def make_ssl_context(ca_file: str | None = None, *, insecure: bool = False) -> s
 
 
 # --------------------------------------------------------------------------------------------
-# What to fetch (pure)
+# What to fetch (pure): selectors come from slo.rules.series_selectors
 # --------------------------------------------------------------------------------------------
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def _selector(metric: str, sel: SelectorSpec | None) -> str:
-    """A PromQL selector of ``metric`` with ``sel``'s matchers on real labels only."""
-    if metric.endswith("_total"):  # a counter may be stored without _total (dcgm-exporter)
-        parts = [f'__name__=~"{metric}|{metric.removesuffix("_total")}"']
-    else:
-        parts = [f'__name__="{_escape(metric)}"']
-    if sel is not None:
-        parts += [m.promql() for m in sel.matchers if m.label not in FRAME_COLUMNS]
-        if sel.le is not None:
-            bound = SelectorSpec(metric, (), sel.le).promql()  # the rules' le regex
-            parts.append(bound[bound.index("{") + 1:-1])
-    return "{" + ",".join(parts) + "}"
-
-
-def series_selectors(specs: Sequence[SloSpec]) -> list[str]:
-    """PromQL selectors of exactly the series ``specs`` read (sorted, without duplicates).
-
-    A selector with a ``promql`` override that is a plain series selector is used
-    as written.  A normalised ``gpuslo_*`` metric becomes its upstream metrics.
-    """
+def expand_normalised(selectors: Sequence[str]) -> list[str]:
+    """``selectors`` with each one naming a normalised ``gpuslo_*`` signal replaced by the
+    upstream metrics it is derived from (a Prometheus holds those, not the signal)."""
     out: set[str] = set()
-    for spec in specs:
-        for sel in spec.sli.selectors():
-            for metric, matchers in ((sel.metric, sel), (sel.per, sel)):
-                if metric is None:
-                    continue
-                if metric == sel.metric and sel.promql_override is not None and \
-                        re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^{}]*\})?",
-                                     sel.promql_override.strip()):
-                    out.add(sel.promql_override.strip())
-                elif metric.startswith("gpuslo_"):
-                    upstream = sorted(replay_metrics([metric]) - {metric})
-                    out |= {_selector(name, None) for name in upstream}
-                else:
-                    out.add(_selector(metric, matchers if metric == sel.metric else
-                                      SelectorSpec(metric, sel.matchers)))
-    # A series selected by a narrower selector and by its bare metric is fetched once.
-    bare = {s for s in out if s.count(",") == 0}
-    names = {s[:-1] + "," for s in bare}
-    return sorted(s for s in out if s in bare or not any(s.startswith(n) for n in names))
+    for sel in selectors:
+        m = re.fullmatch(r'\{__name__="(gpuslo_[a-zA-Z0-9_:]*)"[^{}]*\}', sel.strip())
+        if m is None:
+            out.add(sel)
+            continue
+        for name in sorted(replay_metrics([m.group(1)]) - {m.group(1)}):
+            out.add(f'{{__name__="{name}"}}')
+    return sorted(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,23 +396,25 @@ def _error_of(body: str) -> str | None:
 
 def iter_prometheus_frames(
     cfg: PrometheusSourceConfig,
-    specs: Sequence[SloSpec],
+    selectors: Sequence[str],
+    metrics: Collection[str] | None,
     start: datetime,
     end: datetime,
     *,
     now: datetime | None = None,
     max_ahead: int = 4,
 ) -> Iterator[pl.DataFrame]:
-    """Sample frames of every series ``specs`` read from ``[start, end]``, for a sync consumer.
+    """Sample frames of ``selectors`` over ``[start, end]``, for a synchronous consumer.
 
+    ``selectors``: PromQL series selectors (``slo.rules.series_selectors(specs)``);
+    ``metrics``: the sample names to keep (``replay_metrics(input_metrics(specs))``).
     The client runs on its own event loop in a thread; at most ``max_ahead`` chunks
     wait in the queue, so memory stays a few chunks whatever the span.
 
     Raises:
         PrometheusSourceError: as :meth:`PrometheusReader.frames`.
     """
-    selectors = series_selectors(specs)
-    metrics = replay_metrics(input_metrics(specs))
+    selectors = expand_normalised(selectors)
     box: queue.Queue[pl.DataFrame | BaseException | None] = queue.Queue(maxsize=max_ahead)
     stop = threading.Event()
 
@@ -492,8 +461,8 @@ __all__ = [
     "PrometheusReader",
     "PrometheusSourceConfig",
     "PrometheusSourceError",
+    "expand_normalised",
     "iter_prometheus_frames",
     "make_ssl_context",
     "matrix_frame",
-    "series_selectors",
 ]

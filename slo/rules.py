@@ -57,7 +57,14 @@ from typing import Any
 import yaml
 
 from gpuslo.slo import conventions as cv
-from gpuslo.slo.spec import BudgetingMethod, SelectorSpec, SliKind, SloSpec, ThresholdOp
+from gpuslo.slo.spec import (
+    FRAME_COLUMNS,
+    BudgetingMethod,
+    SelectorSpec,
+    SliKind,
+    SloSpec,
+    ThresholdOp,
+)
 from gpuslo.slo.windows import REPORT_WINDOWS, BurnRateWindowSpec, Severity, format_decimal
 
 MINUTE = timedelta(minutes=1)
@@ -113,6 +120,56 @@ def skip_reason(spec: SloSpec) -> str | None:
 
 
 _PLAIN_SELECTOR = re.compile(r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^{}]*\})?')
+
+
+# --- what a replay reads from a Prometheus ------------------------------------------------
+
+def _promql_string(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _series_selector(metric: str, sel: SelectorSpec | None) -> str:
+    """A PromQL selector of ``metric`` with ``sel``'s matchers on real labels only."""
+    if metric.endswith("_total"):  # a counter may be stored without _total (dcgm-exporter)
+        parts = [f'__name__=~"{metric}|{metric.removesuffix("_total")}"']
+    else:
+        parts = [f'__name__="{_promql_string(metric)}"']
+    if sel is not None:
+        parts += [m.promql() for m in sel.matchers if m.label not in FRAME_COLUMNS]
+        if sel.le is not None:
+            bound = SelectorSpec(metric, (), sel.le).promql()  # the rules' le regex
+            parts.append(bound[bound.index("{") + 1:-1])
+    return "{" + ",".join(parts) + "}"
+
+
+def series_selectors(specs: Sequence[SloSpec]) -> list[str]:
+    """PromQL selectors of exactly the series ``specs`` read (sorted, without duplicates).
+
+    What a replay from a Prometheus fetches (``collectors.prometheus_api``): each
+    selector's metric and its matchers on real labels (``node``, ``source`` and
+    ``entity`` are columns gpuslo infers, applied after reading), the bucket bound
+    as the rules' ``le`` regex, and for a counter ending in ``_total`` the name
+    without it too (dcgm-exporter's counters are stored so).  A selector with a
+    ``promql`` override that is a plain series selector is used as written.  A
+    series selected narrowly and by its bare metric is fetched once.
+    """
+    out: set[str] = set()
+    for spec in specs:
+        for sel in spec.sli.selectors():
+            for metric, matchers in ((sel.metric, sel), (sel.per, sel)):
+                if metric is None:
+                    continue
+                if metric == sel.metric and sel.promql_override is not None and \
+                        re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^{}]*\})?",
+                                     sel.promql_override.strip()):
+                    out.add(sel.promql_override.strip())
+                else:
+                    out.add(_series_selector(metric, matchers if metric == sel.metric else
+                                      SelectorSpec(metric, sel.matchers)))
+    # A series selected by a narrower selector and by its bare metric is fetched once.
+    bare = {s for s in out if s.count(",") == 0}
+    names = {s[:-1] + "," for s in bare}
+    return sorted(s for s in out if s in bare or not any(s.startswith(n) for n in names))
 
 
 def _by(spec: SloSpec) -> str:

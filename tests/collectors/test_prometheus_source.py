@@ -37,12 +37,13 @@ from gpuslo.collectors.prometheus_api import (
     PrometheusReader,
     PrometheusSourceConfig,
     PrometheusSourceError,
+    expand_normalised,
     iter_prometheus_frames,
-    series_selectors,
 )
 from gpuslo.pipeline.schema import label
 from gpuslo.slo.backtest import replay
 from gpuslo.slo.catalog import CATALOG_DIR
+from gpuslo.slo.rules import series_selectors
 from gpuslo.slo.spec import SloSpec, input_metrics, load_specs
 
 pytestmark = pytest.mark.integration
@@ -119,6 +120,9 @@ def test_selectors_are_exactly_the_series_the_specs_read(specs: list[SloSpec]) -
     assert [s for s in sels if "request_success" in s] == [
         '{__name__=~"vllm:request_success_total|vllm:request_success"}']
     assert not any("node=" in s or "entity=" in s for s in sels)
+    # A normalised signal is fetched as the upstream series it comes from.
+    assert expand_normalised(['{__name__="gpuslo_gpu_temperature_celsius"}']) == [
+        '{__name__="DCGM_FI_DEV_GPU_TEMP"}', '{__name__="DCGM_FI_DEV_GPU_TEMP_total"}']
 
 
 def test_replaying_prometheus_gives_the_report_of_replaying_its_export(
@@ -129,7 +133,7 @@ def test_replaying_prometheus_gives_the_report_of_replaying_its_export(
     from_file = replay(specs, iter_exposition_frames(export, metrics=metrics))
     # 25-minute chunks: samples at chunk edges must be read once, not twice or never.
     cfg = PrometheusSourceConfig(prometheus.url, chunk=timedelta(minutes=25))
-    chunks = list(iter_prometheus_frames(cfg, specs, t0, end))
+    chunks = list(iter_prometheus_frames(cfg, series_selectors(specs), metrics, t0, end))
     assert len(chunks) == 5
     from_prom = replay(specs, chunks)
     # Every sample read once: the file's, less the buckets no SLO reads (the source asks for
