@@ -1011,6 +1011,40 @@ def timeline_frame(report: BacktestReport) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed")
 
 
+def timeline_schema(specs: Sequence[SloSpec]) -> pl.Schema:
+    """The columns :func:`timeline_frame_of` can produce for ``specs``, in one order: for
+    writing every SLO's frame to one Parquet or CSV file as it comes (``on_timeline``),
+    each frame aligned with ``frame.select(...)`` after adding the missing columns as
+    nulls (``pl.concat([empty(schema), frame], how="diagonal_relaxed")``)."""
+    cols: dict[str, pl.DataType] = {"evaluated_at": pl.Datetime("ms", "UTC"),
+                                    cv.COL_SLO: pl.String(), cv.COL_SCOPE: pl.String()}
+    names: list[str] = []
+    for spec in specs:
+        windows = [*report_windows(spec), spec.period]
+        for name in _window_columns(windows, spec.period):
+            if name not in names:
+                names.append(name)
+    order = {n: i for i, n in enumerate(cv.duration_label(w) for w in sorted(
+        {w for spec in specs for w in report_windows(spec)}))}
+    for name in sorted(names, key=lambda n: order.get(n, len(order))):
+        cols[f"state_{name}"] = pl.String()
+        cols[f"error_ratio_{name}"] = pl.Float64()
+        cols[f"burn_rate_{name}"] = pl.Float64()
+    cols["budget_remaining"] = pl.Float64()
+    cols["time_to_exhaustion_s"] = pl.Float64()
+    for spec in specs:
+        for tier in spec.windows:
+            cols[f"tier_{tier.name}"] = pl.Boolean()
+    for sev in Severity:
+        cols[f"firing_{sev.value}"] = pl.Boolean()
+    return pl.Schema(cols)
+
+
+def timeline_frame_of(tl: SloTimeline) -> pl.DataFrame:
+    """One SLO's timeline as a frame (see :func:`timeline_frames`)."""
+    return _timeline_frame(tl)
+
+
 def _timeline_frame(tl: SloTimeline) -> pl.DataFrame:
     k_idx, r_idx = np.nonzero(tl.reported)
     eps = float(tl.spec.error_budget)
@@ -1160,5 +1194,7 @@ __all__ = [
     "summary_rows",
     "timeline_dicts",
     "timeline_frame",
+    "timeline_frame_of",
     "timeline_frames",
+    "timeline_schema",
 ]

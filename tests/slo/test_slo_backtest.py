@@ -25,6 +25,8 @@ from gpuslo.slo.backtest import (
     report_dict,
     summary_rows,
     timeline_frame,
+    timeline_frame_of,
+    timeline_schema,
 )
 from gpuslo.slo.catalog import CATALOG_DIR
 from gpuslo.slo.spec import SloSpec, load_specs, parse_yaml
@@ -271,6 +273,13 @@ def test_outputs_carry_every_window_tier_and_episode_with_dates() -> None:
     specs = load_specs([CATALOG])
     report = replay(specs, [fleet_samples(5, hours=2)])
     frame = timeline_frame(report)
+    # One schema for every SLO, so a writer can append each SLO's frame as it comes.
+    schema = timeline_schema(specs)
+    assert set(frame.columns) <= set(schema)
+    for tl in report.timelines:
+        part = timeline_frame_of(tl)
+        aligned = pl.concat([pl.DataFrame(schema=schema), part], how="diagonal_relaxed")
+        assert aligned.schema == schema and aligned.height == part.height
     assert {"state_5m", "error_ratio_5m", "burn_rate_5m", "burn_rate_period",
             "budget_remaining", "tier_page-5m-1h", "firing_page"} <= set(frame.columns)
     rs = frame.filter((pl.col("slo") == "request-success") & (pl.col("state_5m") == "ok"))
