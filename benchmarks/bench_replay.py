@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -260,6 +261,22 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.
     raise TimeoutError("prometheus not ready")
 
 
+def _wait_data(url: str, at: datetime, timeout_s: float = 300.0) -> None:
+    """Until the server answers a query at ``at`` with data (blocks loaded)."""
+    q = urllib.parse.urlencode({"query": "count(DCGM_FI_DEV_GPU_TEMP)",
+                                "time": f"{at.timestamp():.3f}"})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/v1/query?{q}", timeout=5) as resp:
+                if json.loads(resp.read())["data"]["result"]:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("prometheus has no data at the end of the span")
+
+
 def run_promtool(om: Path, work: Path, start: datetime, end: datetime) -> dict[str, Any]:
     promtool, prometheus = shutil.which("promtool"), shutil.which("prometheus")
     if promtool is None or prometheus is None:
@@ -290,6 +307,7 @@ def run_promtool(om: Path, work: Path, start: datetime, end: datetime) -> dict[s
     shutil.rmtree(out, ignore_errors=True)
     try:
         _wait_ready(f"http://127.0.0.1:{port}", proc)
+        _wait_data(f"http://127.0.0.1:{port}", end)
         t = time.perf_counter()
         done = subprocess.run([promtool, "tsdb", "create-blocks-from", "rules",
                                f"--start={int(start.timestamp())}",
@@ -299,6 +317,8 @@ def run_promtool(om: Path, work: Path, start: datetime, end: datetime) -> dict[s
         seconds = time.perf_counter() - t
         if done.returncode:
             raise RuntimeError(done.stderr[-2000:])
+        if not any(out.iterdir()):
+            raise RuntimeError("promtool wrote no blocks: the rules found no data")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

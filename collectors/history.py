@@ -73,6 +73,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import polars as pl
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as om_families,
@@ -294,10 +295,10 @@ def check_sample_times(frame: pl.DataFrame, where: str, now: datetime | None = N
     """
     if frame.height == 0:
         return
-    ms = frame.get_column("ts").dt.epoch("ms")
+    ms = frame.get_column("ts").cast(pl.Datetime("ms", "UTC")).to_numpy().view(np.int64)
     bad = (ms < _EARLIEST_MS) | (ms > _now_ms(now))
     if bad.any():
-        i = int(bad.arg_max() or 0)
+        i = int(np.argmax(bad))
         reason = implausible_time(int(ms[i]), now)
         raise OpenMetricsInputError(
             f"{where}: sample {i + 1} ({frame['metric'][i]}): {reason}")

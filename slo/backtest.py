@@ -268,8 +268,8 @@ class _Cells:
         """Fold one sample frame in (any order between series; in time order within one)."""
         if frame.height == 0:
             return
-        ms = frame.get_column("ts").dt.epoch("ms")
-        lo, hi = int(ms.min()), int(ms.max())  # type: ignore[arg-type]
+        ms = frame.get_column("ts").cast(pl.Datetime("ms", "UTC")).to_numpy().view(np.int64)
+        lo, hi = int(ms.min()), int(ms.max())
         self.min_ms = lo if self.min_ms is None else min(self.min_ms, lo)
         self.max_ms = hi if self.max_ms is None else max(self.max_ms, hi)
         c = self.stage1.contributions(frame, partition=0)
@@ -458,6 +458,46 @@ def _first_last_seen(cell_r: I64, cell_m: I64, cell_seen: I64, n_rows: int,
     return first, last
 
 
+class _RangeSums:
+    """Sums of per-(scope, position) values over position ranges, for every (step, scope).
+
+    Positions are minutes or slices.  Prefix sums over a dense (scope, position) grid
+    when it is small enough (a month of a few hundred scopes: tens of megabytes), so a
+    range is two lookups; otherwise over the sparse cells, found by binary search (years
+    between two spans of data cost nothing).
+    """
+
+    DENSE_CELLS = 8_000_000
+
+    def __init__(self, rows: I64, pos: I64, values: Sequence[F64], n_rows: int) -> None:
+        self.n = n_rows
+        self.first = int(pos.min()) if pos.size else 0
+        self.width = (int(pos.max()) - self.first + 1) if pos.size else 1
+        self.dense = n_rows * (self.width + 1) <= self.DENSE_CELLS
+        self._rows = np.arange(n_rows)[None, :]
+        if self.dense:
+            self.prefix = []
+            for v in values:
+                grid = np.zeros((n_rows, self.width + 1))
+                grid[rows, pos - self.first + 1] = v
+                self.prefix.append(np.cumsum(grid, axis=1))
+        else:
+            order = np.lexsort((pos, rows))
+            self.keys = rows[order] * (self.width + 2) + (pos[order] - self.first)
+            self.prefix = [np.concatenate([[0.0], np.cumsum(v[order])]) for v in values]
+
+    def sums(self, lo: I64, hi: I64) -> list[F64]:
+        """Σ of each value over positions ``[lo, hi)`` (``lo``, ``hi`` per step), (step, scope)."""
+        a = np.clip(lo - self.first, 0, self.width)[:, None]
+        b = np.clip(np.maximum(hi, lo) - self.first, 0, self.width)[:, None]
+        if self.dense:
+            return [p[self._rows, b] - p[self._rows, a] for p in self.prefix]
+        base = self._rows * (self.width + 2)
+        ia = np.searchsorted(self.keys, base + a)
+        ib = np.searchsorted(self.keys, base + b)
+        return [p[ib] - p[ia] for p in self.prefix]
+
+
 @dataclass
 class _Window:
     """One window's statistics at every step: (good, total, slices, good slices, ratio sum)."""
@@ -494,10 +534,7 @@ class _SloReplay:
         self.cg = cells.get_column("good").to_numpy()
         self.ct = cells.get_column("total").to_numpy()
         self.cseen = cells.get_column("seen").to_numpy()
-        self.span = int(self.cm.max()) + 2 if self.cm.size else 2  # minutes < span
-        self.keys = self.cr * self.span + self.cm
-        self.pg = np.concatenate([[0.0], np.cumsum(self.cg)])
-        self.pt = np.concatenate([[0.0], np.cumsum(self.ct)])
+        self.minutes = _RangeSums(self.cr, self.cm, [self.cg, self.ct], self.r)
         self.now_m = (self.t_ms - 1) // MINUTE_MS + 1
         self._pending(pending)
         if self.sliced:
@@ -524,20 +561,13 @@ class _SloReplay:
 
     def _slice_stats(self) -> None:
         """Per (scope, slice) of final content: has data, good slice, ratio; prefix sums."""
-        L = self.slice_min
-        j = self.cm // L
-        key = self.cr * (self.span // L + 2) + j
-        change = np.ones(key.size, bool)
-        change[1:] = key[1:] != key[:-1]
+        j = self.cm // self.slice_min  # cells are sorted by (scope, minute)
+        change = np.ones(j.size, bool)
+        change[1:] = (j[1:] != j[:-1]) | (self.cr[1:] != self.cr[:-1])
         starts = np.flatnonzero(change)
-        self.s_keys = key[starts]
-        self.s_mult = self.span // L + 2
         g = np.add.reduceat(self.cg, starts) if starts.size else np.zeros(0)
         t = np.add.reduceat(self.ct, starts) if starts.size else np.zeros(0)
-        has, good, ratio = self._seg(g, t)
-        self.s_has = np.concatenate([[0.0], np.cumsum(has)])
-        self.s_good = np.concatenate([[0.0], np.cumsum(good)])
-        self.s_ratio = np.concatenate([[0.0], np.cumsum(ratio)])
+        self.slices = _RangeSums(self.cr[starts], j[starts], list(self._seg(g, t)), self.r)
 
     def _seg(self, g: F64, t: F64) -> tuple[F64, F64, F64]:
         has = t > 0
@@ -547,13 +577,7 @@ class _SloReplay:
 
     def _sum(self, lo: I64, hi: I64) -> tuple[F64, F64]:
         """Σ good, Σ total over minutes [lo, hi) per (step, scope), as known at each step."""
-        rows = np.arange(self.r)[None, :] * self.span
-        lo_c = np.clip(lo, 0, self.span)[:, None]
-        hi_c = np.clip(np.maximum(hi, lo), 0, self.span)[:, None]
-        a = np.searchsorted(self.keys, rows + lo_c)
-        b = np.searchsorted(self.keys, rows + hi_c)
-        g = self.pg[b] - self.pg[a]
-        t = self.pt[b] - self.pt[a]
+        g, t = self.minutes.sums(lo, hi)
         if self.p_k.size:
             inside = (self.p_m >= lo[self.p_k]) & (self.p_m < hi[self.p_k])
             if inside.any():
@@ -578,13 +602,10 @@ class _SloReplay:
         g2, t2 = self._sum(np.where(single, hi, ar), hi)
         h2, gd2, r2 = self._seg(g2, t2)
         # Whole slices in between, from their final statistics.
-        rows = np.arange(self.r)[None, :] * self.s_mult
-        j_lo = np.where(single, 0, a1 // L)[:, None]
-        j_hi = np.where(single, 0, np.maximum(ar // L, a1 // L))[:, None]
-        a = np.searchsorted(self.s_keys, rows + j_lo)
-        b = np.searchsorted(self.s_keys, rows + j_hi)
+        j_lo = np.where(single, 0, a1 // L)
+        j_hi = np.where(single, 0, np.maximum(ar // L, a1 // L))
         empty = (lo >= hi)[:, None]
-        mid = [np.where(empty, 0.0, p[b] - p[a]) for p in (self.s_has, self.s_good, self.s_ratio)]
+        mid = [np.where(empty, 0.0, x) for x in self.slices.sums(j_lo, j_hi)]
         g, t = self._sum(lo, hi)  # events over the whole window, for the report
         return _Window(g, t, h1 + h2 + mid[0], gd1 + gd2 + mid[1], r1 + r2 + mid[2])
 

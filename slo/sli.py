@@ -271,21 +271,22 @@ def _series_hashes(frame: pl.DataFrame) -> npt.NDArray[np.uint64]:
     the order does not matter): hashing the list of structs whole took four times
     as long and held half a gigabyte more while a month was replayed.
     """
-    labels = frame.get_column("labels")
-    lens = labels.list.len().to_numpy().astype(np.int64)
-    flat = labels.explode()
-    pair = (flat.struct.field("name").hash(7) ^ flat.struct.field("value").hash(11)).to_numpy()
-    # Polars versions differ on whether an empty list explodes to one null or nothing.
-    per_row = lens if pair.size == int(lens.sum()) else np.maximum(lens, 1)
-    starts = np.cumsum(per_row) - per_row
-    has = lens > 0
-    if per_row is not lens:
-        pair[starts[~has]] = 0  # the null an empty list became
-    lab = np.zeros(lens.size, np.uint64)
-    if has.any():
-        lab[has] = np.add.reduceat(pair, starts[has])
-    rest = frame.select(pl.struct(*[c for c in SERIES_KEY if c != "labels"]).hash()) \
-        .to_series().to_numpy()
+    # Two queries: per row (the label count and the other key columns' hash), and per
+    # label pair.  Every Polars call costs about a millisecond however small the batch.
+    per_row = frame.select(
+        pl.col("labels").list.len().cast(pl.Int64).alias("n"),
+        pl.struct(*[c for c in SERIES_KEY if c != "labels"]).hash().alias("h"),
+    )
+    lens = per_row.get_column("n").to_numpy()
+    rest = per_row.get_column("h").to_numpy()
+    pair = frame.select(pl.col("labels").explode()).unnest("labels").select(
+        pl.col("name").hash(7) ^ pl.col("value").hash(11)).to_series().to_numpy()
+    if pair.size != int(lens.sum()):  # Polars versions differ on what an empty list becomes
+        keep = np.repeat(lens > 0, np.maximum(lens, 1))
+        pair = pair[keep]
+    cs = np.concatenate([np.zeros(1, np.uint64), np.cumsum(pair, dtype=np.uint64)])
+    ends = np.cumsum(lens)
+    lab = cs[ends] - cs[ends - lens]  # each row's pairs summed (wrapping, order-free)
     out: npt.NDArray[np.uint64] = (rest * np.uint64(0x9E3779B97F4A7C15)) ^ lab
     return out
 
@@ -489,6 +490,13 @@ class Stage1State:
                                     np.concatenate(out_minute), np.concatenate(out_good),
                                     np.concatenate(out_total))
 
+    def prepare(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, npt.NDArray[np.uint64]]:
+        """The rows of ``frame`` some SLO reads, and their series hashes (no state read)."""
+        wanted = frame.get_column("metric").is_in(self._metrics)
+        if not wanted.all():
+            frame = frame.filter(wanted)
+        return frame, _series_hashes(frame) if frame.height else np.zeros(0, np.uint64)
+
     def contributions(self, frame: pl.DataFrame, partition: int = 0) -> Contributions:
         """What ``frame`` adds, not folded into minutes: for bulk replays (:mod:`slo.backtest`).
 
@@ -502,12 +510,9 @@ class Stage1State:
         if len(self._series) and len(self._series) + len(self._route_keys) > limit:
             self._rebuild_routing()
         st = self._partitions.setdefault(partition, _PartitionState())
-        wanted = frame.get_column("metric").is_in(self._metrics)
-        if not wanted.all():
-            frame = frame.filter(wanted)
+        frame, hashes = self.prepare(frame)
         if frame.height == 0:
             return Contributions.empty()
-        hashes = _series_hashes(frame)
         sids = self._series.get(hashes)
         unknown = sids < 0
         if unknown.any():
@@ -856,13 +861,20 @@ class Stage1State:
         one, is a baseline and yields none; a sample not newer than the last is ignored."""
         distinct = self._distinct(rids)  # the usual batch (one scrape): each series once
         if not distinct:
-            # Same series, same timestamp: one sample.  Sorting by value too makes the
-            # choice deterministic if an exporter ever sends two values for one instant.
-            order = np.lexsort((value, ms, rids))
+            # Sorted by (series, time).  Recorded input holds each series in time order,
+            # so a stable sort by series alone usually is that, at a third of the cost.
+            order = np.argsort(rids, kind="stable")
+            r_s, m_s = rids[order], ms[order]
+            same = r_s[1:] == r_s[:-1]
+            if (same & (m_s[1:] <= m_s[:-1])).any():
+                # Out of order, or the same series twice at one instant (one sample:
+                # sorting by value too makes the choice deterministic).
+                order = np.lexsort((value, ms, rids))
             rids, ms, value = rids[order], ms[order], value[order]
             dup = np.zeros(rids.size, bool)
             dup[1:] = (rids[1:] == rids[:-1]) & (ms[1:] == ms[:-1])
-            rids, ms, value = rids[~dup], ms[~dup], value[~dup]
+            if dup.any():
+                rids, ms, value = rids[~dup], ms[~dup], value[~dup]
         prev_ts = st.last_ts[rids]
         newer = ms > prev_ts
         rids, ms, value, prev_ts = rids[newer], ms[newer], value[newer], prev_ts[newer]
