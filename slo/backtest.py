@@ -202,6 +202,13 @@ _ARRIVAL_BITS = 12  # steps after the minute is first reported (whole-second ste
 _MAX_GID = 1 << (63 - _MINUTE_BITS - _ARRIVAL_BITS)
 
 
+def _small_ids(ids: I64) -> npt.NDArray[np.integer]:
+    """As int16 when they fit, so a stable sort is a radix sort (see :mod:`slo.sli`)."""
+    if ids.size and int(ids.min()) >= 0 and int(ids.max()) < 32_767:
+        return ids.astype(np.int16)
+    return ids
+
+
 def _pack(gid: I64, minute: I64, late: I64) -> I64:
     return (((gid << _MINUTE_BITS) | minute) << _ARRIVAL_BITS) | late
 
@@ -213,13 +220,83 @@ def _unpack(key: I64) -> tuple[I64, I64, I64]:
 
 
 def _fold(keys: I64, a: F64, b: F64) -> tuple[I64, F64, F64]:
-    """Sum ``a`` and ``b`` per distinct key; keys come back sorted."""
+    """Sum ``a`` and ``b`` per distinct key; keys come back sorted.
+
+    A batch read in time order spans a few hundred minutes: its (gid, minute, arrival)
+    cells then fit a small dense grid, summed with ``bincount`` without sorting.
+    """
     if keys.size == 0:
         return keys, a, b
+    gid, minute, late = _unpack(keys)
+    g0, m0 = int(gid.min()), int(minute.min())
+    dg, dm, dl = int(gid.max()) - g0 + 1, int(minute.max()) - m0 + 1, int(late.max()) + 1
+    size = dg * dm * dl
+    if size <= max(4 * keys.size, 1 << 16):
+        idx = ((gid - g0) * dm + (minute - m0)) * dl + late
+        present = np.flatnonzero(np.bincount(idx, minlength=size))
+        g_i, rest = np.divmod(present, dm * dl)
+        m_i, l_i = np.divmod(rest, dl)
+        da: F64 = np.bincount(idx, a, size)[present].astype(np.float64)
+        db: F64 = np.bincount(idx, b, size)[present].astype(np.float64)
+        return _pack(g_i + g0, m_i + m0, l_i), da, db
     uniq, inv = np.unique(keys, return_inverse=True)
     sa: F64 = np.bincount(inv, a, uniq.size).astype(np.float64)
     sb: F64 = np.bincount(inv, b, uniq.size).astype(np.float64)
     return uniq, sa, sb
+
+
+_DAY_MIN = 1440
+
+
+class _DayBlocks:
+    """Per (gid, minute) sums of two values and a count, in dense blocks of a day.
+
+    The contributions known when their minute is first reported (nearly all of them)
+    land here: memory grows with the days that hold data (a couple of megabytes a day
+    for a fleet's catalog), never with the samples, and years between two spans of
+    data cost nothing.
+    """
+
+    def __init__(self) -> None:
+        self.cap = 64  # gids per block
+        self.blocks: dict[int, F64] = {}  # day -> (3, cap, 1440): a, b, count
+
+    def add(self, gid: I64, minute: I64, a: F64, b: F64) -> None:
+        if gid.size == 0:
+            return
+        need = int(gid.max()) + 1
+        if need > self.cap:
+            cap = max(need, 2 * self.cap)
+            for d0, old in self.blocks.items():
+                grown = np.zeros((3, cap, _DAY_MIN))
+                grown[:, : self.cap] = old
+                self.blocks[d0] = grown
+            self.cap = cap
+        day = minute // _DAY_MIN
+        lo, hi = int(day.min()), int(day.max())
+        days = [lo] if lo == hi else np.unique(day).tolist()
+        size = self.cap * _DAY_MIN
+        for d in days:
+            sel: B = np.ones(gid.size, bool) if lo == hi else day == d
+            idx = gid[sel] * _DAY_MIN + (minute[sel] - d * _DAY_MIN)
+            if d not in self.blocks:
+                self.blocks[d] = np.zeros((3, self.cap, _DAY_MIN))
+            flat = self.blocks[d].reshape(3, size)
+            flat[0] += np.bincount(idx, a[sel], size)
+            flat[1] += np.bincount(idx, b[sel], size)
+            flat[2] += np.bincount(idx, minlength=size)
+
+    def cells(self) -> tuple[I64, F64, F64]:
+        """Keys (arrival 0) of every cell with a contribution, and its two sums; sorted."""
+        keys, va, vb = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0)]
+        for d, blk in self.blocks.items():
+            g, m = np.nonzero(blk[2] > 0)
+            keys.append(_pack(g.astype(np.int64), m + d * _DAY_MIN, np.zeros(g.size, np.int64)))
+            va.append(blk[0, g, m])
+            vb.append(blk[1, g, m])
+        k, a, b = np.concatenate(keys), np.concatenate(va), np.concatenate(vb)
+        order = np.argsort(k)
+        return k[order], a[order], b[order]
 
 
 class _Cells:
@@ -237,6 +314,9 @@ class _Cells:
     def __init__(self, stage1: Stage1State, step_ms: int) -> None:
         self.stage1 = stage1
         self.step_ms = step_ms
+        # Natural contributions in day blocks; the few late ones as (key, a, b) lists.
+        self._counter_days = _DayBlocks()
+        self._gauge_days = _DayBlocks()
         self._counter: list[tuple[I64, F64, F64]] = []  # key, s0, s1
         self._gauge: list[tuple[I64, F64, F64]] = []  # key, dg, dt
         # Per gauge route: the last minute seen and its first / first-bad sample time.
@@ -278,20 +358,36 @@ class _Cells:
             minute = c.counter_minute_ms // MINUTE_MS
             key = self._key(c.counter_gid, minute, self._n(c.counter_ms))
             slot = c.counter_slot
-            self._counter.append(_fold(key, np.where(slot == 0, c.counter_inc, 0.0),
-                                       np.where(slot == 1, c.counter_inc, 0.0)))
+            s0 = np.where(slot == 0, c.counter_inc, 0.0)
+            s1 = np.where(slot == 1, c.counter_inc, 0.0)
+            self._store(self._counter_days, self._counter, key, c.counter_gid, minute, s0, s1)
         if c.gauge_rid.size:
             self._add_gauges(c.gauge_rid, c.gauge_gid, c.gauge_minute_ms // MINUTE_MS,
                              c.gauge_ms, c.gauge_ok)
-        if len(self._counter) > 16:
-            self._counter = [_fold(*_concat(self._counter))]
-        if len(self._gauge) > 16:
-            self._gauge = [_fold(*_concat(self._gauge))]
+        for parts in (self._counter, self._gauge):
+            if len(parts) > 16:
+                parts[:] = [_fold(*_concat(parts))]
+
+    @staticmethod
+    def _store(days: _DayBlocks, late: list[tuple[I64, F64, F64]], key: I64, gid: I64,
+               minute: I64, a: F64, b: F64) -> None:
+        """Natural contributions into the day blocks, the others into ``late``."""
+        nat = (key & ((1 << _ARRIVAL_BITS) - 1)) == 0
+        if nat.all():
+            days.add(gid, minute, a, b)
+            return
+        days.add(gid[nat], minute[nat], a[nat], b[nat])
+        late.append(_fold(key[~nat], a[~nat], b[~nat]))
 
     def _add_gauges(self, rid: I64, gid: I64, minute: I64, ms: I64, ok: B) -> None:
         """Per (route, minute): first sample and first bad sample; the last minute of each
         route is carried to the next frame, which may hold more of it."""
-        order = np.lexsort((ms, minute, rid))
+        # By route, then time: a stable sort by route keeps the time order a recording
+        # holds each series in (checked; a full sort otherwise).
+        order = np.argsort(_small_ids(rid), kind="stable")
+        r_s, m_s = rid[order], ms[order]
+        if ((r_s[1:] == r_s[:-1]) & (m_s[1:] < m_s[:-1])).any():
+            order = np.lexsort((ms, minute, rid))
         rid, gid, minute, ms, ok = rid[order], gid[order], minute[order], ms[order], ok[order]
         new = np.ones(rid.size, bool)
         new[1:] = (rid[1:] != rid[:-1]) | (minute[1:] != minute[:-1])
@@ -341,7 +437,8 @@ class _Cells:
                                         self._n(fb[later_bad]))])
         dg = np.concatenate([good0.astype(np.float64), np.full(n_bad, -1.0)])
         dt = np.concatenate([np.ones(gid.size), np.zeros(n_bad)])
-        self._gauge.append(_fold(key, dg, dt))
+        self._store(self._gauge_days, self._gauge, key, np.concatenate([gid, gid[later_bad]]),
+                    np.concatenate([minute, minute[later_bad]]), dg, dt)
 
     def finish(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         """``cells`` (gid, minute, good, total, seen) and ``pending`` (gid, minute, n, dg, dt).
@@ -356,15 +453,17 @@ class _Cells:
                                 self._carry_f[carried], self._carry_fb[carried])
             self._carry_minute[carried] = -1
         parts = []
-        if self._counter:
-            key, s0, s1 = _fold(*_concat(self._counter))
-            self._counter = []
-            gid, _, _ = _unpack(key)
-            parts.append((key, *self.stage1.counts_of(gid, *_cell_cumsum(key, s0, s1))))
-        if self._gauge:
-            key, dg, dt = _fold(*_concat(self._gauge))
-            self._gauge = []
-            parts.append((key, *_cell_cumsum(key, dg, dt)))
+        for days, late_parts, counters in ((self._counter_days, self._counter, True),
+                                           (self._gauge_days, self._gauge, False)):
+            key, a, b = _merge(days.cells(), _fold(*_concat(late_parts)) if late_parts else None)
+            late_parts.clear()
+            days.blocks.clear()
+            if key.size == 0:
+                continue
+            a, b = _cell_cumsum(key, a, b)
+            if counters:
+                a, b = self.stage1.counts_of(_unpack(key)[0], a, b)
+            parts.append((key, a, b))
         keys = np.concatenate([np.zeros(0, np.int64), *[p[0] for p in parts]])
         good = np.concatenate([np.zeros(0), *[p[1] for p in parts]])
         total = np.concatenate([np.zeros(0), *[p[2] for p in parts]])
@@ -390,6 +489,17 @@ class _Cells:
         }, schema={"gid": pl.Int64, "minute": pl.Int64, "n": pl.Int64, "dg": pl.Float64,
                    "dt": pl.Float64})
         return cells, pending
+
+
+def _merge(natural: tuple[I64, F64, F64],
+           late: tuple[I64, F64, F64] | None) -> tuple[I64, F64, F64]:
+    """Natural and late contributions in one key order (their keys never collide)."""
+    if late is None or late[0].size == 0:
+        return natural
+    keys = np.concatenate([natural[0], late[0]])
+    order = np.argsort(keys, kind="stable")
+    return (keys[order], np.concatenate([natural[1], late[1]])[order],
+            np.concatenate([natural[2], late[2]])[order])
 
 
 def _concat(parts: list[tuple[I64, F64, F64]]) -> tuple[I64, F64, F64]:
@@ -659,9 +769,8 @@ class _SloReplay:
             for si, x in enumerate((w.g, w.t, w.s, w.gs, w.rs)):
                 last_stats[si, wi] = x[-1]
         ok = state == 2
-        burn = error / eps
         remaining = np.where(ok[-1], 1.0 - error[-1] / eps, np.nan)
-        hour_burn = burn[hour_i]
+        hour_burn = error[hour_i] / eps
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = remaining / hour_burn
         tte = np.where(remaining <= 0, 0.0, np.nan)
@@ -674,7 +783,7 @@ class _SloReplay:
         for ti, tier in enumerate(tiers):
             s_i, l_i = all_w.index(tier.short), all_w.index(tier.long)
             k = float(tier.factor)
-            br = ok[s_i] & ok[l_i] & (burn[s_i] > k) & (burn[l_i] > k)
+            br = ok[s_i] & ok[l_i] & (error[s_i] / eps > k) & (error[l_i] / eps > k)
             if spec.alert_when_no_data:
                 br |= state[l_i] == 0
             breaching[ti] = br & shown

@@ -863,7 +863,7 @@ class Stage1State:
         if not distinct:
             # Sorted by (series, time).  Recorded input holds each series in time order,
             # so a stable sort by series alone usually is that, at a third of the cost.
-            order = np.argsort(rids, kind="stable")
+            order = np.argsort(_small(rids), kind="stable")
             r_s, m_s = rids[order], ms[order]
             same = r_s[1:] == r_s[:-1]
             if (same & (m_s[1:] <= m_s[:-1])).any():
@@ -976,6 +976,14 @@ def _sli_kind(spec: SloSpec) -> int:
     if sli.kind is SliKind.THRESHOLD:
         return _K_MEAN if sli.gauge is not None and sli.gauge.per else _K_GAUGE
     return _K_BAD if sli.bad is not None else _K_GOOD
+
+
+def _small(ids: I64) -> npt.NDArray[np.integer]:
+    """Dense ids as int16 when they fit: NumPy's stable sort of them is then a radix sort,
+    ten times faster than sorting int64 (a batch of a replay sorts by series)."""
+    if ids.size and int(ids.max()) < 32_767 and int(ids.min()) >= 0:
+        return ids.astype(np.int16)
+    return ids
 
 
 def _bucket_of(ts_ms: int) -> int:
