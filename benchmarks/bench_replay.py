@@ -371,7 +371,7 @@ def main() -> None:
         return
     a.workdir.mkdir(parents=True, exist_ok=True)
     end = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
-    tag = f"{a.days:g}d-{a.base_hours:g}h-{end:%Y%m%d}"
+    tag = f"{a.days:g}d-{a.base_hours:g}h-{end:%Y%m%dT%H}"
     base = base_samples(a.base_hours, a.workdir / f"base-{a.base_hours:g}h.parquet")
     parquet = a.workdir / f"samples-{tag}.parquet"
     if not parquet.exists():
@@ -385,8 +385,12 @@ def main() -> None:
           f"= {samples:,} samples ({a.base_hours:g} simulated hours repeated)", flush=True)
 
     mine = _child(["replay", str(parquet), "drop"])
+    print(f"  replay: {mine}", flush=True)
     kept = _child(["replay", str(parquet), "keep"]) if a.keep_timelines else None
+    if kept is not None:
+        print(f"  replay keeping timelines: {kept}", flush=True)
     today = _child(["stepwise", str(parquet), str(a.baseline_hours)])
+    print(f"  today: {today}", flush=True)
     steps_total = int(a.days * 1440)
     today_total = today["seconds"] / today["steps"] * steps_total
     prom: dict[str, Any] | None = None
@@ -401,6 +405,7 @@ def main() -> None:
         work.mkdir(exist_ok=True)
         data_end = pl.scan_parquet(parquet).select(pl.col("ts").max()).collect().item()
         prom = run_promtool(om, work, data_end - timedelta(hours=a.promtool_hours), data_end)
+        print(f"  promtool: {prom}", flush=True)
 
     print()
     print(f"{'run':<44}{'wall s':>12}{'peak MiB':>10}")
