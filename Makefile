@@ -20,11 +20,13 @@ test: $(BIN)/gpuslo
 	./scripts/system-packages.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/gpuslo
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(BIN)/gpuslo
 	$(BIN)/python benchmarks/bench_kafka.py

@@ -23,13 +23,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from gpuslo.pipeline.errors import InputError
+
 ENV_PREFIX = "GPUSLO_"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration that cannot be used; ``problems`` holds one line per mistake."""
-
-    retriable = False
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
@@ -162,7 +162,7 @@ class PrometheusTarget(_Model):
 
 
 class DiscoveryConfig(_Model):
-    """Targets found at run time instead of listed (see collectors.discovery)."""
+    """Targets found at run time instead of listed (see gpuslo.collectors.scrape.discovery)."""
 
     mode: Literal["kubernetes", "sidecar"] = Field(
         ...,
@@ -570,6 +570,18 @@ class OtlpExporterConfig(_Model):
     )
     traces: bool = Field(True, description="Also export pipeline stage spans.")
     service_name: str = Field("gpuslo", description="Resource attribute service.name.")
+    tls: TlsConfig = Field(
+        default_factory=TlsConfig,
+        description="TLS for an https endpoint: ca_file to verify it, cert_file/key_file for "
+        "mutual TLS. Verification is always on (the OpenTelemetry exporter has no opt-out).",
+    )
+
+    @model_validator(mode="after")
+    def _verified(self) -> OtlpExporterConfig:
+        if self.tls.insecure_skip_verify:
+            raise ValueError("tls.insecure_skip_verify is not supported for OTLP: "
+                             "give the collector's CA in tls.ca_file")
+        return self
 
 
 class ExportersConfig(_Model):

@@ -10,6 +10,7 @@ project's own build backend and no network (no build isolation), and read.
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import zipfile
@@ -69,3 +70,21 @@ def test_the_default_catalog_and_examples_are_package_data(wheel_names: list[str
     for name in catalog:
         assert f"gpuslo/slo/catalog/{name}" in wheel_names, name
     assert "gpuslo/alerts/examples/alertmanager.yml" in wheel_names
+
+
+def test_no_import_hides_in_a_function_but_optional_dependencies() -> None:
+    """A deferred import can hide a cycle or a layer breach from a reader; only an optional
+    dependency may be imported late, with a comment saying so just above it."""
+    offenders = []
+    for area in AREAS:
+        for path in sorted((ROOT / area).rglob("*.py")):
+            lines = path.read_text().splitlines()
+            for node in ast.walk(ast.parse("\n".join(lines))):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Import | ast.ImportFrom):
+                        above = "\n".join(lines[max(0, sub.lineno - 4):sub.lineno - 1])
+                        if "Optional dependency" not in above:
+                            offenders.append(f"{path.relative_to(ROOT)}:{sub.lineno}")
+    assert not offenders, f"imports inside functions: {offenders}"

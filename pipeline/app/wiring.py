@@ -1,0 +1,143 @@
+"""How a gpuslo process is put together, in one place.
+
+``gpuslo collect``, ``gpuslo aggregate`` and the demo are the same parts in
+different numbers: collectors → producer → the collect stage, and the SLO
+stages → board → exporters and alert delivery.  Each command takes the parts
+it runs from here, so the demo is the production wiring fed a simulated fleet,
+not a second hand-made pipeline.
+
+The exporter registry lives here too: which exporters a config switches on is
+wiring, not an exporter's business (and it names alert delivery, which the
+exporters must not import).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from gpuslo.alerts.alertmanager import AlertmanagerClient
+from gpuslo.collectors.base import Collector
+from gpuslo.collectors.registry import build_collectors
+from gpuslo.exporters.base import Exporter, ExportHub, HealthSnapshot
+from gpuslo.exporters.otlp import OtlpExporter
+from gpuslo.exporters.prometheus import PrometheusExporter
+from gpuslo.pipeline.aio import Clock, utc_now
+from gpuslo.pipeline.config import GpusloConfig
+from gpuslo.pipeline.kafka.client import SampleProducer
+from gpuslo.pipeline.stages.collect import CollectRunner
+from gpuslo.pipeline.stages.publish import publish_board
+from gpuslo.pipeline.stages.slo import SloEngine
+from gpuslo.slo.spec import SloSpec
+
+ExporterFactory = Callable[[GpusloConfig, Clock], Exporter | None]
+
+
+def _prometheus(cfg: GpusloConfig, clock: Clock) -> Exporter | None:
+    c = cfg.exporters.prometheus
+    return PrometheusExporter(c) if c.enabled else None
+
+
+def _otlp(cfg: GpusloConfig, clock: Clock) -> Exporter | None:
+    c = cfg.exporters.otlp
+    return OtlpExporter(c) if c.enabled else None
+
+
+def _alertmanager(cfg: GpusloConfig, clock: Clock) -> Exporter | None:
+    c = cfg.alerts.alertmanager
+    return AlertmanagerClient(c, clock=clock) if c.urls else None
+
+
+# Pull: prometheus.  Push: otlp (the SDK's periodic reader), alertmanager.  Adding an
+# exporter means one entry here and one config model in pipeline/config.py.
+EXPORTERS: dict[str, ExporterFactory] = {
+    "prometheus": _prometheus,
+    "otlp": _otlp,
+    "alertmanager": _alertmanager,
+}
+
+
+def build_exporters(cfg: GpusloConfig, *, clock: Clock = utc_now) -> list[Exporter]:
+    """The exporters ``cfg`` switches on (Prometheus when enabled, OTLP when enabled,
+    Alertmanager when at least one URL is set), in registry order."""
+    out = []
+    for factory in EXPORTERS.values():
+        exporter = factory(cfg, clock)
+        if exporter is not None:
+            out.append(exporter)
+    return out
+
+
+def build_hub(cfg: GpusloConfig, *, clock: Clock = utc_now) -> ExportHub:
+    """An :class:`ExportHub` over :func:`build_exporters`; use ``async with``."""
+    return ExportHub(build_exporters(cfg, clock=clock))
+
+
+@contextlib.asynccontextmanager
+async def collection(
+    cfg: GpusloConfig,
+    servers: str,
+    *,
+    collectors: Sequence[tuple[Collector, float]] | None = None,
+    clock: Clock = utc_now,
+) -> AsyncIterator[CollectRunner]:
+    """The collect stage, ready to ``run(stop)``: collectors (from ``cfg.collectors``
+    unless given), each opened, and a producer to ``servers``; closed on exit."""
+    chosen = list(build_collectors(cfg) if collectors is None else collectors)
+    async with contextlib.AsyncExitStack() as stack:
+        for c, _ in chosen:
+            if isinstance(c, contextlib.AbstractAsyncContextManager):
+                await stack.enter_async_context(c)
+        producer = await stack.enter_async_context(
+            SampleProducer(cfg.kafka, bootstrap_servers=servers)
+        )
+        yield CollectRunner(chosen, producer, cfg.kafka.topics.samples, clock=clock)
+
+
+@dataclass
+class Aggregation:
+    """The SLO stages and what they publish to: the engine, its board and the exporters."""
+
+    engine: SloEngine
+    hub: ExportHub
+    specs: Sequence[SloSpec]
+
+    async def run(
+        self, stop: asyncio.Event, health: Callable[[], HealthSnapshot] = HealthSnapshot
+    ) -> None:
+        """Join the consumer groups, evaluate and publish until ``stop``, then leave them.
+
+        Started here rather than before: joining two groups takes seconds that the
+        collectors beside it (in the demo) should not wait for.
+        """
+        await self.engine.start()
+        try:
+            await asyncio.gather(
+                self.engine.run(stop),
+                publish_board(self.engine.board, self.hub, self.specs, stop, health),
+            )
+        finally:
+            await self.engine.stop()
+
+
+@contextlib.asynccontextmanager
+async def aggregation(
+    cfg: GpusloConfig, specs: Sequence[SloSpec], servers: str, *, clock: Clock = utc_now
+) -> AsyncIterator[Aggregation]:
+    """The SLO stages over ``servers`` with the exporters ``cfg`` switches on (open for the
+    block); ``clock`` is the engine's (the demo's runs on simulated time)."""
+    engine = SloEngine(cfg, specs, bootstrap_servers=servers, clock=clock)
+    async with build_hub(cfg) as hub:
+        yield Aggregation(engine, hub, specs)
+
+
+__all__ = [
+    "EXPORTERS",
+    "Aggregation",
+    "aggregation",
+    "build_exporters",
+    "build_hub",
+    "collection",
+]
