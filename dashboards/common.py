@@ -26,6 +26,7 @@ from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders.dashboard import (
+    AnnotationQuery,
     Dashboard,
     DashboardLink,
     DatasourceVariable,
@@ -117,6 +118,17 @@ def dashboard(uid: str, title: str, *, tags: Sequence[str], description: str,
         .tooltip(dm.DashboardCursorSync.CROSSHAIR)
         .refresh("30s")
         .time(time_from, "now")
+        # Grafana's own annotations (manual ones, alert state changes), as it saves them.
+        .annotation(
+            AnnotationQuery()
+            .name("Annotations & Alerts")
+            .built_in(1)
+            .type("dashboard")
+            .datasource(dm.DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+            .enable(True)
+            .hide(True)
+            .icon_color("rgba(0, 211, 255, 1)")
+        )
         .with_variable(
             DatasourceVariable(DATASOURCE_VAR)
             .label("Data source")
@@ -318,7 +330,8 @@ def table(title: str, queries: Sequence[Query], *, unit: str = "short", descript
 
     Several queries are merged on their common labels (Grafana's ``merge``
     transformation), so each query adds a column; ``rename`` names the value
-    columns (``Value #A`` -> ``Objective``) and ``hide`` drops columns.
+    columns (``Value #A`` -> ``Objective``) and ``hide`` drops columns (``Time``,
+    ``__name__`` and ``job`` always go).
     """
     queries = [Query(x.expr, x.legend, instant=True, table=True) for x in queries]
     p: TablePanel = _common(TablePanel(), title, queries, description=description, unit=unit,
@@ -326,7 +339,8 @@ def table(title: str, queries: Sequence[Query], *, unit: str = "short", descript
     if len(queries) > 1:
         p = p.with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
     p = p.with_transformation(dm.DataTransformerConfig(id_val="organize", options={
-        "excludeByName": {"Time": True, "__name__": True, **{c: True for c in hide}},
+        "excludeByName": {"Time": True, "__name__": True, "job": True,
+                          **{c: True for c in hide}},
         "renameByName": dict(rename or {}),
     }))
     if sort_by:

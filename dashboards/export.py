@@ -65,8 +65,10 @@ def configmap_manifest(name: str, dashboard: dict[str, Any], *,
         raise ExportError(f"dashboard {dashboard.get('uid')!r} is {len(text.encode())} bytes, "
                           f"over the {CONFIGMAP_DATA_LIMIT_BYTES} a ConfigMap applied with "
                           f"kubectl can carry")
-    metadata: dict[str, Any] = {
-        "name": f"{dashboard['uid']}-dashboard",
+    metadata: dict[str, Any] = {"name": f"{dashboard['uid']}-dashboard"}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    metadata |= {
         "labels": {
             SIDECAR_LABEL: SIDECAR_LABEL_VALUE,
             "app.kubernetes.io/name": "gpuslo",
@@ -74,8 +76,6 @@ def configmap_manifest(name: str, dashboard: dict[str, Any], *,
         },
         "annotations": {FOLDER_ANNOTATION: FOLDER},
     }
-    if namespace is not None:
-        metadata["namespace"] = namespace
     manifest = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -84,6 +84,13 @@ def configmap_manifest(name: str, dashboard: dict[str, Any], *,
     }
     return str(yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=1 << 16,
                          allow_unicode=True))
+
+
+def validate_namespace(namespace: str) -> None:
+    """ExportError unless ``namespace`` is a Kubernetes namespace name (a DNS-1123 label)."""
+    if not _DNS1123_LABEL.match(namespace) or len(namespace) > 63:
+        raise ExportError(f"namespace {namespace!r} is not a valid Kubernetes name "
+                          "(lower-case letters, digits and '-', at most 63 characters)")
 
 
 def write_dashboards(out_dir: Path, *, configmap: bool = False,
@@ -97,11 +104,8 @@ def write_dashboards(out_dir: Path, *, configmap: bool = False,
     """
     if namespace is not None and not configmap:
         raise ExportError("--namespace only applies to ConfigMaps (--configmap)")
-    if namespace is not None and not _DNS1123_LABEL.match(namespace):
-        raise ExportError(f"namespace {namespace!r} is not a valid Kubernetes name "
-                          "(lower-case letters, digits and '-', at most 63 characters)")
-    if namespace is not None and len(namespace) > 63:
-        raise ExportError(f"namespace {namespace!r} is longer than 63 characters")
+    if namespace is not None:
+        validate_namespace(namespace)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a directory")

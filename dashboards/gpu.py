@@ -61,7 +61,7 @@ def build() -> dm.Dashboard:
     d = d.with_panel(g.stat("Hottest GPU", [instant(
         f"max(DCGM_FI_DEV_GPU_TEMP{{{_SEL}}})")], unit="celsius", w=4,
         thresholds=g.steps((None, "green"), (80, "orange"), (87, "red"))))
-    d = d.with_panel(g.stat("Power draw", [instant(
+    d = d.with_panel(g.stat("Total power draw", [instant(
         f"sum(DCGM_FI_DEV_POWER_USAGE{{{_SEL}}})")], unit="watt", w=4))
     d = d.with_panel(g.stat("GPUs with an XID", [instant(
         f"sum(DCGM_FI_DEV_XID_ERRORS{{{_SEL}}} > bool 0)")], w=4,
@@ -100,7 +100,7 @@ def build() -> dm.Dashboard:
         "GPUs throttled now", [instant(
             f"DCGM_FI_DEV_CLOCKS_EVENT_REASONS{{{_SEL}}} > 1")],
         w=12, rename={"Value": "reasons (bitmask)"},
-        hide=["DCGM_FI_DRIVER_VERSION", "pci_bus_id", "device", "instance", "job"],
+        hide=["DCGM_FI_DRIVER_VERSION", "pci_bus_id", "device", "instance"],
         description="0x4 power cap, 0x8 hw slowdown, 0x20 sw thermal, 0x40 hw thermal, "
                     "0x80 power brake."))
 
@@ -131,7 +131,7 @@ def build() -> dm.Dashboard:
     d = d.with_panel(g.table(
         "GPUs whose last XID is not 0", [instant(f"DCGM_FI_DEV_XID_ERRORS{{{_SEL}}} > 0")],
         w=12, rename={"Value": "XID"},
-        hide=["DCGM_FI_DRIVER_VERSION", "pci_bus_id", "device", "instance", "job"],
+        hide=["DCGM_FI_DRIVER_VERSION", "pci_bus_id", "device", "instance"],
         description="DCGM_FI_DEV_XID_ERRORS is the last XID seen, not a count. 48, 63, 64, "
                     "94, 95 are ECC; 74 NVLink; 79 fell off the bus (and then has no row)."))
     d = d.with_panel(g.timeseries("Remapped rows", [

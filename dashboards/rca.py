@@ -38,13 +38,13 @@ def build() -> dm.Dashboard:
     d = d.with_row(g.row("Active alerts"))
     d = d.with_panel(g.table(
         "Firing alerts", [instant('gpuslo_slo_alerts{alertstate="firing"}')], w=24, h=6,
-        hide=["Value"],
+        hide=["Value", "instance"],
         links=[g.link_to(g.UID_SLO_DETAIL, "SLO detail: ${__data.fields.slo}",
                          "var-slo=${__data.fields.slo}"),
                g.runbook_link("__data.fields.slo")]))
     d = d.with_panel(g.table(
         "Root-cause candidates of active alerts",
-        [instant("gpuslo_slo_alert_cause")], w=24, h=10, sort_by="cause_rank",
+        [instant("gpuslo_slo_alert_cause")], w=24, h=10, sort_by="cause_rank", hide=["instance"],
         rename={"Value": "score"},
         description="Per alert, causes ranked by score: the entity (GPU, port, disk, pod), "
                     "its node, the signal that moved and the kind of fault.",
@@ -59,7 +59,8 @@ def build() -> dm.Dashboard:
     d = d.with_row(g.row("Anomalies"))
     d = d.with_panel(g.table(
         "Most anomalous entities now", [instant(f"topk(20, gpuslo_anomaly_score{{{_DET}}})")],
-        w=12, h=10, rename={"Value": "score"}, sort_by="score", sort_desc=True))
+        w=12, h=10, rename={"Value": "score"}, sort_by="score", sort_desc=True,
+        hide=["instance"]))
     d = d.with_panel(g.timeseries(
         "Anomaly score, top 10", [q(f"topk(10, gpuslo_anomaly_score{{{_DET}}})",
                                     "{{detector}} {{entity}} {{metric}}")],

@@ -31,7 +31,7 @@ def build() -> dm.Dashboard:
         description="Each gpuslo process Prometheus scrapes (collector, aggregator, demo)."))
 
     d = d.with_row(g.row("Now"))
-    d = d.with_panel(g.stat("Targets", [instant(f"count(gpuslo_scrape_up{{{_I}}})")], w=4))
+    d = d.with_panel(g.stat("Targets scraped", [instant(f"count(gpuslo_scrape_up{{{_I}}})")], w=4))
     d = d.with_panel(g.stat("Targets down", [instant(
         f"sum(gpuslo_scrape_up{{{_I}}} == bool 0)")], w=4,
         thresholds=g.steps((None, "green"), (1, "red"))))
@@ -55,7 +55,7 @@ def build() -> dm.Dashboard:
         instant(f"gpuslo_scrape_duration_seconds{{{_I}}}"),
         instant(f"gpuslo_scrape_samples{{{_I}}}"),
     ], rename={"Value #A": "up", "Value #B": "duration", "Value #C": "samples"},
-        hide=["job"], sort_by="up", h=10,
+        hide=["instance"], sort_by="up", h=10,
         description="Every target of every collector, failing first.")
         .override_by_name("up", [
             dm.DynamicConfigValue("mappings", [g.value_text({"0": ("down", "red"),

@@ -77,7 +77,7 @@ def overview() -> dm.Dashboard:
     d = d.link(g.header_link(g.UID_SLO_DETAIL, "SLO detail"))
 
     d = d.with_row(g.row("Fleet now"))
-    d = d.with_panel(g.stat("SLO scopes", [instant(
+    d = d.with_panel(g.stat("SLO scopes evaluated", [instant(
         f"count(gpuslo_slo_objective_ratio{{{_SERVICE}}})")], w=4,
         description="SLO scopes evaluated (one per SLO and value of its by: labels)."))
     d = d.with_panel(g.stat("Out of error budget", [instant(
@@ -114,7 +114,7 @@ def overview() -> dm.Dashboard:
                         f'(gpuslo_slo_burn_rate_ratio{{{_SERVICE}, window="6h"}})'),
                 instant(_alert_state(_SERVICE)),
             ],
-            h=12, sort_by="Budget left",
+            h=12, sort_by="Budget left", hide=["instance"],
             rename={"Value #A": "Objective", "Value #B": "SLI (period)",
                     "Value #C": "Budget left", "Value #D": "Burn 1h", "Value #E": "Burn 6h",
                     "Value #F": "Alert"},
@@ -145,7 +145,7 @@ def overview() -> dm.Dashboard:
             instant(f'gpuslo_slo_alerts{{{_SERVICE}, alertstate="firing"}}'),
             instant(f'gpuslo_slo_alert_cause{{{_SERVICE}, cause_rank="1"}}'),
         ],
-        h=8, hide=["Value #A"], rename={"Value #B": "Cause score"},
+        h=8, hide=["Value #A", "instance"], rename={"Value #B": "Cause score"},
         description="Firing alerts; the cause columns come from gpuslo's root-cause "
                     "analysis (gpuslo_slo_alert_cause, rank 1) and stay empty until it "
                     "publishes causes.",
@@ -267,16 +267,16 @@ def detail() -> dm.Dashboard:
     d = d.with_row(g.row("Alerts and causes"))
     d = d.with_panel(g.table(
         "Alerts of this SLO", [instant('gpuslo_slo_alerts{slo="$slo"}')], w=12,
-        hide=["Value"], links=[g.runbook_link("__data.fields.slo")],
+        hide=["Value", "instance"], links=[g.runbook_link("__data.fields.slo")],
         description="Pending, firing and recently resolved alerts of every scope."))
     d = d.with_panel(g.table(
         "Window states", [instant(f"gpuslo_slo_window_state{{{_SCOPE}}} == 1")], w=12,
-        hide=["Value", "slo", "service"],
+        hide=["Value", "slo", "service", "instance"],
         description="ok, no_data or too_little_traffic per window (no burn rate is "
                     "computed for the last two)."))
     d = d.with_panel(g.table(
         "Root-cause candidates", [instant(f"gpuslo_slo_alert_cause{{{_SCOPE}}}")],
-        sort_by="cause_rank", rename={"Value": "Score"},
+        sort_by="cause_rank", rename={"Value": "Score"}, hide=["instance"],
         description="Ranked causes of this scope's alerts from gpuslo's root-cause analysis "
                     "(gpuslo_slo_alert_cause); empty until it publishes causes.",
         links=[g.link_to(g.UID_RCA, "Anomalies and root causes")]))

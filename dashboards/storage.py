@@ -106,8 +106,8 @@ def build() -> dm.Dashboard:
     d = d.with_panel(g.table("Active health checks", [instant("ceph_health_detail == 1")],
                              w=12, hide=["Value"], description="Ceph's own health checks "
                              "(SLOW_OPS, OSD_DOWN, ...) that are active now."))
-    d = d.with_panel(g.timeseries("Slow ops", [q("ceph_healthcheck_slow_ops", "slow ops")],
-                                  unit="short", w=12))
+    d = d.with_panel(g.timeseries("Slow ops over time", [
+        q("ceph_healthcheck_slow_ops", "slow ops")], unit="short", w=12))
     d = d.with_panel(g.timeseries("OSD write latency", [q(
         f"rate(ceph_osd_op_w_latency_sum{_RATE}) / rate(ceph_osd_op_w_latency_count{_RATE})",
         "{{ceph_daemon}}")], unit="s"))

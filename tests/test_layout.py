@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from gpuslo.dashboards.catalog import JSON_DIR
 from gpuslo.slo.catalog import CATALOG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,3 +70,11 @@ def test_the_default_catalog_and_examples_are_package_data(wheel_names: list[str
     for name in catalog:
         assert f"gpuslo/slo/catalog/{name}" in wheel_names, name
     assert "gpuslo/alerts/examples/alertmanager.yml" in wheel_names
+
+
+def test_the_dashboards_json_is_package_data(wheel_names: list[str]) -> None:
+    # `gpuslo dashboards export` writes these from an installed wheel, with no clone.
+    committed = sorted(p.name for p in JSON_DIR.glob("*.json"))
+    assert len(committed) >= 9
+    for name in committed:
+        assert f"gpuslo/dashboards/json/{name}" in wheel_names, name

@@ -74,6 +74,13 @@ def test_panel_ids_are_unique(name: str) -> None:
     assert len(ids) == len(set(ids)), ids
 
 
+@by_file
+def test_panel_titles_are_unique(name: str) -> None:
+    # Failures, the expected-empty list and people name panels by title.
+    titles = [p["title"] for p in panels(DASHBOARDS[name]) if p["type"] != "row"]
+    assert len(titles) == len(set(titles)), sorted(t for t in titles if titles.count(t) > 1)
+
+
 def _overlap(a: dict[str, int], b: dict[str, int]) -> bool:
     return (a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
             and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"])
@@ -100,7 +107,10 @@ def test_every_panel_and_query_uses_the_datasource_variable(name: str) -> None:
         assert p.get("targets"), f"panel {p['title']!r} has no query"
         for t in p["targets"]:
             assert t.get("datasource", DS_JSON) == DS_JSON, (p["title"], t)
-    for a in d.get("annotations", {}).get("list", []):
+    for a in d["annotations"]["list"]:
+        if a.get("builtIn") == 1:  # Grafana's own annotation store, not a query
+            assert a["datasource"]["type"] == "grafana", a
+            continue
         assert a["datasource"] == DS_JSON and a["target"]["datasource"] == DS_JSON
     for v in variables(d):
         if v["type"] == "query":
