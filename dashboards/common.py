@@ -248,12 +248,13 @@ def _target(query: Query, i: int) -> PrometheusQuery:
 
 # --- panels -------------------------------------------------------------------------------
 
+
 def _common(p: Any, title: str, queries: Sequence[Query], *, description: str, unit: str,
             w: int, h: int, links: Iterable[DashboardLink] = ()) -> Any:
     if not 0 < w <= GRID_WIDTH:
         raise ValueError(f"panel {title!r}: width {w} is not in 1..{GRID_WIDTH}")
-    if not queries:
-        raise ValueError(f"panel {title!r} has no query")
+    if not 0 < len(queries) <= 26:
+        raise ValueError(f"panel {title!r} has {len(queries)} queries; refIds run A to Z")
     p = p.title(title).datasource(DS).span(w).height(h).unit(unit)
     if description:
         p = p.description(description)
