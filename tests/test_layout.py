@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from gpuslo.dashboards.catalog import JSON_DIR
 from gpuslo.slo.catalog import CATALOG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +89,11 @@ def test_no_import_hides_in_a_function_but_optional_dependencies() -> None:
                         if "Optional dependency" not in above:
                             offenders.append(f"{path.relative_to(ROOT)}:{sub.lineno}")
     assert not offenders, f"imports inside functions: {offenders}"
+
+
+def test_the_dashboards_json_is_package_data(wheel_names: list[str]) -> None:
+    # `gpuslo dashboards export` writes these from an installed wheel, with no clone.
+    committed = sorted(p.name for p in JSON_DIR.glob("*.json"))
+    assert len(committed) >= 9
+    for name in committed:
+        assert f"gpuslo/dashboards/json/{name}" in wheel_names, name

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from gpuslo.pipeline.app.cli import alerts, collect, core, sim, slo
+from gpuslo.pipeline.app.cli import alerts, collect, core, dashboards, sim, slo
 
 app = typer.Typer(
     name="gpuslo",
@@ -35,6 +35,7 @@ for command in (
     alerts.receiver,
 ):
     app.command()(command)
+app.add_typer(dashboards.app, name="dashboards")
 
 if __name__ == "__main__":  # pragma: no cover
     app()
