@@ -2,6 +2,7 @@
 # Install the real servers that integration tests run against (Debian packages):
 #   prometheus              -> prometheus, promtool
 #   prometheus-alertmanager -> prometheus-alertmanager (Alertmanager)
+#   kubectl                 -> kubectl (`kubectl kustomize` renders deploy/kustomize)
 # Without root or apt, say what is missing: tests that need a package skip with
 # its name, except under CI=true, where a missing package fails the run.
 set -euo pipefail
@@ -10,6 +11,7 @@ missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 \
   || missing+=(prometheus-alertmanager)
+command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
