@@ -11,12 +11,10 @@ project's own build backend and no network (no build isolation), and read.
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
-import zipfile
 from pathlib import Path, PurePosixPath
 
 import pytest
+from wheels import repository_wheel_names
 
 from gpuslo.dashboards.catalog import JSON_DIR
 from gpuslo.slo.catalog import CATALOG_DIR
@@ -28,15 +26,7 @@ AREAS = ("alerts", "anomaly", "collectors", "dashboards", "exporters", "pipeline
 
 @pytest.fixture(scope="module")
 def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(out), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
-    )
-    (wheel,) = out.glob("gpuslo-*.whl")
-    with zipfile.ZipFile(wheel) as z:
-        return z.namelist()
+    return repository_wheel_names(tmp_path_factory.mktemp("wheel"))
 
 
 def test_the_area_folders_stay_at_the_top_and_gpuslo_links_to_each() -> None:

