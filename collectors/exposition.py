@@ -233,8 +233,9 @@ def _slow_sample(line_no: int, line: str, openmetrics: bool, typ: str | None) ->
         return _Slow(line_no, sample.name, dict(sample.labels), float(sample.value), ts_ms)
     except ExpositionError:
         raise
-    except (ValueError, OverflowError, IndexError, TypeError) as exc:
-        raise ExpositionError(line_no, line, f"invalid sample line ({exc or 'malformed'})") from exc
+    except Exception as exc:  # the reference's line functions raise KeyError too, for one
+        reason = f"{type(exc).__name__}: {exc}" if exc.args else type(exc).__name__
+        raise ExpositionError(line_no, line, f"invalid sample line ({reason})") from exc
 
 
 def _is_legacy_name(name: str) -> bool:

@@ -329,3 +329,14 @@ def test_a_shape_cache_is_per_caller_and_bounded() -> None:
     parse_exposition(one, openmetrics=False, **KW)
     parse_exposition(one, openmetrics=False, shape_cache=other, **KW)
     assert other.misses == 1 and other.hits == 0
+
+
+@pytest.mark.parametrize("line", [
+    "h {sum:2,schema:0}",  # a native-histogram-like value missing its count (fuzz finding)
+    "h {count:3,sum:2,schema:0}",
+    'h{le="1"} {sum:2}',
+])
+def test_a_malformed_openmetrics_histogram_value_is_an_exposition_error(line: str) -> None:
+    text = f"# TYPE h histogram\n{line}\n# EOF\n"
+    with pytest.raises(ExpositionError, match="line 2"):
+        parse_exposition(text, openmetrics=True, **KW)
