@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint bench clean
 
-$(BIN)/gpuslo: pyproject.toml
+$(BIN)/gpuslo: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,broker]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,broker]'
 	@touch $@
 
 demo: $(BIN)/gpuslo
