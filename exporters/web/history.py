@@ -147,45 +147,12 @@ class StatusHistory:
         snap = self.latest
         if snap is None:
             return StatusData(self.title, None, (), {}, self.fleet)
-        alerts: dict[ScopeId, list[AlertReport]] = {}
-        for a in snap.alerts:
-            alerts.setdefault((a.slo_id, cv.scope_key(dict(a.scope))), []).append(a)
-        scopes = tuple(
-            self._now(rep, alerts.get((rep.slo_id, rep.scope_key), []),
-                      snap.rca.get((rep.slo_id, rep.scope_key)))
-            for rep in snap.reports
-        )
+        episodes = {k: len(r.episodes) + len(r.open) for k, r in self._rings.items()}
+        scopes = tuple(scopes_now(snap.reports, snap.alerts, snap.specs, snap.rca, episodes,
+                                  tiers=self._tiers))
         evaluated = max((r.evaluated_at for r in snap.reports), default=None)
         down = tuple(sorted(t for t, up in snap.health.target_up.items() if not up))
         return StatusData(self.title, evaluated, scopes, dict(snap.specs), self.fleet, down)
-
-    def _now(self, rep: SloReport, alerts: Sequence[AlertReport], cause: str | None) -> ScopeNow:
-        alert, severity = AlertState.OK, None
-        for state in (AlertStatus.FIRING, AlertStatus.PENDING, AlertStatus.RESOLVED):
-            sevs = {a.severity.value for a in alerts if a.status is state}
-            if sevs:
-                alert, severity = state.value, "page" if "page" in sevs else sorted(sevs)[0]
-                break
-        ring = self._rings.get((rep.slo_id, rep.scope_key))
-        return ScopeNow(
-            slo_id=rep.slo_id,
-            scope=dict(rep.scope),
-            scope_key=rep.scope_key,
-            objective=rep.objective,
-            period=cv.duration_label(rep.period.window),
-            evaluated_at=rep.evaluated_at,
-            sli=rep.period.sli,
-            sli_state=rep.period.state.value,
-            budget=rep.budget_remaining,
-            burn={cv.duration_label(w.window): w.burn_rate for w in rep.windows},
-            tiers=self._tiers.get(rep.slo_id, ()),
-            alert=alert,
-            severity=severity,
-            cause=cause,
-            time_to_exhaustion_s=(rep.time_to_exhaustion.total_seconds()
-                                  if rep.time_to_exhaustion is not None else None),
-            episodes=(len(ring.episodes) + len(ring.open)) if ring is not None else 0,
-        )
 
     def series(self, slo_id: str, scope_key: str) -> ScopeSeries | None:
         ring = self._rings.get((slo_id, scope_key))
@@ -213,4 +180,63 @@ class StatusHistory:
         return dict(self.latest.specs) if self.latest else {}
 
 
-__all__ = ["StatusHistory"]
+def scope_now(
+    rep: SloReport,
+    alerts: Sequence[AlertReport],
+    tiers: tuple[TierLine, ...],
+    cause: str | None = None,
+    episodes: int = 0,
+) -> ScopeNow:
+    """One report and its scope's alerts as the overview row (and the terminal line) shows it."""
+    alert, severity = AlertState.OK, None
+    for state in (AlertStatus.FIRING, AlertStatus.PENDING, AlertStatus.RESOLVED):
+        sevs = {a.severity.value for a in alerts if a.status is state}
+        if sevs:
+            alert, severity = state.value, "page" if "page" in sevs else sorted(sevs)[0]
+            break
+    return ScopeNow(
+        slo_id=rep.slo_id,
+        scope=dict(rep.scope),
+        scope_key=rep.scope_key,
+        objective=rep.objective,
+        period=cv.duration_label(rep.period.window),
+        evaluated_at=rep.evaluated_at,
+        sli=rep.period.sli,
+        sli_state=rep.period.state.value,
+        budget=rep.budget_remaining,
+        burn={cv.duration_label(w.window): w.burn_rate for w in rep.windows},
+        tiers=tiers,
+        alert=alert,
+        severity=severity,
+        cause=cause,
+        time_to_exhaustion_s=(rep.time_to_exhaustion.total_seconds()
+                              if rep.time_to_exhaustion is not None else None),
+        episodes=episodes,
+    )
+
+
+def scopes_now(
+    reports: Sequence[SloReport],
+    alerts: Sequence[AlertReport],
+    specs: Mapping[str, SloSpec] | None = None,
+    rca: Mapping[ScopeId, str] | None = None,
+    episodes: Mapping[ScopeId, int] | None = None,
+    *,
+    tiers: Mapping[str, tuple[TierLine, ...]] | None = None,
+) -> list[ScopeNow]:
+    """Every report as a :class:`ScopeNow`, with its alerts, cause and tiers (pure)."""
+    by_scope: dict[ScopeId, list[AlertReport]] = {}
+    for a in alerts:
+        by_scope.setdefault((a.slo_id, cv.scope_key(dict(a.scope))), []).append(a)
+    known = dict(tiers or {})
+    out = []
+    for rep in reports:
+        key = (rep.slo_id, rep.scope_key)
+        if rep.slo_id not in known:
+            known[rep.slo_id] = tier_lines((specs or {}).get(rep.slo_id))
+        out.append(scope_now(rep, by_scope.get(key, []), known[rep.slo_id],
+                             (rca or {}).get(key), (episodes or {}).get(key, 0)))
+    return out
+
+
+__all__ = ["StatusHistory", "scope_now", "scopes_now"]

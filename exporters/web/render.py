@@ -27,7 +27,7 @@ _PACKAGE = "gpuslo.exporters.web"
 def _pct(v: float | None, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
-    return f"{v * 100:.{digits}f} %"
+    return f"{v * 100:.{digits}f}\u00a0%"
 
 
 def _burn(v: float | None) -> str:
