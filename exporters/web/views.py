@@ -59,8 +59,9 @@ def scope_state(s: ScopeNow) -> str:
 
 
 def worst_first_key(s: ScopeNow) -> tuple[Any, ...]:
-    """Firing (page, then ticket) first, then pending, then by budget left (lowest first;
-    a scope without a budget figure after every scope with one)."""
+    """Firing (page, then ticket) first, then pending, burning, without data (a missing
+    series must not look green), then by budget left (lowest first; a scope without a
+    budget figure after every scope with one)."""
     state_rank = STATES.index(scope_state(s))
     return (alert_rank(s.alert, s.severity), state_rank, s.budget is None,
             s.budget if s.budget is not None else 0.0, s.slo_id, s.scope_key)
