@@ -33,7 +33,11 @@ class FitStack:
         for panel in self.panels:
             if room <= 0:
                 return
-            lines = console.render_lines(panel, options.update(height=room), pad=False)
+            # max_height tells a panel that fits itself (SloStatusView) its room; height
+            # stays unset, or render_lines would pad every panel to it.
+            sized = options.copy()
+            sized.height, sized.max_height = None, room
+            lines = console.render_lines(panel, sized, pad=False)
             if len(lines) > room:
                 if room < MIN_LINES:
                     return

@@ -37,6 +37,10 @@ def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def _burn(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
 def report_table(
     reports: Sequence[SloReport], alerts: Sequence[AlertReport], evaluated_at: datetime | None
 ) -> Table:
@@ -79,13 +83,13 @@ def _tier_text(s: ScopeNow) -> str:
     """The worst tier's burn rates against its factor: ``page 5m/1h 40.1/18.3 > 14.4``."""
     cells = tier_cells(s)
     if not cells:
-        burns = [f"{w} {_num(v)}" for w, v in s.burn.items() if w in ("5m", "1h")]
+        burns = [f"{w} {_burn(v)}" for w, v in s.burn.items() if w in ("5m", "1h")]
         return "burn " + " ".join(burns) if burns else ""
     worst = max(cells, key=lambda c: (c.breaching, c.long_over or c.short_over,
                                       c.tier.severity == "page", c.long_burn or 0.0))
     t = worst.tier
-    return (f"{t.severity} {t.short}/{t.long} {_num(worst.short_burn)}/"
-            f"{_num(worst.long_burn)} > {t.factor:g}")
+    return (f"{t.severity} {t.short}/{t.long} {_burn(worst.short_burn)}/"
+            f"{_burn(worst.long_burn)} > {t.factor:g}")
 
 
 def _budget(v: float | None) -> str:
@@ -203,11 +207,12 @@ class SloStatusView:
 
     @staticmethod
     def _firing(s: ScopeNow) -> Text:
+        # The cause right after the scope: on a narrow terminal the figures are cut first.
         return Text.assemble(
-            (f"FIRING {s.severity or ''}".ljust(14), "bold white on red"), " ",
-            (s.slo_id, "bold"), f" {{{_scope_text(s.scope)}}} ",
-            f"{_budget(s.budget)}  {_tier_text(s)}",
-            ("  cause: " + s.cause, "red") if s.cause else ("  cause: not known yet", "dim"),
+            (f"FIRING {s.severity or ''}".ljust(12), "bold white on red"), " ",
+            (s.slo_id, "bold"), f" {{{_scope_text(s.scope)}}}  ",
+            ("cause: " + s.cause, "red") if s.cause else ("cause: not known yet", "dim"),
+            f"  {_budget(s.budget)}  {_tier_text(s)}",
             no_wrap=True, overflow="ellipsis",
         )
 
@@ -227,7 +232,7 @@ class SloStatusView:
     def _burning(s: ScopeNow) -> Text:
         label = "PENDING" if s.alert == "pending" else "BURNING"
         return Text.assemble(
-            (label.ljust(14), "bold black on yellow"), " ", (s.slo_id, "bold"),
+            (label.ljust(12), "bold black on yellow"), " ", (s.slo_id, "bold"),
             f" {{{_scope_text(s.scope)}}} {_budget(s.budget)}  {_tier_text(s)}",
             no_wrap=True, overflow="ellipsis",
         )
@@ -247,7 +252,7 @@ class SloStatusView:
         )
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        height = self.height or options.height or options.max_height
+        height = self.height or options.max_height
         yield from self.lines(height)
 
 
