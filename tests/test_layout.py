@@ -87,3 +87,14 @@ def test_the_dashboards_json_is_package_data(wheel_names: list[str]) -> None:
     assert len(committed) >= 9
     for name in committed:
         assert f"gpuslo/dashboards/json/{name}" in wheel_names, name
+
+
+def test_the_status_page_assets_are_package_data(wheel_names: list[str]) -> None:
+    # The page must work air-gapped from an installed wheel: templates, stylesheet, script.
+    web = ROOT / "exporters" / "web"
+    shipped = sorted(p.relative_to(web).as_posix() for sub in ("templates", "static")
+                     for p in (web / sub).iterdir() if p.is_file())
+    assert {"templates/base.html.j2", "templates/report.html.j2", "static/app.css",
+            "static/app.js"} <= set(shipped)
+    for name in shipped:
+        assert f"gpuslo/exporters/web/{name}" in wheel_names, name

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,9 +29,11 @@ from rich.live import Live
 
 from gpuslo.pipeline.aio import run_until
 from gpuslo.pipeline.app.fleet_targets import collector_configs
+from gpuslo.pipeline.app.keys import key_presses
+from gpuslo.pipeline.app.views.fit import FitStack
 from gpuslo.pipeline.app.views.fleet import DemoTail
-from gpuslo.pipeline.app.views.slo import report_table
-from gpuslo.pipeline.app.wiring import aggregation, collection
+from gpuslo.pipeline.app.views.slo import SloExpander, SloStatusView, report_table
+from gpuslo.pipeline.app.wiring import Aggregation, aggregation, collection
 from gpuslo.pipeline.config import GpusloConfig
 from gpuslo.pipeline.kafka.servers import kafka_servers
 from gpuslo.pipeline.stages.collect import CollectRunner
@@ -60,6 +63,10 @@ EVAL_LAG_REAL_S = 3.0
 # Where `gpuslo simulate` listens and `gpuslo inject` posts by default; the demo
 # takes it too when it is free, so `gpuslo inject KIND TARGET` needs no --url.
 SIM_PORT = 9800
+
+# Where the demo serves /metrics and the status page when the port is free (the
+# Prometheus exporter's default); otherwise any free port, printed at start.
+METRICS_PORT = 9464
 
 
 @dataclass(frozen=True)
@@ -142,10 +149,23 @@ def demo_spec_paths(specs: Sequence[str | Path] | None) -> list[Path]:
     return [CATALOG_DIR]
 
 
+def free_or_any(port: int, host: str = "127.0.0.1") -> int:
+    """``port`` if nothing listens there now, else 0 (the exporter then takes any free one)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return 0
+    return port
+
+
 def demo_config(
     state_dir: str, alertmanager: Sequence[str], metrics_port: int | None
 ) -> GpusloConfig:
-    """The demo's settings: embedded broker, fast SLO ticks, exporters on request."""
+    """The demo's settings: embedded broker, fast SLO ticks, /metrics and the status page
+    on ``metrics_port`` (None: :data:`METRICS_PORT` if free, else any free port)."""
+    port = free_or_any(METRICS_PORT) if metrics_port is None else metrics_port
     return GpusloConfig.model_validate(
         {
             "node": "demo",
@@ -156,11 +176,8 @@ def demo_config(
             },
             "alerts": {"alertmanager": {"urls": list(alertmanager)}},
             "exporters": {
-                "prometheus": {
-                    "enabled": metrics_port is not None,
-                    "host": "127.0.0.1",
-                    "port": metrics_port or 9464,
-                }
+                "prometheus": {"enabled": True, "host": "127.0.0.1", "port": port},
+                "web": {"enabled": True, "refresh_s": 2.0},
             },
         }
     )
@@ -220,6 +237,21 @@ class _FleetPanel:
             up = runner.stats.target_up
             v.endpoints = len(up)
             v.endpoints_down = sum(1 for ok in up.values() if not ok)
+
+
+def live_view(agg: Aggregation, view: DemoTail, expander: SloExpander) -> FitStack:
+    """What the demo shows while it runs, within the terminal's height: the SLOs first
+    (firing, burning, one line per healthy SLO), then the fleet, faults and stream."""
+    snap = agg.hub.latest  # carries the causes once root-cause analysis fills them
+    if snap is not None:
+        slos = SloStatusView.of(snap.reports, snap.alerts,
+                                max((r.evaluated_at for r in snap.reports), default=None),
+                                specs=snap.specs, rca=snap.rca, expander=expander)
+    else:
+        board = agg.engine.board.latest()
+        slos = SloStatusView.of(board.reports, board.alerts, board.evaluated_at,
+                                specs={s.id: s for s in agg.specs}, expander=expander)
+    return FitStack([slos, view.fleet_table(), view.fault_table(), view.source_table()])
 
 
 async def run_demo(
@@ -303,25 +335,30 @@ async def _run(
             console.print(
                 f"SLO engine: {len(prep.specs)} SLOs, evaluated every "
                 f"{cfg.slo.tick_interval_s:g}s"
-                + (f"; alerts to {', '.join(s.alertmanager)}" if s.alertmanager else "")
-                + (f"; /metrics on port {s.metrics_port}" if s.metrics_port is not None
-                   else ""),
+                + (f"; alerts to {', '.join(s.alertmanager)}" if s.alertmanager else ""),
                 highlight=False,
             )
+            if agg.page_url is not None:
+                console.print(f"status page: [bold]{agg.page_url}[/]  (Prometheus metrics: "
+                              f"{agg.page_url}metrics)", highlight=False)
+            expander = SloExpander()
+            page = agg.status_page
 
-            def render() -> Group:
+            def final() -> Group:
                 snap = agg.engine.board.latest()
                 return Group(
                     view.render(), report_table(snap.reports, snap.alerts, snap.evaluated_at)
                 )
 
-            with Live(render(), console=console, refresh_per_second=4,
-                      transient=not console.is_terminal) as live:
+            with Live(live_view(agg, view, expander), console=console, refresh_per_second=4,
+                      transient=not console.is_terminal) as live, key_presses(expander.press):
 
                 async def repaint() -> None:
                     while not stop.is_set():
                         panel.refresh(runner)
-                        live.update(render())
+                        if page is not None:
+                            page.publish_fleet(view.fleet_nodes())
+                        live.update(live_view(agg, view, expander))
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), 0.25)
 
@@ -335,7 +372,7 @@ async def _run(
                 await tail_task
             panel.refresh(runner)
             view.reports = agg.engine.board.latest().reports
-            console.print(render())
+            console.print(final())
             console.print(
                 f"produced {runner.stats.samples_produced} samples in "
                 f"{runner.stats.records_produced} records; samples seen: {view.samples}"
@@ -349,11 +386,14 @@ async def _run(
 
 __all__ = [
     "EVAL_LAG_REAL_S",
+    "METRICS_PORT",
     "SIM_PORT",
     "DemoSettings",
     "demo_config",
     "demo_spec_paths",
     "fault_nodes",
+    "free_or_any",
+    "live_view",
     "resolve_scenario",
     "run_demo",
     "start_fleet_server",

@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 from gpuslo.alerts.alertmanager import AlertmanagerClient
 from gpuslo.collectors.base import Collector
 from gpuslo.collectors.registry import build_collectors
+from gpuslo.dashboards.catalog import JSON_DIR
+from gpuslo.dashboards.common import UID_SLO_DETAIL
 from gpuslo.exporters.base import Exporter, ExportHub, HealthSnapshot
 from gpuslo.exporters.otlp import OtlpExporter
 from gpuslo.exporters.prometheus import PrometheusExporter
+from gpuslo.exporters.web.page import StatusPage
+from gpuslo.exporters.web.series import DashboardLink
 from gpuslo.pipeline.aio import Clock, utc_now
 from gpuslo.pipeline.config import GpusloConfig
 from gpuslo.pipeline.kafka.client import SampleProducer
@@ -50,24 +56,61 @@ def _alertmanager(cfg: GpusloConfig, clock: Clock) -> Exporter | None:
     return AlertmanagerClient(c, clock=clock) if c.urls else None
 
 
-# Pull: prometheus.  Push: otlp (the SDK's periodic reader), alertmanager.  Adding an
-# exporter means one entry here and one config model in pipeline/config.py.
+@cache
+def dashboard_links() -> tuple[DashboardLink, ...]:
+    """gpuslo's Grafana dashboards (uid, title) from the shipped JSON, for the SLO pages."""
+    out = []
+    for path in sorted(JSON_DIR.glob("*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        out.append(DashboardLink(doc["uid"], doc["title"], per_slo=doc["uid"] == UID_SLO_DETAIL))
+    return tuple(sorted(out, key=lambda d: (not d.per_slo, d.title)))
+
+
+def _web(cfg: GpusloConfig, clock: Clock) -> Exporter | None:
+    # Served on the Prometheus exporter's port (mounted by build_exporters): none without it.
+    c = cfg.exporters.web
+    if not (c.enabled and cfg.exporters.prometheus.enabled):
+        return None
+    return StatusPage(c, title=cfg.node, dashboards=dashboard_links())
+
+
+# Pull: prometheus, web (the status page).  Push: otlp (the SDK's periodic reader),
+# alertmanager.  Adding an exporter means one entry here and one config model in
+# pipeline/config.py.
 EXPORTERS: dict[str, ExporterFactory] = {
     "prometheus": _prometheus,
+    "web": _web,
     "otlp": _otlp,
     "alertmanager": _alertmanager,
 }
 
 
 def build_exporters(cfg: GpusloConfig, *, clock: Clock = utc_now) -> list[Exporter]:
-    """The exporters ``cfg`` switches on (Prometheus when enabled, OTLP when enabled,
-    Alertmanager when at least one URL is set), in registry order."""
+    """The exporters ``cfg`` switches on (Prometheus when enabled, the status page with
+    it, OTLP when enabled, Alertmanager when at least one URL is set), in registry order.
+
+    A process has one HTTP port, the Prometheus exporter's: the status page's routes
+    are added to its app here, before the hub starts it.
+    """
     out = []
     for factory in EXPORTERS.values():
         exporter = factory(cfg, clock)
         if exporter is not None:
             out.append(exporter)
+    http = next((e for e in out if isinstance(e, PrometheusExporter)), None)
+    for e in out:
+        if isinstance(e, StatusPage) and http is not None:
+            e.mount(http.app)
     return out
+
+
+def status_page_url(hub: ExportHub) -> str | None:
+    """``http://host:port/`` of the status page once the hub has started, else None."""
+    http = next((e for e in hub.exporters if isinstance(e, PrometheusExporter)), None)
+    page = next((e for e in hub.exporters if isinstance(e, StatusPage)), None)
+    if http is None or page is None or not page.mounted or http.port is None:
+        return None
+    return http.url.removesuffix("metrics")
 
 
 def build_hub(cfg: GpusloConfig, *, clock: Clock = utc_now) -> ExportHub:
@@ -103,6 +146,15 @@ class Aggregation:
     engine: SloEngine
     hub: ExportHub
     specs: Sequence[SloSpec]
+
+    @property
+    def status_page(self) -> StatusPage | None:
+        """The status page exporter, when this process serves one."""
+        return next((e for e in self.hub.exporters if isinstance(e, StatusPage)), None)
+
+    @property
+    def page_url(self) -> str | None:
+        return status_page_url(self.hub)
 
     async def run(
         self, stop: asyncio.Event, health: Callable[[], HealthSnapshot] = HealthSnapshot
@@ -140,4 +192,6 @@ __all__ = [
     "build_exporters",
     "build_hub",
     "collection",
+    "dashboard_links",
+    "status_page_url",
 ]

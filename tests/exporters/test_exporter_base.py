@@ -21,6 +21,7 @@ from gpuslo.exporters.base import (
 )
 from gpuslo.exporters.otlp import OtlpExporter
 from gpuslo.exporters.prometheus import PrometheusExporter
+from gpuslo.exporters.web.page import StatusPage
 from gpuslo.pipeline.app.wiring import EXPORTERS, build_exporters
 from gpuslo.pipeline.config import load_config
 
@@ -76,9 +77,12 @@ def test_the_kinds_are_protocols_the_real_exporters_satisfy() -> None:
 
 
 def test_the_registry_builds_what_the_config_switches_on() -> None:
-    assert set(EXPORTERS) == {"prometheus", "otlp", "alertmanager"}
+    assert set(EXPORTERS) == {"prometheus", "web", "otlp", "alertmanager"}
     cfg = load_config(environ={})
-    assert [type(e) for e in build_exporters(cfg)] == [PrometheusExporter]
+    # The status page rides on the Prometheus exporter's port: on with it, off without it.
+    default = build_exporters(cfg)
+    assert [type(e) for e in default] == [PrometheusExporter, StatusPage]
+    assert isinstance(default[1], StatusPage) and default[1].mounted
     cfg = load_config(environ={
         "GPUSLO_EXPORTERS__OTLP__ENABLED": "true",
         "GPUSLO_EXPORTERS__PROMETHEUS__ENABLED": "false",

@@ -240,7 +240,9 @@ def demo(
         list[str] | None, typer.Option(help="Alertmanager URL to send alerts to; repeatable.")
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus /metrics on this port.")
+        int | None, typer.Option(
+            help="Port of Prometheus /metrics and the status page (default: 9464 if free, "
+                 "else any free port; 0: any free port).", min=0, max=65535)
     ] = None,
 ) -> None:
     """Simulated fleet + embedded broker + collectors + SLO engine + live view."""

@@ -23,21 +23,30 @@ from rich.progress import (
 )
 
 from gpuslo.collectors.history import OpenMetricsInputError, read_history
+from gpuslo.exporters.base import ExportHub, Snapshot
+from gpuslo.exporters.prometheus import PrometheusExporter
+from gpuslo.exporters.web import render
+from gpuslo.exporters.web.page import StatusPage
+from gpuslo.exporters.web.replay import replay_source
 from gpuslo.pipeline.aio import run_until
 from gpuslo.pipeline.app.cli.common import (
     ConfigOption,
     DurationOption,
     console,
     err_console,
+    fail,
     load_or_exit,
     run_async,
 )
-from gpuslo.pipeline.app.views.slo import report_table
-from gpuslo.pipeline.app.wiring import aggregation
+from gpuslo.pipeline.app.keys import key_presses
+from gpuslo.pipeline.app.views.fit import FitStack
+from gpuslo.pipeline.app.views.slo import SloExpander, SloStatusView, report_table
+from gpuslo.pipeline.app.wiring import aggregation, dashboard_links, status_page_url
+from gpuslo.pipeline.config import PrometheusExporterConfig, WebExporterConfig
 from gpuslo.pipeline.kafka.servers import kafka_servers
 from gpuslo.pipeline.schema import SchemaError
 from gpuslo.pipeline.stages.board import BoardSnapshot
-from gpuslo.slo.backtest import backtest
+from gpuslo.slo.backtest import BacktestReport, backtest
 from gpuslo.slo.rules import generate, render_prometheus_rule, render_rules_file
 from gpuslo.slo.spec import SloSpec, SpecError, load_specs, parse_duration
 
@@ -149,6 +158,19 @@ def replay(
         typer.Option("--json", help="Write the full JSON report here ('-': stdout)."),
     ] = None,
     step: Annotated[str, typer.Option(help="Evaluation step (e.g. 1m, 5m).")] = "1m",
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write a self-contained HTML report (charts of every SLO "
+                                    "scope with its alert episodes) to this file."),
+    ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Then serve the result as a status page "
+                                           "(and /metrics) until Ctrl-C.")
+    ] = False,
+    host: Annotated[str, typer.Option(help="Address --serve listens on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="Port --serve listens on (0: any free port).", min=0, max=65535)
+    ] = 9464,
 ) -> None:
     """Backtest specs over recorded samples: SLIs, budgets, and when alerts would fire."""
     slos = _specs(specs)
@@ -195,6 +217,46 @@ def replay(
             sys.stdout.write(text + "\n")
         else:
             json_out.write_text(text + "\n", encoding="utf-8")
+    title = f"{samples.name}, {len(slos)} SLO(s)"
+    if html is not None:
+        write_replay_html(html, result, slos, title,
+                          {"samples": str(samples), "specs": " ".join(map(str, specs)),
+                           "step": step})
+        out.print(f"HTML report: {html}", highlight=False)
+    if serve:
+        run_async(lambda stop: serve_replay(result, slos, title, host, port, stop))
+
+
+def write_replay_html(path: Path, result: BacktestReport, specs: Sequence[SloSpec], title: str,
+                      inputs: dict[str, str]) -> None:
+    """One self-contained HTML file of the backtest, written atomically."""
+    text = render.report(replay_source(result, specs, title), command="gpuslo replay",
+                         inputs=inputs)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+async def serve_replay(result: BacktestReport, specs: Sequence[SloSpec], title: str, host: str,
+                       port: int, stop: asyncio.Event) -> None:
+    """Serve a finished backtest: the status page over its series, /metrics of its end."""
+    http = PrometheusExporter(PrometheusExporterConfig(host=host, port=port))
+    page = StatusPage(WebExporterConfig(), title=title, dashboards=dashboard_links(),
+                      source=replay_source(result, specs, title))
+    page.mount(http.app)
+    try:
+        hub = await ExportHub([http, page]).start()
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port} (use --port 0 for any free port):",
+                   exc) from None
+    try:
+        await hub.publish(Snapshot.build(reports=result.final, taken_at=result.end,
+                                         specs=specs))
+        console.print(f"serving the replay at [bold]{status_page_url(hub)}[/]; Ctrl-C stops",
+                      highlight=False)
+        await stop.wait()
+    finally:
+        await hub.shutdown()
 
 
 def aggregate(
@@ -225,16 +287,32 @@ def aggregate(
                 aggregation(cfg, slos, servers) as agg:
             console.print(f"aggregating {len(slos)} SLO(s) from {t.samples} on {servers}; "
                           f"exporters: {', '.join(e.name for e in agg.hub.exporters) or 'none'}")
-            with Live(report_table((), (), None), console=console, refresh_per_second=2) as live:
+            if agg.page_url is not None:
+                console.print(f"status page: [bold]{agg.page_url}[/]", highlight=False)
+            expander = SloExpander()
+            specs_by_id = {s.id: s for s in slos}
+
+            def view() -> FitStack:
+                latest = agg.hub.latest  # the published snapshot carries causes
+                if latest is not None:
+                    when = max((r.evaluated_at for r in latest.reports), default=None)
+                    return FitStack([SloStatusView.of(
+                        latest.reports, latest.alerts, when, specs=latest.specs,
+                        rca=latest.rca, expander=expander)])
+                b = agg.engine.board.latest()
+                return FitStack([SloStatusView.of(b.reports, b.alerts, b.evaluated_at,
+                                                  specs=specs_by_id, expander=expander)])
+
+            with Live(view(), console=console, refresh_per_second=2) as live, \
+                    key_presses(expander.press):
 
                 async def show() -> None:
                     version = 0
                     while not stop.is_set():
-                        snap = await agg.engine.board.wait(version, 1.0)
+                        snap = await agg.engine.board.wait(version, 0.5)
+                        live.update(view())  # also after a key press
                         if snap.version != version:
                             version = snap.version
-                            live.update(report_table(snap.reports, snap.alerts,
-                                                     snap.evaluated_at))
                             if report_json is not None:
                                 write_board_json(report_json, snap)
 

@@ -16,6 +16,7 @@ import polars as pl
 from rich.console import Group
 from rich.table import Table
 
+from gpuslo.exporters.web.series import NodeHealth
 from gpuslo.pipeline.app.views.stream import SampleTail
 from gpuslo.slo.budget import SloReport
 
@@ -269,6 +270,33 @@ class DemoTail(SampleTail):
                 f"[red]{', '.join(sorted(set(hot.get(name, []))))}[/]" if name in hot else "",
             )
         return t
+
+    def fleet_nodes(self) -> list[NodeHealth]:
+        """The fleet panel's figures per node, for the status page's Fleet view."""
+        hot: dict[str, set[str]] = {}
+        for f in self.active_faults():
+            for n in self.fault_nodes.get(str(f["target"]), set()):
+                hot.setdefault(n, set()).add(f"{f['kind']} {f['target']}")
+        out = []
+        for name in sorted(self.signals.nodes, key=lambda n: (len(n), n)):
+            s = self.signals.nodes[name]
+            if not s.gpus_seen and not s.kv and not s.ports:
+                continue
+            out.append(NodeHealth(
+                node=name,
+                gpus=s.gpus if s.gpus_seen else None,
+                gpus_seen=len(s.gpus_seen) or None,
+                util_pct=s.util_mean,
+                temp_max_c=s.temp_max,
+                xid=s.xid,
+                gpus_lost=tuple(s.lost),
+                ib_errors=s.ib_errors if s.ports else None,
+                ports_down=s.ports_down if s.ports else None,
+                kv_usage_max=s.kv_max,
+                ttft_mean_s=s.ttft_mean_s,
+                faults=tuple(sorted(hot.get(name, ()))),
+            ))
+        return out
 
     def render(self) -> Group:
         """Fleet panel, fault list, then the per-source stream totals."""
