@@ -181,10 +181,25 @@ class SampleProducer:
         self._producer = producer
         return self
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Close the producer, delivering what it still holds.
+
+        aiokafka waits for every batch it holds, up to the request timeout and
+        longer with the broker gone; a process that is draining gives it
+        ``timeout_s`` and abandons the rest (its caller has already counted
+        what was not acknowledged).
+        """
         producer, self._producer = self._producer, None
-        if producer is not None:
+        if producer is None:
+            return
+        if timeout_s is None:
             await producer.stop()
+            return
+        try:
+            await asyncio.wait_for(producer.stop(), timeout_s)
+        except TimeoutError:
+            log.warning("producer not closed within %gs: unacknowledged batches abandoned",
+                        timeout_s)
 
     async def __aenter__(self) -> SampleProducer:
         return await self.start()

@@ -36,6 +36,7 @@ from gpuslo.pipeline.kafka.client import (
     SampleProducer,
     TopicPartition,
 )
+from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.stages.checkpoint import CheckpointStore
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ class StageRunner:
         bootstrap_servers: str | None = None,
         checkpoint_interval_s: float = 0.0,
         decoder: Callable[[bytes], pl.DataFrame] | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
+        """``readiness`` gets a check named after the stage, ok once the group has
+        assigned this member its partitions and their checkpoints are restored."""
         self.kafka_cfg = kafka_cfg
         self.topic = topic
         self.group_id = group_id
@@ -94,6 +98,9 @@ class StageRunner:
         self._crashed = False
         self.stats = StageStats()
         self.fault: Callable[[str], None] | None = None  # test hook: raise to simulate a crash
+        self._readiness = readiness
+        if readiness is not None:
+            readiness.expect(self.stage, f"joining group {group_id} on {topic}")
 
     @property
     def scope(self) -> str:
@@ -194,6 +201,10 @@ class StageRunner:
                 self._next_offset[tp.partition] = ckpt.next_offset if ckpt else 0
                 self._owned.add(tp.partition)
             log.info("%s owns %s partitions %s", self.stage, self.topic, sorted(self._owned))
+            if self._readiness is not None:
+                self._readiness.ok(self.stage, f"group {self.group_id}: partitions "
+                                   f"{sorted(self._owned)} of {self.topic} assigned, "
+                                   "checkpoints restored")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set."""

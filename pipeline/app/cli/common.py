@@ -2,12 +2,15 @@
 
 Each command is a thin shell: it loads and validates config (every problem at
 once, non-zero exit), then hands over to the wiring.  Ctrl-C and SIGTERM set
-the command's stop event, so loops end cleanly and flush what is pending.
+the command's stop event, so loops end cleanly and flush what is pending,
+within the command's grace period: past it (or on a second Ctrl-C) the command
+is cancelled, which every part survives as it survives SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -19,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from gpuslo.pipeline.aio import StopEvent, StopRequested
 from gpuslo.pipeline.config import ConfigError, GpusloConfig, load_config
 from gpuslo.pipeline.errors import GpusloError, InputError
 
@@ -63,24 +67,69 @@ def fail(message: str, exc: BaseException | None = None) -> typer.Exit:
     return typer.Exit(2 if isinstance(exc, InputError) else 1)
 
 
-def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run an async main with SIGINT/SIGTERM setting its stop event.
+def run_async(
+    main: Callable[[StopEvent], Coroutine[Any, Any, None]], *, grace_s: float | None = None
+) -> None:
+    """Run an async main until it returns; SIGINT and SIGTERM request its stop.
 
-    A :class:`~gpuslo.pipeline.errors.GpusloError` that escapes ends the command
-    with one red line (exit 2 for bad input, 1 otherwise), not a traceback.
+    ``main`` gets a :class:`~gpuslo.pipeline.aio.StopEvent` and must drain and
+    return once it is set.  With ``grace_s``, a drain still running that long
+    after the stop is cancelled and the command exits 1 naming the limit; a
+    second SIGINT/SIGTERM cancels at once (exit 1).  A stop requested before
+    Kafka was reached (:class:`~gpuslo.pipeline.aio.StopRequested`) is a clean
+    exit.  A :class:`~gpuslo.pipeline.errors.GpusloError` that escapes ends the
+    command with one red line (exit 2 for bad input, 1 otherwise), not a
+    traceback.
     """
+    cut_short: list[str] = []
 
     async def runner() -> None:
-        stop = asyncio.Event()
+        stop = StopEvent()
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_signal(sig: signal.Signals) -> None:
+            if stop.is_set():
+                if not cut_short:
+                    cut_short.append(f"second {sig.name}: stopped without finishing the drain")
+                    task.cancel()
+                return
+            stop.request(sig.name)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
+            loop.add_signal_handler(sig, on_signal, sig)
+
+        async def deadline() -> None:
+            await stop.wait()
+            if grace_s is None:
+                return
+            await asyncio.sleep(grace_s)
+            if not cut_short:
+                cut_short.append(f"drain not finished within {grace_s:g}s: stopped without it")
+                task.cancel()
+
+        watchdog = asyncio.create_task(deadline(), name="stop-deadline")
+        try:
+            await main(stop)
+        except StopRequested:
+            err_console.print(f"stopped ({stop.reason}) before Kafka was reached",
+                              highlight=False)
+        except asyncio.CancelledError:
+            if not cut_short:
+                raise
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
 
     try:
         asyncio.run(runner())
     except GpusloError as exc:
         raise fail("error:", exc) from exc
+    if cut_short:
+        err_console.print(f"[red]{escape(cut_short[0])}[/]", highlight=False)
+        raise typer.Exit(1)
 
 
 __all__ = [

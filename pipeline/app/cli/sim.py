@@ -24,6 +24,7 @@ import yaml
 from rich.markup import escape
 from rich.table import Table
 
+from gpuslo.pipeline.aio import StopEvent
 from gpuslo.pipeline.app.cli.common import (
     DurationOption,
     console,
@@ -45,6 +46,10 @@ from gpuslo.simulator.scenario import (
 from gpuslo.simulator.server import FleetServer, Target
 
 DEFAULT_URL = f"http://127.0.0.1:{SIM_PORT}"
+
+# The demo's drain after Ctrl-C takes a second or two (its broker outlives every
+# client); past this, it is cut short.
+DEMO_GRACE_S = 15.0
 
 
 def collector_config_yaml(targets: list[Target], interval_s: float, *, base_url: str,
@@ -251,12 +256,14 @@ def demo(
         specs=specs, alertmanager=alertmanager or (), metrics_port=metrics_port,
     )
     seen = 0
+    interrupted = False
 
-    async def main(stop: asyncio.Event) -> None:
-        nonlocal seen
+    async def main(stop: StopEvent) -> None:
+        nonlocal seen, interrupted
         seen = (await run_demo(settings, console, stop=stop)).samples
+        interrupted = stop.reason in ("SIGINT", "SIGTERM")
 
-    run_async(main)
-    if seen == 0:
+    run_async(main, grace_s=DEMO_GRACE_S)
+    if seen == 0 and not interrupted:
         err_console.print("[red]no samples reached the live view[/]")
         raise typer.Exit(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -23,7 +22,7 @@ from rich.progress import (
 )
 
 from gpuslo.collectors.history import OpenMetricsInputError, read_history
-from gpuslo.pipeline.aio import run_until
+from gpuslo.pipeline.aio import StopEvent, run_until, stop_line
 from gpuslo.pipeline.app.cli.common import (
     ConfigOption,
     DurationOption,
@@ -33,8 +32,8 @@ from gpuslo.pipeline.app.cli.common import (
     run_async,
 )
 from gpuslo.pipeline.app.views.slo import report_table
-from gpuslo.pipeline.app.wiring import aggregation
-from gpuslo.pipeline.kafka.servers import kafka_servers
+from gpuslo.pipeline.app.wiring import aggregation, connect_kafka, http_address, serving
+from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.schema import SchemaError
 from gpuslo.pipeline.stages.board import BoardSnapshot
 from gpuslo.slo.backtest import backtest
@@ -211,33 +210,59 @@ def aggregate(
                           "(replaced atomically on every tick)."),
     ] = None,
 ) -> None:
-    """Run SLO stage 1 and stage 2 in one process and show a live table of SLO reports."""
+    """Run SLO stage 1 and stage 2 in one process and show a live table of SLO reports.
+
+    Serves /metrics, /healthz and /readyz on exporters.prometheus.  SIGTERM or
+    Ctrl-C drains: the poll in hand finishes, state is checkpointed, offsets
+    committed, the consumer groups left (limit: shutdown.aggregate_grace_s).
+    """
     cfg = load_or_exit(config)
     paths = specs or cfg.slo.specs
     if not paths:
         err_console.print("[red]no SLO specs[/]: set slo.specs or pass --specs")
         raise typer.Exit(2)
     slos = _specs(paths)
+    drained = True
 
-    async def main(stop: asyncio.Event) -> None:
+    async def main(stop: StopEvent) -> None:
+        nonlocal drained
         t = cfg.kafka.topics
-        async with kafka_servers(cfg.kafka, [t.samples, t.sli, t.dlq]) as servers, \
-                aggregation(cfg, slos, servers) as agg:
-            console.print(f"aggregating {len(slos)} SLO(s) from {t.samples} on {servers}; "
-                          f"exporters: {', '.join(e.name for e in agg.hub.exporters) or 'none'}")
-            with Live(report_table((), (), None), console=console, refresh_per_second=2) as live:
+        s = cfg.slo
+        readiness = Readiness()
+        stopped: list[str] = []
+        async with serving(cfg, stop, readiness) as hub:
+            address = http_address(hub)
+            async with connect_kafka(cfg, [t.samples, t.sli, t.dlq], stop, readiness) as servers, \
+                    aggregation(cfg, slos, servers, hub=hub, readiness=readiness) as agg:
+                console.print(
+                    f"aggregating {len(slos)} SLO(s) from {t.samples} on {servers}; "
+                    f"exporters: {', '.join(e.name for e in agg.hub.exporters) or 'none'}"
+                    + (f"; /metrics, /healthz, /readyz on {address}" if address else ""),
+                    highlight=False)
+                with Live(report_table((), (), None), console=console,
+                          refresh_per_second=2) as live:
 
-                async def show() -> None:
-                    version = 0
-                    while not stop.is_set():
-                        snap = await agg.engine.board.wait(version, 1.0)
-                        if snap.version != version:
-                            version = snap.version
-                            live.update(report_table(snap.reports, snap.alerts,
-                                                     snap.evaluated_at))
-                            if report_json is not None:
-                                write_board_json(report_json, snap)
+                    async def show() -> None:
+                        version = 0
+                        while not stop.is_set():
+                            snap = await agg.engine.board.wait(version, 1.0)
+                            if snap.version != version:
+                                version = snap.version
+                                live.update(report_table(snap.reports, snap.alerts,
+                                                         snap.evaluated_at))
+                                if report_json is not None:
+                                    write_board_json(report_json, snap)
 
-                await run_until(stop, duration, agg.run(stop), show())
+                    await run_until(stop, duration, agg.run(stop), show())
+                drained = bool(agg.drained)
+                done = "checkpointed, committed and out of" if drained else "cut short in"
+                stopped.append(f"SLO stages {done} groups {s.stage1_group_id}, "
+                               f"{s.stage2_group_id}")
+                if not cfg.kafka.bootstrap_servers:
+                    stopped.append(f"embedded broker {servers}")
+            stopped.append("exporters" + (f" and HTTP server {address}" if address else ""))
+        console.print(stop_line(stop, stopped), highlight=False, soft_wrap=True)
 
-    run_async(main)
+    run_async(main, grace_s=cfg.shutdown.aggregate_grace_s + 5.0)
+    if not drained:
+        raise typer.Exit(1)
