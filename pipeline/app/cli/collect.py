@@ -45,6 +45,10 @@ from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.stages.publish import health_snapshot, publish_health
 from gpuslo.pipeline.stages.tail import tail_samples
 
+# After its drain limits (shutdown.collect_*), closing the producer and the HTTP server
+# get this long before the command is cut short (deploy/: the pod's grace is 30 s).
+HARD_STOP_MARGIN_S = 2.0
+
 
 def _value_json(v: float) -> float | str:
     if math.isnan(v):
@@ -189,7 +193,7 @@ def collect(config: ConfigOption = None, duration: DurationOption = None) -> Non
             stopped.append(f"HTTP server {address}")
         console.print(stop_line(stop, stopped), highlight=False, soft_wrap=True)
 
-    run_async(main, grace_s=cfg.shutdown.collect_grace_s + 2.0)
+    run_async(main, grace_s=cfg.shutdown.collect_grace_s + HARD_STOP_MARGIN_S)
     if undelivered:
         raise typer.Exit(1)
 

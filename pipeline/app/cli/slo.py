@@ -40,6 +40,10 @@ from gpuslo.slo.backtest import backtest
 from gpuslo.slo.rules import generate, render_prometheus_rule, render_rules_file
 from gpuslo.slo.spec import SloSpec, SpecError, load_specs, parse_duration
 
+# After the stages' drain (shutdown.aggregate_grace_s), stopping the embedded broker and
+# flushing Alertmanager get this long before the command is cut short (deploy/: 60 s).
+HARD_STOP_MARGIN_S = 5.0
+
 SpecsArg = Annotated[
     list[Path], typer.Argument(help="OpenSLO spec files or directories of *.yaml files.")
 ]
@@ -263,6 +267,6 @@ def aggregate(
             stopped.append("exporters" + (f" and HTTP server {address}" if address else ""))
         console.print(stop_line(stop, stopped), highlight=False, soft_wrap=True)
 
-    run_async(main, grace_s=cfg.shutdown.aggregate_grace_s + 5.0)
+    run_async(main, grace_s=cfg.shutdown.aggregate_grace_s + HARD_STOP_MARGIN_S)
     if not drained:
         raise typer.Exit(1)
