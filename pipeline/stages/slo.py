@@ -305,8 +305,16 @@ class SloEngine:
         return (self.stage1, self.stage2)
 
     async def start(self) -> SloEngine:
-        """Join both consumer groups (the first poll completes the join)."""
-        await asyncio.gather(self.stage1.start(), self.stage2.start())
+        """Join both consumer groups (the first poll completes the join).
+
+        Both starts finish before a failure is raised, so a retried start never
+        runs beside one still in flight.
+        """
+        results = await asyncio.gather(self.stage1.start(), self.stage2.start(),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
         return self
 
     async def stop(self) -> None:

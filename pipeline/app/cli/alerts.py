@@ -21,6 +21,7 @@ from gpuslo.pipeline.app.cli.common import (
     run_async,
 )
 from gpuslo.pipeline.app.wiring import READY_LIFECYCLE, health_routes
+from gpuslo.pipeline.errors import GpusloError
 from gpuslo.pipeline.readiness import Readiness
 
 
@@ -37,7 +38,14 @@ def receiver(config: ConfigOption = None, duration: DurationOption = None) -> No
         readiness.expect(READY_LIFECYCLE, "starting")
         r = WebhookReceiver(cfg.alerts.receiver)
         health_routes(readiness)(r.app)  # before start: aiohttp freezes the router then
-        async with r:
+        try:
+            await r.start()
+        except OSError as exc:
+            await r.stop()
+            c = cfg.alerts.receiver
+            raise GpusloError(f"cannot listen on {c.host}:{c.port} (alerts.receiver.host, "
+                              f".port): {exc.strerror or exc}") from exc
+        try:
             readiness.ok(READY_LIFECYCLE, f"listening on {r.cfg.host}:{r.port}")
             console.print(f"receiving Alertmanager webhooks on {r.url}; /healthz, /readyz "
                           f"on port {r.port}", highlight=False)
@@ -45,8 +53,10 @@ def receiver(config: ConfigOption = None, duration: DurationOption = None) -> No
             if not stop.is_set():
                 stop.request(f"--duration {duration:g}")
             readiness.fail(READY_LIFECYCLE, "draining: stopping")
+        finally:
+            await r.stop()
         console.print(stop_line(stop, [
             f"receiver {r.cfg.host}:{r.port} ({len(r.notifications)} notification(s) kept, "
-            f"{sum(r.rejected.values())} request(s) refused)"]), highlight=False)
+            f"{sum(r.rejected.values())} request(s) refused)"]), highlight=False, soft_wrap=True)
 
     run_async(main, grace_s=10.0)

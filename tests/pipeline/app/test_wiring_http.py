@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gpuslo.exporters.prometheus import ListenError
 from gpuslo.pipeline.app.wiring import (
     READY_LIFECYCLE,
     Mount,
@@ -105,3 +106,15 @@ async def test_the_server_binds_the_configured_host_only() -> None:
         assert (await get(f"{base}/healthz"))[0] == 200
         with pytest.raises(aiohttp.ClientConnectorError):
             await get(f"http://127.0.0.1:{port}/healthz")
+
+
+async def test_a_port_in_use_is_one_clear_error_naming_the_setting() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = GpusloConfig.model_validate(
+            {"exporters": {"prometheus": {"host": "127.0.0.1", "port": port}}})
+        with pytest.raises(ListenError, match=r"exporters.prometheus.host, .port"):
+            async with serving(cfg, asyncio.Event(), Readiness()):
+                pass
