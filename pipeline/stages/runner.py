@@ -21,6 +21,7 @@ state, and how to write, restore and drop that state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -134,9 +135,14 @@ class StageRunner:
         if self.fault is not None:
             self.fault(where)
 
-    async def step(self, timeout_ms: int | None = None) -> int:
-        """One poll, applied, checkpointed and committed when due; returns records applied."""
-        batches = await self.consumer.poll(timeout_ms)
+    async def step(self, timeout_ms: int | None = None, stop: asyncio.Event | None = None) -> int:
+        """One poll, applied, checkpointed and committed when due; returns records applied.
+
+        With ``stop``, a poll still waiting for records is abandoned once it is set
+        (a drain need not wait out the poll timeout); records already returned
+        are applied as usual.
+        """
+        batches = await self._poll(timeout_ms, stop)
         if not batches:
             async with self._lock:
                 await self._flush(force=False)
@@ -161,6 +167,26 @@ class StageRunner:
                 self.stats.dead_records += sum(1 for b in fresh if b.dead)
             await self._flush(force=False)
             return len(fresh)
+
+    async def _poll(
+        self, timeout_ms: int | None, stop: asyncio.Event | None
+    ) -> list[ConsumedBatch]:
+        if stop is None:
+            return await self.consumer.poll(timeout_ms)
+        poll = asyncio.ensure_future(self.consumer.poll(timeout_ms))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({poll, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if poll.done():
+            return poll.result()
+        # Nothing was handed over, so nothing is applied or committed: a record the
+        # consumer had fetched is read again by the partition's next owner.
+        poll.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poll
+        return []
 
     async def _flush(self, *, force: bool) -> None:
         """Checkpoint dirty partitions, then commit their offsets (lock held)."""
@@ -209,7 +235,7 @@ class StageRunner:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set."""
         while not stop.is_set():
-            await self.step()
+            await self.step(stop=stop)
 
     # -- per-stage ---------------------------------------------------------------------------
 

@@ -231,7 +231,8 @@ class Stage2Runner(StageRunner):
                 next_tick = time.monotonic() + tick_interval_s
             await self.step(
                 min(self.consumer.consumer_cfg.poll_timeout_ms,
-                    max(1, int((next_tick - time.monotonic()) * 1000)))
+                    max(1, int((next_tick - time.monotonic()) * 1000))),
+                stop=stop,
             )
 
     def _write_checkpoint(self, partition: int) -> None:
