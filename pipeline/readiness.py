@@ -68,6 +68,10 @@ class Readiness:
         """Every registered check is ok (true with none registered)."""
         return all(c.ok for c in self._checks.values())
 
+    def check(self, name: str) -> Check | None:
+        """The check ``name`` (None when not registered)."""
+        return self._checks.get(name)
+
     def checks(self) -> dict[str, Check]:
         """A copy of the checks by name, in registration order."""
         return dict(self._checks)
@@ -87,4 +91,10 @@ class Readiness:
         }
 
 
-__all__ = ["Check", "Readiness"]
+# The checks gpuslo's parts register; a stage runner's check is named after its stage
+# (``stage1``, ``stage2``).
+READY_LIFECYCLE = "lifecycle"  # not ok once the process is stopping
+READY_KAFKA = "kafka"  # the process's Kafka clients are connected
+READY_TARGETS = "targets"  # collect: every collector has listed its targets once
+
+__all__ = ["READY_KAFKA", "READY_LIFECYCLE", "READY_TARGETS", "Check", "Readiness"]

@@ -54,7 +54,7 @@ from gpuslo.pipeline.config import GpusloConfig
 from gpuslo.pipeline.errors import GpusloError
 from gpuslo.pipeline.kafka.client import SampleProducer
 from gpuslo.pipeline.kafka.servers import kafka_servers
-from gpuslo.pipeline.readiness import Readiness
+from gpuslo.pipeline.readiness import READY_KAFKA, READY_LIFECYCLE, Readiness
 from gpuslo.pipeline.stages.board import ReportBoard
 from gpuslo.pipeline.stages.collect import CollectRunner, CollectStats
 from gpuslo.pipeline.stages.publish import health_snapshot, publish_board
@@ -68,10 +68,6 @@ ExporterFactory = Callable[[GpusloConfig, Clock], Exporter | None]
 Mount = Callable[[web.Application], None]
 """Adds routes to the process's one HTTP app (see the module's doc)."""
 
-# Readiness checks the wiring registers (the stages register their own: "targets",
-# "stage1", "stage2").
-READY_KAFKA = "kafka"
-READY_LIFECYCLE = "lifecycle"
 
 # How long closing the collect stage's producer may take once its drain is over.
 PRODUCER_CLOSE_S = 2.0
@@ -385,8 +381,6 @@ async def aggregation(
 __all__ = [
     "EXPORTERS",
     "LAG_INTERVAL_S",
-    "READY_KAFKA",
-    "READY_LIFECYCLE",
     "Aggregation",
     "Mount",
     "aggregation",

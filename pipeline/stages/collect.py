@@ -28,7 +28,7 @@ from gpuslo.collectors.base import Collector, TargetResult
 from gpuslo.exporters.base import ScrapeTargetKey
 from gpuslo.pipeline.aio import Clock, sleep_or_stop, utc_now
 from gpuslo.pipeline.kafka.client import SampleProducer, TransportError
-from gpuslo.pipeline.readiness import Readiness
+from gpuslo.pipeline.readiness import READY_KAFKA, READY_TARGETS, Readiness
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,6 @@ Submit = Callable[[list[TargetResult]], Awaitable[object]]
 DROP_RETRY_BUFFER_FULL = "retry_buffer_full"
 DROP_PRODUCE_REJECTED = "produce_rejected"
 DROP_REASONS = (DROP_RETRY_BUFFER_FULL, DROP_PRODUCE_REJECTED)
-
-# The readiness check this stage marks once every collector has listed its targets.
-READY_TARGETS = "targets"
 
 
 @runtime_checkable
@@ -234,6 +231,8 @@ class CollectRunner:
                             "produce failed, %d batches kept for retry: %s", len(self._pending), exc
                         )
                         self._count_pending()
+                        self._kafka_ready(False, f"produce failing, {self.stats.pending} "
+                                          f"batch(es) kept for retry: {exc}")
                         return False
                     self._pending.popleft()
                     self.stats.dropped[DROP_PRODUCE_REJECTED] += item.frame.height
@@ -242,8 +241,18 @@ class CollectRunner:
                 self._pending.popleft()
                 self.stats.samples_produced += item.frame.height
                 self.stats.records_produced += len(sent)
+                self._kafka_ready(True, "producing")
             self._count_pending()
             return True
+
+    def _kafka_ready(self, ok: bool, reason: str) -> None:
+        """Kafka readiness follows the produces once running: a broker gone is not ready."""
+        if self._readiness is None:
+            return
+        was = self._readiness.check(READY_KAFKA)
+        if was is not None and was.ok and ok:
+            return  # the common case, once per batch: nothing to change
+        self._readiness.mark(READY_KAFKA, ok, reason)
 
     async def _loop(self, collector: Collector, interval_s: float, stop: asyncio.Event) -> None:
         if isinstance(collector, ScheduledCollector):

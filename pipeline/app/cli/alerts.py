@@ -20,9 +20,9 @@ from gpuslo.pipeline.app.cli.common import (
     load_or_exit,
     run_async,
 )
-from gpuslo.pipeline.app.wiring import READY_LIFECYCLE, health_routes
+from gpuslo.pipeline.app.wiring import health_routes
 from gpuslo.pipeline.errors import GpusloError
-from gpuslo.pipeline.readiness import Readiness
+from gpuslo.pipeline.readiness import READY_LIFECYCLE, Readiness
 
 
 def receiver(config: ConfigOption = None, duration: DurationOption = None) -> None:

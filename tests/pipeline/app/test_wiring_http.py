@@ -16,7 +16,6 @@ from aiohttp import web
 
 from gpuslo.exporters.prometheus import ListenError
 from gpuslo.pipeline.app.wiring import (
-    READY_LIFECYCLE,
     Mount,
     health_routes,
     http_address,
@@ -24,7 +23,7 @@ from gpuslo.pipeline.app.wiring import (
     serving,
 )
 from gpuslo.pipeline.config import GpusloConfig
-from gpuslo.pipeline.readiness import Readiness
+from gpuslo.pipeline.readiness import READY_LIFECYCLE, Readiness
 
 
 def config(host: str = "127.0.0.1", enabled: bool = True) -> GpusloConfig:

@@ -13,9 +13,9 @@ from gpuslo.collectors.base import TargetResult
 from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
 from gpuslo.pipeline.kafka.broker import EmbeddedBroker
 from gpuslo.pipeline.kafka.client import SampleConsumer, SampleProducer, ensure_topics
-from gpuslo.pipeline.readiness import Readiness
+from gpuslo.pipeline.readiness import READY_KAFKA, READY_TARGETS, Readiness
 from gpuslo.pipeline.schema import frame_from_rows
-from gpuslo.pipeline.stages.collect import READY_TARGETS, CollectRunner
+from gpuslo.pipeline.stages.collect import CollectRunner
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -111,13 +111,18 @@ async def test_a_stop_with_the_broker_gone_ends_within_its_limits_and_counts_the
         await ensure_topics(cfg, [cfg.topics.samples])
         collector = CountingCollector()
         async with SampleProducer(cfg) as producer:
+            readiness = Readiness()
             runner = CollectRunner([(collector, 0.1)], producer, cfg.topics.samples,
-                                   clock=lambda: NOW, stop_grace_s=0.5, flush_s=1.0)
+                                   clock=lambda: NOW, stop_grace_s=0.5, flush_s=1.0,
+                                   readiness=readiness)
             stop = asyncio.Event()
             task = asyncio.create_task(runner.run(stop))
             await until(lambda: runner.stats.samples_produced >= 20)
+            assert readiness.ready
             broker.stop()  # Kafka gone: the scrapes keep coming, nothing can be delivered
-            await until(lambda: runner.stats.pending >= 1)
+            await until(lambda: runner.stats.produce_failures >= 1)
+            kafka = readiness.check(READY_KAFKA)
+            assert kafka is not None and not kafka.ok and "produce failing" in kafka.reason
             loop = asyncio.get_running_loop()
             stopped_at = loop.time()
             stop.set()
