@@ -97,7 +97,8 @@ async def retry_until(
 ) -> T:
     """``await attempt()`` until it succeeds, retrying retriable :class:`GpusloError` s.
 
-    Waits ``initial_s`` after the first failure, doubling up to ``max_s``;
+    An attempt in flight when ``stop`` is set is cancelled.  Waits ``initial_s``
+    after the first failure, doubling up to ``max_s``;
     ``on_retry(error, wait_s)`` is told of each failure before the wait (to
     log it and mark readiness).  A non-retriable error is raised at once.
 
@@ -109,7 +110,7 @@ async def retry_until(
         if stop.is_set():
             raise StopRequested
         try:
-            return await attempt()
+            return await _unless_stopped(stop, attempt)
         except GpusloError as exc:
             if not exc.retriable:
                 raise
@@ -117,6 +118,24 @@ async def retry_until(
                 on_retry(exc, wait)
         await sleep_or_stop(stop, wait)
         wait = min(max_s, wait * 2)
+
+
+async def _unless_stopped(stop: asyncio.Event, attempt: Callable[[], Awaitable[T]]) -> T:
+    """``await attempt()``, cancelled if ``stop`` is set first (a Kafka client's start can
+    take seconds: a Ctrl-C must not wait for it)."""
+    task = asyncio.ensure_future(attempt())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if task.cancelled():
+            raise StopRequested
+    return task.result()
 
 
 __all__ = [

@@ -170,6 +170,9 @@ def demo_config(
                     "port": metrics_port or 9464,
                 }
             },
+            # Someone pressed Ctrl-C and watches: a scrape still in hand gets a second.
+            "shutdown": {"collect_scrape_wait_s": 1.0, "collect_flush_s": 5.0,
+                         "aggregate_grace_s": 10.0},
         }
     )
 
@@ -367,18 +370,19 @@ async def _run(
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), 0.25)
 
-                tail_task = asyncio.create_task(
-                    tail_samples(cfg.kafka, cfg.consumer, stop, view, bootstrap_servers=servers)
-                )
+                def tail_drain_s() -> float:
+                    # Interrupted: the view need not catch up with the last batches (a
+                    # --duration run does, so its totals match what was produced).
+                    return 0.0 if getattr(stop, "reason", None) in ("SIGINT", "SIGTERM") \
+                        else 15.0
+
+                tail_task = asyncio.create_task(tail_samples(
+                    cfg.kafka, cfg.consumer, stop, view, bootstrap_servers=servers,
+                    drain_timeout_s=tail_drain_s))
                 await run_until(
                     stop, s.duration_s, runner.run(stop), repaint(), agg.run(stop, runner.stats),
                 )
-                if getattr(stop, "reason", None) in ("SIGINT", "SIGTERM"):
-                    # Interrupted: the view need not catch up with the last batches (a
-                    # --duration run does, so its totals match what was produced).
-                    tail_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await tail_task
+                await tail_task
             panel.refresh(runner)
             view.reports = agg.engine.board.latest().reports
             console.print(render())

@@ -49,7 +49,7 @@ from gpuslo.collectors.registry import build_collectors
 from gpuslo.exporters.base import Exporter, ExportHub, HealthSnapshot
 from gpuslo.exporters.otlp import OtlpExporter
 from gpuslo.exporters.prometheus import PrometheusExporter
-from gpuslo.pipeline.aio import Clock, retry_until, sleep_or_stop, utc_now
+from gpuslo.pipeline.aio import Clock, StopRequested, retry_until, sleep_or_stop, utc_now
 from gpuslo.pipeline.config import GpusloConfig
 from gpuslo.pipeline.errors import GpusloError
 from gpuslo.pipeline.kafka.client import SampleProducer
@@ -334,7 +334,10 @@ class Aggregation:
         the next owner from the last checkpoint, exactly as after a SIGKILL.
         """
         try:
-            await _start(self.engine.start, stop)
+            try:
+                await _start(self.engine.start, stop)
+            except StopRequested:
+                return  # stopped while joining the groups: nothing applied, nothing to save
             if self.readiness is not None:
                 self.readiness.ok(READY_KAFKA, "SLO stages' consumers and producers connected")
             await asyncio.gather(

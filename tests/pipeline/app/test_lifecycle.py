@@ -313,8 +313,10 @@ def test_ctrl_c_in_a_terminal_ends_the_demo_within_5s_and_leaves_no_broker() -> 
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUSLO_")}
     env.update(COLUMNS="180", LINES="50", TERM="xterm-256color")
+    metrics = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpuslo.pipeline.app.cli.main", "demo", "--port", "0"],
+        [sys.executable, "-m", "gpuslo.pipeline.app.cli.main", "demo", "--port", "0",
+         "--metrics-port", str(metrics)],
         cwd=ROOT, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
         preexec_fn=controlling_terminal)
     os.close(slave)
@@ -343,7 +345,11 @@ def test_ctrl_c_in_a_terminal_ends_the_demo_within_5s_and_leaves_no_broker() -> 
         assert m, plain(screen)[-2000:]
         listener = m.group(1)
         assert len(_broker_processes(listener)) == 1
-        time.sleep(2.0)  # collectors, stages and the live view all running
+        # Running: every check of its /readyz ok (Kafka, targets, both stages' groups).
+        while (get(f"http://127.0.0.1:{metrics}/readyz") or (0,))[0] != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, plain(screen)[-3000:]
+            time.sleep(0.2)
+        time.sleep(1.0)  # collectors, stages and the live view all at work
         started = time.monotonic()
         os.write(master, b"\x03")  # Ctrl-C: the line discipline signals the foreground group
         try:
@@ -360,7 +366,7 @@ def test_ctrl_c_in_a_terminal_ends_the_demo_within_5s_and_leaves_no_broker() -> 
     assert rc in (0, 130), text[-3000:]
     assert took < 5.0
     assert "stopped (SIGINT)" in text and f"embedded broker {listener}" in text
-    assert "Unable connect" not in text and "Traceback" not in text
+    assert "Unable connect" not in text and "Traceback" not in text, text[-4000:]
     assert _broker_processes(listener) == []
     host, port = listener.split(":")
     with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=1):
