@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -269,20 +269,16 @@ async def collection(
         )
 
 
-async def _start(start: Callable[[], object], stop: asyncio.Event | None) -> None:
-    async def attempt() -> None:
-        result = start()
-        if asyncio.iscoroutine(result):
-            await result
-
+async def _start(start: Callable[[], Awaitable[object]], stop: asyncio.Event | None) -> None:
+    """Start Kafka clients: once (no ``stop``), or retried until they connect or ``stop``."""
     if stop is None:
-        await attempt()
+        await start()
         return
 
     def retrying(exc: GpusloError, wait_s: float) -> None:
         log.warning("Kafka client not started, retrying in %gs: %s", wait_s, exc)
 
-    await retry_until(stop, attempt, on_retry=retrying)
+    await retry_until(stop, start, on_retry=retrying)
 
 
 @dataclass
