@@ -258,6 +258,8 @@ def aggregate(
                                     write_board_json(report_json, snap)
 
                     await run_until(stop, duration, agg.run(stop), show())
+                if not console.is_terminal:
+                    console.line()  # rich's Live leaves its last frame without a newline
                 drained = bool(agg.drained)
                 done = "checkpointed, committed and out of" if drained else "cut short in"
                 stopped.append(f"SLO stages {done} groups {s.stage1_group_id}, "
