@@ -182,11 +182,13 @@ def collect(config: ConfigOption = None, duration: DurationOption = None) -> Non
                         hub, stop, lambda: health_snapshot(runner.stats)))
                     s = runner.stats
                     undelivered = s.pending_samples
-                    stopped.append(
-                        f"producer flushed: {s.samples_produced} samples in "
-                        f"{s.records_produced} records, {s.pending_samples} undelivered; "
-                        f"scrape errors: {sum(s.errors.values())}; "
-                        f"dropped: {sum(s.dropped.values())}")
+                    console.print(
+                        f"produced {s.samples_produced} samples in {s.records_produced} "
+                        f"records; scrape errors: {sum(s.errors.values())}; "
+                        f"dropped: {sum(s.dropped.values())}; "
+                        f"undelivered: {s.pending_samples}", highlight=False, soft_wrap=True)
+                    stopped.append(f"producer flushed ({s.pending_samples} samples "
+                                   "undelivered)")
                 if not cfg.kafka.bootstrap_servers:
                     stopped.append(f"embedded broker {servers}")
         if address is not None:

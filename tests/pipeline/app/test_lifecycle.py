@@ -254,10 +254,11 @@ def test_sigterm_mid_run_exits_0_in_the_grace_period_and_loses_nothing(
     out = log.read_text(errors="replace")
     assert rc == 0, out[-3000:]
     assert took < COLLECT_GRACE_S
-    m = re.search(r"producer flushed: (\d+) samples in (\d+) records, (\d+) undelivered", out)
+    m = re.search(r"produced (\d+) samples in (\d+) records;.* undelivered: (\d+)", out)
     assert m, out[-3000:]
     samples, records, undelivered = map(int, m.groups())
     assert undelivered == 0 and records >= before
+    assert "stopped (SIGTERM)" in out and "producer flushed (0 samples undelivered)" in out
 
     # An independent client (librdkafka) finds every record and every sample it reported.
     consumer = Consumer({"bootstrap.servers": kafka_cfg.bootstrap_servers,
