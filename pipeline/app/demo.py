@@ -170,8 +170,8 @@ def demo_config(
                     "port": metrics_port or 9464,
                 }
             },
-            # Someone pressed Ctrl-C and watches: a scrape still in hand gets a second.
-            "shutdown": {"collect_scrape_wait_s": 1.0, "collect_flush_s": 5.0,
+            # Someone pressed Ctrl-C and watches: a scrape still in hand gets half a second.
+            "shutdown": {"collect_scrape_wait_s": 0.5, "collect_flush_s": 5.0,
                          "aggregate_grace_s": 10.0},
         }
     )

@@ -36,6 +36,7 @@ from gpuslo.pipeline.app.cli.common import (
     DurationOption,
     console,
     err_console,
+    finish,
     load_or_exit,
     run_async,
 )
@@ -195,9 +196,8 @@ def collect(config: ConfigOption = None, duration: DurationOption = None) -> Non
             stopped.append(f"HTTP server {address}")
         console.print(stop_line(stop, stopped), highlight=False, soft_wrap=True)
 
-    run_async(main, grace_s=cfg.shutdown.collect_grace_s + HARD_STOP_MARGIN_S)
-    if undelivered:
-        raise typer.Exit(1)
+    why = run_async(main, grace_s=cfg.shutdown.collect_grace_s + HARD_STOP_MARGIN_S)
+    finish(1 if undelivered else 0, why)
 
 
 def tail(

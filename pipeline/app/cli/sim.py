@@ -26,9 +26,11 @@ from rich.table import Table
 
 from gpuslo.pipeline.aio import StopEvent
 from gpuslo.pipeline.app.cli.common import (
+    SIGNALLED,
     DurationOption,
     console,
     err_console,
+    finish,
     run_async,
     setup_logging,
 )
@@ -256,14 +258,13 @@ def demo(
         specs=specs, alertmanager=alertmanager or (), metrics_port=metrics_port,
     )
     seen = 0
-    interrupted = False
 
     async def main(stop: StopEvent) -> None:
-        nonlocal seen, interrupted
+        nonlocal seen
         seen = (await run_demo(settings, console, stop=stop)).samples
-        interrupted = stop.reason in ("SIGINT", "SIGTERM")
 
-    run_async(main, grace_s=DEMO_GRACE_S)
-    if seen == 0 and not interrupted:
+    why = run_async(main, grace_s=DEMO_GRACE_S)
+    if seen == 0 and why not in SIGNALLED:
         err_console.print("[red]no samples reached the live view[/]")
-        raise typer.Exit(1)
+        finish(1, why)
+    finish(0, why)

@@ -28,6 +28,7 @@ from gpuslo.pipeline.app.cli.common import (
     DurationOption,
     console,
     err_console,
+    finish,
     load_or_exit,
     run_async,
 )
@@ -269,6 +270,5 @@ def aggregate(
             stopped.append("exporters" + (f" and HTTP server {address}" if address else ""))
         console.print(stop_line(stop, stopped), highlight=False, soft_wrap=True)
 
-    run_async(main, grace_s=cfg.shutdown.aggregate_grace_s + HARD_STOP_MARGIN_S)
-    if not drained:
-        raise typer.Exit(1)
+    why = run_async(main, grace_s=cfg.shutdown.aggregate_grace_s + HARD_STOP_MARGIN_S)
+    finish(0 if drained else 1, why)

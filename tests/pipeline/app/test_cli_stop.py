@@ -15,7 +15,7 @@ import pytest
 import typer
 
 from gpuslo.pipeline.aio import StopEvent, StopRequested, retry_until, stop_line
-from gpuslo.pipeline.app.cli.common import run_async
+from gpuslo.pipeline.app.cli.common import finish, run_async
 from gpuslo.pipeline.errors import GpusloError
 
 
@@ -35,7 +35,7 @@ def test_sigterm_sets_the_stop_and_a_clean_drain_exits_0() -> None:
         await asyncio.sleep(0.1)  # a short drain
         seen.append(stop_line(stop, ["everything"]))
 
-    run_async(main, grace_s=5)
+    assert run_async(main, grace_s=5) == "SIGTERM"
     assert seen[0] == "SIGTERM"
     assert seen[1] is not None and seen[1].startswith("stopped (SIGTERM) in 0.1")
 
@@ -102,3 +102,12 @@ async def test_retry_until_raises_at_once_on_an_error_that_retrying_cannot_fix()
     with pytest.raises(StopRequested):
         await retry_until(stop, rejected)
     assert calls == 1
+
+
+def test_finish_returns_normally_unless_a_signal_stopped_the_command() -> None:
+    # After a signal it ends the process at once (os._exit, covered by the process tests);
+    # otherwise (--duration, a command invoked in-process) it behaves like any command.
+    assert finish(0, "--duration 5") is None  # type: ignore[func-returns-value]
+    with pytest.raises(typer.Exit) as exc:
+        finish(1, None)
+    assert exc.value.exit_code == 1
