@@ -101,9 +101,11 @@ async def test_sigterm_checkpoints_commits_and_exits_0_within_the_grace_period(
     await produce(kafka_cfg, chunks(frames, t0, MINUTES, 5))
 
     state, port = tmp_path / "state", free_port()
+    # Groups of its own: members other tests left behind never join its rebalances.
+    g1, g2 = f"sli-{t.samples}", f"slo-{t.samples}"
     config = write_config(tmp_path, kafka_cfg, partitions=PARTITIONS, max_records=50, extra={
         "slo": {"checkpoint_dir": str(state), "checkpoint_interval_s": 3600,
-                "tick_interval_s": 0.3},
+                "tick_interval_s": 0.3, "stage1_group_id": g1, "stage2_group_id": g2},
         "exporters": {"prometheus": {"host": "127.0.0.1", "port": port}},
     })
     report, log = tmp_path / "report.json", tmp_path / "aggregate.log"
@@ -126,13 +128,13 @@ async def test_sigterm_checkpoints_commits_and_exits_0_within_the_grace_period(
 
         wait(caught_up, [proc], [log], 40, "reports over every sample")
         # Consumer lag per group on /metrics (read every 5 s): nothing left to read.
-        wait(lambda: (r := get(f"{base}/metrics")) and lag(r[1], "gpuslo-sli") == 0
-             and lag(r[1], "gpuslo-slo") == 0, [proc], [log], 20, "lag 0 on /metrics")
+        wait(lambda: (r := get(f"{base}/metrics")) and lag(r[1], g1) == 0
+             and lag(r[1], g2) == 0, [proc], [log], 20, "lag 0 on /metrics")
         # Checkpoints once an hour: so far nothing is checkpointed or committed.
         assert not list(state.glob("stage*/p*.ckpt"))
         servers = kafka_cfg.bootstrap_servers
         assert servers is not None
-        assert set(committed(servers, "gpuslo-sli", t.samples)) == {OFFSET_INVALID}
+        assert set(committed(servers, g1, t.samples)) == {OFFSET_INVALID}
 
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -145,17 +147,17 @@ async def test_sigterm_checkpoints_commits_and_exits_0_within_the_grace_period(
     out = log.read_text(errors="replace")
     assert rc == 0, out[-3000:]
     assert took < AGGREGATE_GRACE_S
-    assert "checkpointed, committed and out of groups gpuslo-sli, gpuslo-slo" in out
+    assert f"checkpointed, committed and out of groups {g1}, {g2}" in out
 
     # The drain checkpointed every partition and committed up to the end, consistently.
     samples_end, sli_end = ends(servers, t.samples), ends(servers, t.sli)
     assert sum(samples_end) > 0 and sum(sli_end) > 0
     # (A partition that never had a record has nothing to commit.)
-    assert no_gaps(committed(servers, "gpuslo-sli", t.samples)) == samples_end
-    assert no_gaps(committed(servers, "gpuslo-slo", t.sli)) == sli_end
+    assert no_gaps(committed(servers, g1, t.samples)) == samples_end
+    assert no_gaps(committed(servers, g2, t.sli)) == sli_end
     store = CheckpointStore(state)
     for p in range(PARTITIONS):
-        s1 = store.read(f"stage1.gpuslo-sli.{t.samples}", p)
-        s2 = store.read(f"stage2.gpuslo-slo.{t.sli}", p)
+        s1 = store.read(f"stage1.{g1}.{t.samples}", p)
+        s2 = store.read(f"stage2.{g2}.{t.sli}", p)
         assert s1 is not None and s1.next_offset == samples_end[p]
         assert s2 is not None and s2.next_offset == sli_end[p]
