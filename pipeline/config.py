@@ -545,8 +545,11 @@ class AlertsConfig(_Model):
 
 
 class PrometheusExporterConfig(_Model):
-    enabled: bool = Field(True, description="Serve /metrics.")
-    host: str = Field("0.0.0.0", description="Listen address.")
+    enabled: bool = Field(
+        True, description="Serve /metrics, and /healthz and /readyz for the probes (off: the "
+        "process serves no HTTP at all).",
+    )
+    host: str = Field("0.0.0.0", description="Listen address (127.0.0.1: this host only).")
     port: int = Field(9464, ge=0, lt=65536, description="Listen port (0: any free port).")
     sloth_compat: bool = Field(
         False,
@@ -615,6 +618,34 @@ class ExportersConfig(_Model):
     )
 
 
+class ShutdownConfig(_Model):
+    """What a process may spend between SIGTERM (or Ctrl-C) and its exit.
+
+    Keep each mode's total below its pod's ``terminationGracePeriodSeconds``
+    (deploy/: 30 s for collect, 60 s for aggregate), or the kubelet's SIGKILL
+    cuts the drain short.  A drain that runs out of time is abandoned: what was
+    not delivered is logged and the process exits 1; state stays SIGKILL-safe.
+    """
+
+    collect_scrape_wait_s: float = Field(
+        5.0, ge=0, description="gpuslo collect: longest wait for the scrapes in hand to finish "
+        "and be handed to the producer after a stop.",
+    )
+    collect_flush_s: float = Field(
+        20.0, ge=0, description="gpuslo collect: longest the producer may take to deliver "
+        "the pending batches after a stop (scrape wait + flush: 25 s by default).",
+    )
+    aggregate_grace_s: float = Field(
+        50.0, gt=0, description="gpuslo aggregate: longest drain after a stop: finish the "
+        "poll in hand, checkpoint, commit, leave the consumer groups.",
+    )
+
+    @property
+    def collect_grace_s(self) -> float:
+        """The whole drain of ``gpuslo collect``."""
+        return self.collect_scrape_wait_s + self.collect_flush_s
+
+
 class GpusloConfig(_Model):
     node: str = Field(
         default_factory=socket.gethostname,
@@ -635,7 +666,13 @@ class GpusloConfig(_Model):
         default_factory=AlertsConfig, description="Alertmanager delivery and webhook receiver."
     )
     exporters: ExportersConfig = Field(
-        default_factory=ExportersConfig, description="Prometheus and OTLP exporters."
+        default_factory=ExportersConfig,
+        description="Prometheus (/metrics, /healthz, /readyz: the process's one HTTP port) "
+        "and OTLP exporters.",
+    )
+    shutdown: ShutdownConfig = Field(
+        default_factory=ShutdownConfig,
+        description="Drain limits after SIGTERM or Ctrl-C, per mode.",
     )
 
 

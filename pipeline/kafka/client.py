@@ -181,10 +181,25 @@ class SampleProducer:
         self._producer = producer
         return self
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Close the producer, delivering what it still holds.
+
+        aiokafka waits for every batch it holds, up to the request timeout and
+        longer with the broker gone; a process that is draining gives it
+        ``timeout_s`` and abandons the rest (its caller has already counted
+        what was not acknowledged).
+        """
         producer, self._producer = self._producer, None
-        if producer is not None:
+        if producer is None:
+            return
+        if timeout_s is None:
             await producer.stop()
+            return
+        try:
+            await asyncio.wait_for(producer.stop(), timeout_s)
+        except TimeoutError:
+            log.warning("producer not closed within %gs: unacknowledged batches abandoned",
+                        timeout_s)
 
     async def __aenter__(self) -> SampleProducer:
         return await self.start()
@@ -267,12 +282,23 @@ class SampleProducer:
 
 
 async def _start_client(client: AIOKafkaProducer | AIOKafkaConsumer, what: str) -> None:
-    """Start an aiokafka client; on failure release it and raise a retriable error."""
+    """Start an aiokafka client; on failure release it and raise a retriable error.
+
+    A start cancelled half-way (a process stopping while Kafka is slow) releases
+    the client too, so no connection or background task outlives it.
+    """
     try:
         await client.start()
     except KafkaError as exc:
         await client.stop()
         raise TransportError(f"cannot {what}: {type(exc).__name__}: {exc}", retriable=True) from exc
+    except asyncio.CancelledError:
+        # A consumer's start waits for its group join, and closing it waits for the
+        # join in flight (a second or three on a fresh group).  Waited for, not left
+        # behind: a client left running would retry the broker after it is stopped
+        # and flood the terminal with connection errors.
+        await client.stop()
+        raise
 
 
 def _consume_result(task: asyncio.Future[Any]) -> None:
@@ -364,6 +390,16 @@ class SampleConsumer:
         if self._dlq is None:
             self._dlq = SampleProducer(self.cfg, bootstrap_servers=self._bootstrap)
         await self._dlq.start()
+        try:
+            await self._start_consumer()
+        except BaseException:
+            if self._owns_dlq:  # `async with` never reaches __aexit__ when start fails
+                await self._dlq.stop()
+                self._dlq = None
+            raise
+        return self
+
+    async def _start_consumer(self) -> None:
         c = self.consumer_cfg
         options = client_options(self.cfg, self._bootstrap)
         # A JoinGroup request is held by the coordinator for up to the session
@@ -384,7 +420,6 @@ class SampleConsumer:
             consumer.subscribe(topics=self.topics, listener=self._listener)
         await _start_client(consumer, f"start consumer for {self.topics}")
         self._consumer = consumer
-        return self
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None

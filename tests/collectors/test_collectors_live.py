@@ -196,6 +196,8 @@ async def test_gpuslo_collect_with_dcgm_and_kvcache_lands_batches(
             "kafka": {"bootstrap_servers": kafka_cfg.bootstrap_servers,
                       "topics": {"samples": kafka_cfg.topics.samples,
                                  "dlq": kafka_cfg.topics.dlq}},
+            # collect serves its health on /metrics: any free port, not 9464.
+            "exporters": {"prometheus": {"host": "127.0.0.1", "port": 0}},
             "collectors": [
                 {"type": "dcgm", "interval_s": 0.5, "timeout_s": 0.5,
                  "targets": [{"url": t.url, "node": t.node} for t in server.targets()

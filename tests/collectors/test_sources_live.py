@@ -196,6 +196,8 @@ async def test_gpuslo_collect_runs_rdma_kubelet_storage(
             "kafka": {"bootstrap_servers": kafka_cfg.bootstrap_servers,
                       "topics": {"samples": kafka_cfg.topics.samples,
                                  "dlq": kafka_cfg.topics.dlq}},
+            # collect serves its health on /metrics: any free port, not 9464.
+            "exporters": {"prometheus": {"host": "127.0.0.1", "port": 0}},
             "collectors": collectors_for(server),
         }
         path = tmp_path / "gpuslo.yaml"
