@@ -671,31 +671,57 @@ def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
+# An index in a variable name (``GPUSLO_COLLECTORS__3__URL``) fills the list up to it
+# with empty items; this bounds the list a single variable can create.
+MAX_ENV_INDEX = 1023
+_INDEX = re.compile(r"[0-9]+")
+
+
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """Put ``value`` at ``path``, making the mappings and lists on the way.
+
+    Raises:
+        ValueError: a list is indexed by something that is not an index, or
+            by one past :data:`MAX_ENV_INDEX`.
+    """
     node: Any = tree
     for i, key in enumerate(path):
         last = i == len(path) - 1
         if isinstance(node, list):
+            if not _INDEX.fullmatch(key):
+                raise ValueError(f"{key!r} is not a list index (a number)")
             idx = int(key)
+            if idx > MAX_ENV_INDEX:
+                raise ValueError(f"list index {idx} is too large (at most {MAX_ENV_INDEX})")
             while len(node) <= idx:
                 node.append({})
             if last:
                 node[idx] = value
-            else:
-                node = node[idx]
+                continue
+            if not isinstance(node[idx], (dict, list)):
+                node[idx] = [] if _INDEX.fullmatch(path[i + 1]) else {}
+            node = node[idx]
             continue
         if last:
             node[key] = value
         else:
             nxt = node.get(key)
             if not isinstance(nxt, (dict, list)):
-                nxt = [] if path[i + 1].isdigit() else {}
+                nxt = [] if _INDEX.fullmatch(path[i + 1]) else {}
                 node[key] = nxt
             node = nxt
 
 
-def apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Overlay ``GPUSLO_A__B=value`` variables onto a raw config tree (values as YAML scalars)."""
+def apply_env(
+    tree: dict[str, Any], environ: Mapping[str, str], source: str = "<environment>"
+) -> dict[str, Any]:
+    """Overlay ``GPUSLO_A__B=value`` variables onto a raw config tree (values as YAML scalars).
+
+    Raises:
+        ConfigError: a variable names no usable place (``source`` names the
+            config it was overlaid on); one line per variable.
+    """
+    problems: list[str] = []
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -707,7 +733,12 @@ def apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
-        _set_path(tree, path, value)
+        try:
+            _set_path(tree, path, value)
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+    if problems:
+        raise ConfigError(source, problems)
     return tree
 
 
@@ -726,6 +757,9 @@ def load_config(
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(source, [f"cannot read file: {exc.strerror or exc}"]) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) \
+                from exc
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -735,7 +769,7 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(source, [f"top level must be a mapping, got {type(loaded).__name__}"])
         tree = loaded
-    tree = apply_env(tree, os.environ if environ is None else environ)
+    tree = apply_env(tree, os.environ if environ is None else environ, source)
     try:
         return GpusloConfig.model_validate(tree)
     except ValidationError as exc:

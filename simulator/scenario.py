@@ -283,6 +283,9 @@ def load_scenario(path: str | Path) -> Scenario:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(source, [f"cannot read file: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) \
+            from exc
     try:
         tree = yaml.safe_load(text)
     except yaml.YAMLError as exc:
