@@ -532,6 +532,9 @@ class ReceiverConfig(_Model):
     max_body_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest accepted notification body (413 beyond)."
     )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for a notification's body (408 beyond)."
+    )
     keep: int = Field(100, gt=0, description="Recent notifications kept in memory.")
 
 
