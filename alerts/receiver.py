@@ -35,6 +35,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gpuslo.pipeline.auth import secret_source
 from gpuslo.pipeline.config import ReceiverConfig
 from gpuslo.slo import conventions as cv
 
@@ -113,12 +114,15 @@ class WebhookReceiver:
         on_alert: OnAlert | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        if cfg.token is None or not cfg.token.get_secret_value():
-            raise ValueError("alerts.receiver.token is required: the receiver never runs open")
+        token = secret_source(cfg.token, cfg.token_file, what="receiver token")
+        if token is None or not token.get().reveal():
+            raise ValueError("alerts.receiver.token or alerts.receiver.token_file is required: "
+                             "the receiver never runs open")
         self.cfg = cfg
         self.on_alert = on_alert
         self._clock = clock
-        self._token = cfg.token.get_secret_value().encode()
+        # Read per request: a token file is re-read when its Secret rotates (one stat).
+        self._token = token
         self.notifications: deque[Notification] = deque(maxlen=cfg.keep)
         self.rejected: Counter[int] = Counter()  # by HTTP status
         self.hook_errors = 0
@@ -168,7 +172,8 @@ class WebhookReceiver:
         # way gives the bytes the client sent, whatever they were (a plain encode()
         # raised on a non-UTF-8 token, which answered 500).
         sent = token.strip().encode("utf-8", "surrogateescape")
-        return scheme.lower() == "bearer" and hmac.compare_digest(sent, self._token)
+        expected = self._token.get().reveal().encode()
+        return scheme.lower() == "bearer" and hmac.compare_digest(sent, expected)
 
     def _refuse(self, status: int, message: str) -> web.Response:
         self.rejected[status] += 1

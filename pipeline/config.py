@@ -90,17 +90,53 @@ class KafkaConfig(_Model):
     )
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    sasl_password_file: Path | None = Field(
+        None,
+        description="File holding the SASL password (a mounted Secret), read when a client "
+        "connects; instead of sasl_password.",
+    )
     ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers.")
+    ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS, e.g. Strimzi's user.crt."
+    )
+    ssl_keyfile: Path | None = Field(
+        None, description="Client private key (PEM, unencrypted) for mutual TLS (user.key)."
+    )
+    ssl_insecure_skip_verify: bool = Field(
+        False,
+        description="Do not verify the brokers' certificate or host name (tests only; the "
+        "connection is then open to anyone on the path).",
+    )
     topics: TopicsConfig = Field(default_factory=TopicsConfig, description="Topic names.")
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaConfig:
+        if self.sasl_password is not None and self.sasl_password_file is not None:
+            raise ValueError("set sasl_password or sasl_password_file, not both")
         if self.security_protocol.startswith("SASL") and not (
-            self.sasl_mechanism and self.sasl_username and self.sasl_password
+            self.sasl_mechanism and self.sasl_username
+            and (self.sasl_password or self.sasl_password_file)
         ):
             raise ValueError(
-                "security_protocol SASL_* needs sasl_mechanism, sasl_username and sasl_password"
+                "security_protocol SASL_* needs sasl_mechanism, sasl_username and "
+                "sasl_password (or sasl_password_file)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> KafkaConfig:
+        tls = {"ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile,
+               "ssl_keyfile": self.ssl_keyfile,
+               "ssl_insecure_skip_verify": self.ssl_insecure_skip_verify or None}
+        given = [k for k, v in tls.items() if v is not None]
+        if given and self.security_protocol not in ("SSL", "SASL_SSL"):
+            # Without this, TLS settings under PLAINTEXT would read as "TLS is on".
+            raise ValueError(f"{', '.join(given)} need security_protocol SSL or SASL_SSL "
+                             f"(it is {self.security_protocol})")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        if self.ssl_insecure_skip_verify and self.ssl_cafile is not None:
+            raise ValueError("set ssl_cafile or ssl_insecure_skip_verify, not both")
         return self
 
 
@@ -449,7 +485,17 @@ COLLECTOR_TYPES: frozenset[str] = frozenset(
 
 class BasicAuthConfig(_Model):
     username: str = Field(..., min_length=1, description="User name.")
-    password: SecretStr = Field(..., description="Password (never logged).")
+    password: SecretStr | None = Field(None, description="Password (never logged).")
+    password_file: Path | None = Field(
+        None, description="File holding the password, re-read when it changes; instead of "
+        "password.",
+    )
+
+    @model_validator(mode="after")
+    def _one_password(self) -> BasicAuthConfig:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("set password or password_file (one of them)")
+        return self
 
 
 class TlsConfig(_Model):
@@ -477,6 +523,10 @@ class AlertmanagerConfig(_Model):
     )
     basic_auth: BasicAuthConfig | None = Field(None, description="HTTP basic auth.")
     bearer_token: SecretStr | None = Field(None, description="Bearer token (never logged).")
+    bearer_token_file: Path | None = Field(
+        None, description="File holding the bearer token, re-read when it changes (a mounted "
+        "Secret that rotates); instead of bearer_token.",
+    )
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings for https URLs.")
     resend_interval_s: float = Field(
         60.0,
@@ -513,8 +563,12 @@ class AlertmanagerConfig(_Model):
 
     @model_validator(mode="after")
     def _one_auth(self) -> AlertmanagerConfig:
-        if self.basic_auth is not None and self.bearer_token is not None:
-            raise ValueError("set basic_auth or bearer_token, not both")
+        given = [k for k, v in (("basic_auth", self.basic_auth),
+                                ("bearer_token", self.bearer_token),
+                                ("bearer_token_file", self.bearer_token_file)) if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"set one of basic_auth, bearer_token, bearer_token_file "
+                             f"(got {', '.join(given)})")
         return self
 
 
@@ -527,7 +581,12 @@ class ReceiverConfig(_Model):
     token: SecretStr | None = Field(
         None,
         description="Bearer token Alertmanager must send (http_config.authorization); "
-        "required to start the receiver.",
+        "this or token_file is required to start the receiver.",
+    )
+    token_file: Path | None = Field(
+        None,
+        description="File holding the token, re-read when it changes (the same Secret "
+        "Alertmanager's credentials_file reads); instead of token.",
     )
     max_body_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest accepted notification body (413 beyond)."
@@ -536,6 +595,12 @@ class ReceiverConfig(_Model):
         10.0, gt=0, description="Longest wait for a notification's body (408 beyond)."
     )
     keep: int = Field(100, gt=0, description="Recent notifications kept in memory.")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ReceiverConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or token_file, not both")
+        return self
 
 
 class AlertsConfig(_Model):
