@@ -810,6 +810,21 @@ def apply_env(
     return tree
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found wrong and where, without quoting the text.
+
+    PyYAML's message quotes the offending line, and in a config that line can
+    hold a password; line and column are enough to find it.
+    """
+    if isinstance(exc, yaml.MarkedYAMLError):
+        def at(mark: yaml.Mark | None) -> str:
+            return f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+
+        context = f"{exc.context}{at(exc.context_mark)}, " if exc.context else ""
+        return f"{context}{exc.problem or 'error'}{at(exc.problem_mark)}"
+    return type(exc).__name__
+
+
 def load_config(
     path: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> GpusloConfig:
@@ -831,7 +846,7 @@ def load_config(
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(source, [f"not valid YAML: {exc}"]) from exc
+            raise ConfigError(source, [f"not valid YAML: {yaml_problem(exc)}"]) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
