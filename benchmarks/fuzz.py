@@ -14,8 +14,8 @@ Each worker is a child process running libFuzzer over a corpus seeded from
 prints cases, cases/s, coverage (libFuzzer's edge count, the largest any
 worker reached) and the findings, each with the input saved to reproduce it.
 
-Run: ``python benchmarks/fuzz.py --cases 1000000 --jobs 2`` (``pip install
-atheris`` first; without it the script says so and runs the hypothesis fuzz
+Run: ``python benchmarks/fuzz.py --cases 1000000 --jobs 2`` (``pip install -e
+'.[fuzz]'`` first, which is atheris; without it the script says so and runs the hypothesis fuzz
 tests with ``GPUSLO_FUZZ_SCALE`` raised to about the same number of cases).
 At about 1-7 ms per parser case on one core, a million cases take hours on a
 small machine; ``--cases`` and ``--jobs`` size the run.
