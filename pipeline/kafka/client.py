@@ -339,10 +339,10 @@ async def _start_client(
 ) -> None:
     """Start an aiokafka client; on failure release it and raise a clear TransportError.
 
-    Connection failures are retriable and carry the reason aiokafka logged.
-    A SASL exchange the broker refused is not retriable (the credentials are
-    wrong); aiokafka reports some of those as a ``KeyError`` from deep in its
-    SCRAM code, which must not escape as such.
+    Kafka errors stay retriable, as they always were here (a broker may come
+    back), and carry the reason aiokafka logged.  A SCRAM login the broker
+    refused is not retriable (the credentials are wrong): aiokafka reports it as
+    a ``KeyError`` from deep in its SCRAM code, which must not escape as such.
     """
     reasons = _ConnectErrors()
     aiokafka_log = logging.getLogger("aiokafka")
@@ -351,10 +351,9 @@ async def _start_client(
         await client.start()
     except KafkaError as exc:
         await _close(client)
-        retriable = getattr(exc, "retriable", True) or isinstance(exc, KafkaConnectionError)
         detail = f" ({'; '.join(reasons.messages[-2:])})" if reasons.messages else ""
         raise TransportError(f"cannot {what}: {type(exc).__name__}: {exc}{detail}",
-                             retriable=retriable) from exc
+                             retriable=True) from exc
     except (KeyError, ValueError) as exc:  # aiokafka's SCRAM parser on a refused login
         await _close(client)
         raise TransportError(
