@@ -136,3 +136,17 @@ def test_a_variable_below_a_list_item_that_is_a_scalar_replaces_it() -> None:
                                           "valid string"):
         load_config(None, environ={"GPUSLO_ALERTS__ALERTMANAGER__URLS__0": "http://a",
                                    "GPUSLO_ALERTS__ALERTMANAGER__URLS__0__X": "1"})
+
+
+def test_a_yaml_error_names_line_and_column_but_never_quotes_the_line(tmp_path: Path) -> None:
+    # Found by the secrets test: PyYAML's message quoted the offending line, here the
+    # password, into the error every command prints.
+    path = tmp_path / "c.yaml"
+    path.write_text('kafka:\n  sasl_password: "hunter2-pw\n  partitions: 2\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.problems == [
+        "not valid YAML: while scanning a quoted scalar (line 2, column 18), found unexpected "
+        "end of stream (line 4, column 1)"]
+    assert "hunter2-pw" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
