@@ -249,9 +249,13 @@ def _is_legacy_name(name: str) -> bool:
 
 
 def _meta_name(line_no: int, line: str, token: str) -> str:
+    if not token.strip():
+        # Separators Python's split() and strip() take for blanks (e.g. \x1c) can leave
+        # no name, on which the reference's _unquote_unescape raised IndexError.
+        raise ExpositionError(line_no, line, "missing metric name")
     try:
         candidate, quoted = _prom_text._unquote_unescape(token)
-    except ValueError as exc:
+    except (ValueError, IndexError) as exc:
         raise ExpositionError(line_no, line, f"invalid metric name ({exc})") from exc
     if not quoted and not _is_legacy_name(candidate):
         raise ExpositionError(line_no, line, f"invalid metric name {candidate!r}")

@@ -37,7 +37,8 @@ TOKENS: tuple[bytes, ...] = (
     b"# TYPE x histogram\n", b"# TYPE x counter\n", b"# HELP x h\n", b"# UNIT x s\n",
     b"# EOF\n", b"{sum:2,schema:0}", b"{count:3,sum:2}", b"NaN", b"+Inf", b"-Inf", b"1e999",
     b'le="', b'quantile="0.5"', b" # {a=\"b\"} 1 2", b"_total", b"_bucket", b"_created",
-    b"\xff", b"\x00", b"\xc3\xa9", b"null", b"~", b"[]", b"{}", b"&a", b"*a", b"!!python/name:x",
+    b"\xff", b"\x00", b"\x1c", b"\x0b", b"\xc3\xa9", b"null", b"~", b"[]", b"{}", b"&a",
+    b"*a", b"!!python/name:x",
     b"- ", b"? ", b"|\n", b"GSLO\x01", b"GSLP\x01", b"GSCK\x01", b"\xff\xff\xff\xff",
     b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff",
 )

@@ -361,3 +361,15 @@ def test_a_timestamp_past_64_bit_milliseconds_is_an_exposition_error(
 def test_the_largest_64_bit_timestamp_is_kept() -> None:
     got = parse_exposition("a 1 9223372036854775.807\n# EOF\n", openmetrics=True, **KW)
     assert got["ts"].cast(pl.Int64).to_list() == [2**63 - 1]
+
+
+@pytest.mark.parametrize("text", [
+    # Found by benchmarks/fuzz.py (atheris): the reference's _unquote_unescape('')
+    # raised IndexError('string index out of range') out of parse_exposition.
+    "# HELP \x1c x\n",
+    "# TYPE \x1c gauge\n",
+    "# HELP\r\r\x1c\r *cvGS\\CK\\\x02",
+])
+def test_a_metadata_line_without_a_name_is_an_exposition_error(text: str) -> None:
+    with pytest.raises(ExpositionError, match=r"^line 1: .*missing metric name$"):
+        parse_exposition(text, openmetrics=None, **KW)

@@ -79,7 +79,7 @@ def grammar_lines(draw: st.DrawFn) -> str:
     if kind == "eof":
         return "# EOF"
     if kind == "blank":
-        return draw(st.sampled_from(["", " ", "\t", "\r"]))
+        return draw(st.sampled_from(["", " ", "\t", "\r", "\x1c", "# HELP \x1c"]))
     suffix = draw(st.sampled_from(["", "_total", "_bucket", "_sum", "_count", "_created",
                                    "_gsum", "_gcount", "_info"]))
     labels = draw(st.lists(st.tuples(_names, _label_values), max_size=3))
