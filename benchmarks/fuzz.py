@@ -17,8 +17,11 @@ worker reached) and the findings, each with the input saved to reproduce it.
 Run: ``python benchmarks/fuzz.py --cases 1000000 --jobs 2`` (``pip install -e
 '.[fuzz]'`` first, which is atheris; without it the script says so and runs the hypothesis fuzz
 tests with ``GPUSLO_FUZZ_SCALE`` raised to about the same number of cases).
-At about 1-7 ms per parser case on one core, a million cases take hours on a
-small machine; ``--cases`` and ``--jobs`` size the run.
+Measured (2 shared cores, two workers): 1,000,000 cases in 2,275 s = 440
+cases/s, 725 coverage edges; it found one bug (a metadata line whose name is
+only a ``\x1c`` blank: ``IndexError`` out of the parser, fixed, regression test
+in ``tests/collectors/test_exposition.py``).  ``--cases`` and ``--jobs`` size
+the run.
 """
 
 from __future__ import annotations
