@@ -153,11 +153,18 @@ class EmbeddedBroker:
         port: int | None = None,
         binary: str | None = None,
         startup_timeout_s: float = 15.0,
+        advertised_port: int | None = None,
+        authentication: bool = False,
     ) -> None:
+        """``advertised_port``: the port clients are told to use (a TLS-terminating proxy
+        in front of the broker); ``authentication``: require SASL (Tansu offers SCRAM
+        with credentials from its storage; a memory store starts with none)."""
         self.host = host
         self.port = port or 0
         self._binary = binary
         self._startup_timeout_s = startup_timeout_s
+        self._advertised_port = advertised_port
+        self._authentication = authentication
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path: Path | None = None
 
@@ -186,6 +193,7 @@ class EmbeddedBroker:
         if not self.port:
             self.port = free_port(self.host)
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self._advertised_port or self.port}"
         fd, log_name = tempfile.mkstemp(prefix="gpuslo-broker-", suffix=".log")
         self._log_path = Path(log_name)
         cmd = [
@@ -194,10 +202,12 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ]
+        if self._authentication:
+            cmd.append("--authentication")
         try:
             self._proc = subprocess.Popen(
                 cmd, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -28,9 +28,9 @@ from gpuslo.pipeline.readiness import READY_LIFECYCLE, Readiness
 def receiver(config: ConfigOption = None, duration: DurationOption = None) -> None:
     """Receive Alertmanager webhooks (bearer token required) and keep the recent ones."""
     cfg = load_or_exit(config)
-    if cfg.alerts.receiver.token is None:
-        err_console.print("[red]alerts.receiver.token is required[/] "
-                          "(or GPUSLO_ALERTS__RECEIVER__TOKEN)")
+    if cfg.alerts.receiver.token is None and cfg.alerts.receiver.token_file is None:
+        err_console.print("[red]alerts.receiver.token or alerts.receiver.token_file is "
+                          "required[/] (or GPUSLO_ALERTS__RECEIVER__TOKEN[_FILE])")
         raise typer.Exit(2)
 
     async def main(stop: StopEvent) -> None:
