@@ -21,11 +21,9 @@ Contract (Alertmanager ``docs/alerts_api.md`` and Prometheus' own notifier):
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import random
-import ssl
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +35,16 @@ from urllib.parse import quote
 import aiohttp
 
 from gpuslo.exporters.base import DeliveryStats, ExportResult, Snapshot
-from gpuslo.pipeline.config import AlertmanagerConfig, TlsConfig
+from gpuslo.pipeline.auth import (
+    BasicAuth,
+    BearerAuth,
+    TokenError,
+    redact,
+    secret_source,
+    tls_context_from,
+)
+from gpuslo.pipeline.config import AlertmanagerConfig
+from gpuslo.pipeline.errors import GpusloError
 from gpuslo.slo import conventions as cv
 from gpuslo.slo.alerting import AlertReport, AlertStatus
 from gpuslo.slo.budget import SloReport
@@ -238,17 +245,6 @@ def build_alerts(
 # ------------------------------------------------------------------------------------------
 
 
-def ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """Client TLS context from config (CA bundle, client pair, or no verification)."""
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file is not None and tls.key_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if tls.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 @dataclass
 class _Tracked:
     """An alert the client keeps re-sending: its last payload and when it resolved."""
@@ -287,12 +283,11 @@ class _Destination:
         self.wake.set()
 
 
-class AlertmanagerError(Exception):
+class AlertmanagerError(GpusloError):
     """A POST that failed; ``retriable`` says whether sending it again can help."""
 
     def __init__(self, message: str, *, retriable: bool) -> None:
-        super().__init__(message)
-        self.retriable = retriable
+        super().__init__(message, retriable=retriable)
 
 
 class AlertmanagerClient:
@@ -330,13 +325,18 @@ class AlertmanagerClient:
         self._tracked: dict[LabelKey, _Tracked] = {}
         self._dests = [_Destination(u.rstrip("/"), cfg.queue_capacity) for u in cfg.urls]
         self._resender: asyncio.Task[None] | None = None
-        self._headers = {"Content-Type": "application/json"}
+        # Secrets from the config or from files (read now, so a missing file fails at
+        # start-up; re-read when they change, so a rotated Secret is picked up).
+        self._auth: BasicAuth | BearerAuth | None = None
         if cfg.basic_auth is not None:
-            # Built by hand: aiohttp.BasicAuth is deprecated in recent releases.
-            pair = f"{cfg.basic_auth.username}:{cfg.basic_auth.password.get_secret_value()}"
-            self._headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-        if cfg.bearer_token is not None:
-            self._headers["Authorization"] = f"Bearer {cfg.bearer_token.get_secret_value()}"
+            password = secret_source(cfg.basic_auth.password, cfg.basic_auth.password_file,
+                                     what="Alertmanager password")
+            assert password is not None  # the config requires one of the two
+            self._auth = BasicAuth(cfg.basic_auth.username, password)
+        token = secret_source(cfg.bearer_token, cfg.bearer_token_file,
+                              what="Alertmanager bearer token")
+        if token is not None:
+            self._auth = BearerAuth(token)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -347,7 +347,7 @@ class AlertmanagerClient:
         if self._session is None:
             needs_tls = any(d.url.startswith("https://") for d in self._dests)
             connector = aiohttp.TCPConnector(
-                ssl=ssl_context(self.cfg.tls) if needs_tls else False)
+                ssl=tls_context_from(self.cfg.tls) if needs_tls else False)
             self._session = aiohttp.ClientSession(connector=connector)
         for d in self._dests:
             d.task = asyncio.create_task(self._sender(d), name=f"alertmanager-sender {d.url}")
@@ -544,18 +544,28 @@ class AlertmanagerClient:
     async def _post(self, base: str, alerts: list[dict[str, Any]]) -> None:
         assert self._session is not None, "start() the client first"
         url = base + API_PATH
+        headers = {"Content-Type": "application/json"}
+        try:
+            if self._auth is not None:
+                headers.update(self._auth.headers())
+        except TokenError as exc:  # a secret file gone missing: retried, like a network error
+            raise AlertmanagerError(f"POST {url}: {exc}", retriable=True) from exc
         try:
             async with self._session.post(
-                url, json=alerts, headers=self._headers,
+                url, json=alerts, headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
             ) as resp:
                 if resp.status // 100 == 2:
                     return
                 body = (await resp.text())[:500]
                 retriable = resp.status >= 500 or resp.status in (408, 429)
-                raise AlertmanagerError(f"POST {url}: HTTP {resp.status}: {body}",
-                                        retriable=retriable)
+                raise AlertmanagerError(
+                    self._redact(f"POST {url}: HTTP {resp.status}: {body}"), retriable=retriable)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise AlertmanagerError(
-                f"POST {url} failed within {self.cfg.timeout_s}s: {exc!r}", retriable=True
+            raise AlertmanagerError(self._redact(
+                f"POST {url} failed within {self.cfg.timeout_s}s: {exc!r}"), retriable=True
             ) from exc
+
+    def _redact(self, text: str) -> str:
+        """``text`` with the credentials sent scrubbed (an error may quote the request)."""
+        return self._auth.redact(text) if self._auth is not None else redact(text, ())

@@ -48,8 +48,8 @@ they scraped the exporters themselves:
 * **node** from the relabelled ``node`` label, else the host part of
   ``instance`` (``10.0.0.5:9400`` → ``10.0.0.5``), else "";
 * **entity** and the **normalised signal rows** by the collectors' own mapping
-  functions (:mod:`collectors.dcgm`, :mod:`collectors.kvcache`,
-  :mod:`collectors.rdma`, :mod:`collectors.storage`, :mod:`collectors.kubelet`),
+  functions (:mod:`gpuslo.collectors.mappings`: dcgm, kvcache, rdma, storage,
+  kubelet),
   so a spec that selects a normalised ``gpuslo_*`` signal replays too.  An
   inference engine's replica is ``namespace/pod`` when the series carries a
   ``pod`` label (what pod discovery sets), as the kvcache collector does.
@@ -80,9 +80,10 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as text_families
 
-from gpuslo.collectors import dcgm, kubelet, kvcache, rdma, storage
 from gpuslo.collectors.exposition import sample_kind
-from gpuslo.collectors.normalise import Signal
+from gpuslo.collectors.mappings import dcgm, kubelet, kvcache, rdma, storage
+from gpuslo.collectors.mappings.normalise import Signal
+from gpuslo.pipeline.errors import InputError
 from gpuslo.pipeline.schema import COLUMNS, SAMPLE_SCHEMA, SchemaError, label, validate
 
 Progress = Callable[[int, int], None]
@@ -138,10 +139,8 @@ _SECONDS_BELOW = 10**11  # an integer timestamp below this is seconds (1e11 ms i
 Unit = Literal["s", "ms"]
 
 
-class OpenMetricsInputError(ValueError):
+class OpenMetricsInputError(InputError):
     """Recorded input that cannot be replayed; names the file and, when known, the line."""
-
-    retriable = False
 
 
 @dataclass(frozen=True)
@@ -884,6 +883,14 @@ def iter_sample_file(
             f"{path}: not a Parquet or Arrow IPC file of samples: {exc}") from exc
 
 
+def read_history(path: Path, progress: Progress | None = None) -> pl.DataFrame:
+    """Every sample of a replay input as one frame (small inputs and tests; replay streams)."""
+    frames = list(iter_replay_input(path, progress=progress))
+    if not frames:
+        return pl.DataFrame(schema=SAMPLE_SCHEMA)
+    return validate(pl.concat(frames, rechunk=True))
+
+
 def iter_replay_input(
     path: Path,
     *,
@@ -922,6 +929,8 @@ __all__ = [
     "iter_sample_file",
     "node_expr",
     "read_exposition",
+    "read_history",
     "replay_metrics",
     "source_expr",
 ]
+

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, runtime_checkable
 
 from gpuslo.slo.alerting import AlertReport
 from gpuslo.slo.budget import SloReport
@@ -32,8 +32,6 @@ from gpuslo.slo.spec import SloSpec
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
-
-    from gpuslo.pipeline.runtime import CollectStats
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +64,20 @@ class DeliveryStats:
     queued: int = 0
 
 
+class ScrapeTargetKey(NamedTuple):
+    """Which target a scrape figure is about: the labels of its health series.
+
+    The URL alone is not enough: two collectors may read one page (node_exporter
+    for RDMA and for storage), and a dashboard asks "which node, which source".
+    A failure of a whole collector (not of one target) has ``target == ""``.
+    """
+
+    collector: str
+    source: str
+    node: str
+    target: str
+
+
 @dataclass(frozen=True)
 class HealthSnapshot:
     """gpuslo's own health at snapshot time: one contract for every exporter.
@@ -73,61 +85,19 @@ class HealthSnapshot:
     Counters are totals since start (``*_total``); per-target figures are the last scrape's.
     """
 
-    target_up: Mapping[str, bool] = field(default_factory=dict)
-    target_duration_s: Mapping[str, float] = field(default_factory=dict)
-    target_samples: Mapping[str, int] = field(default_factory=dict)
+    target_up: Mapping[ScrapeTargetKey, bool] = field(default_factory=dict)
+    target_duration_s: Mapping[ScrapeTargetKey, float] = field(default_factory=dict)
+    target_samples: Mapping[ScrapeTargetKey, int] = field(default_factory=dict)
     scrapes_total: Mapping[str, int] = field(default_factory=dict)  # by collector
-    scrape_errors_total: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    scrape_errors_total: Mapping[tuple[ScrapeTargetKey, str], int] = field(
+        default_factory=dict)  # by (target, reason)
     samples_produced_total: int = 0
     records_produced_total: int = 0
     produce_failures_total: int = 0
     dropped_total: Mapping[str, int] = field(default_factory=dict)  # by reason
-    consumer_lag_records: Mapping[str, int] = field(default_factory=dict)  # by consumer
+    consumer_lag_records: Mapping[str, int] = field(default_factory=dict)  # by consumer group
     dead_letters_total: int = 0
     deliveries: Mapping[str, DeliveryStats] = field(default_factory=dict)  # by Alertmanager URL
-
-    @classmethod
-    def from_runtime(
-        cls,
-        collect: CollectStats | None = None,
-        *,
-        consumer_lag_records: Mapping[str, int] | None = None,
-        dead_letters_total: int = 0,
-        deliveries: Mapping[str, DeliveryStats] | None = None,
-        extra_dropped: Mapping[str, int] | None = None,
-    ) -> HealthSnapshot:
-        """Freeze the live counters of a collect loop, consumers and Alertmanager client.
-
-        ``consumer_lag_records`` comes from ``await SampleConsumer.lag()`` per consumer,
-        ``dead_letters_total`` from ``SampleConsumer.dead_letters`` (summed), ``deliveries``
-        from :meth:`alerts.alertmanager.AlertmanagerClient.stats`.
-        """
-        dropped: Counter[str] = Counter()
-        if collect is not None:
-            dropped.update(collect.dropped)
-        if extra_dropped:
-            dropped.update(extra_dropped)
-        if collect is None:
-            return cls(
-                dropped_total=dict(dropped),
-                consumer_lag_records=dict(consumer_lag_records or {}),
-                dead_letters_total=dead_letters_total,
-                deliveries=dict(deliveries or {}),
-            )
-        return cls(
-            target_up=dict(collect.target_up),
-            target_duration_s=dict(collect.target_duration_s),
-            target_samples=dict(collect.target_samples),
-            scrapes_total=dict(collect.scrapes),
-            scrape_errors_total=dict(collect.errors),
-            samples_produced_total=collect.samples_produced,
-            records_produced_total=collect.records_produced,
-            produce_failures_total=collect.produce_failures,
-            dropped_total=dict(dropped),
-            consumer_lag_records=dict(consumer_lag_records or {}),
-            dead_letters_total=dead_letters_total,
-            deliveries=dict(deliveries or {}),
-        )
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as om_families,
 )
 
-from gpuslo.collectors import prometheus as reference
+from gpuslo.collectors import reference
 from gpuslo.collectors.exposition import (
     ExpositionError,
+    ShapeCache,
     _om_ts_ms,
     detect_openmetrics,
     parse_exposition,
@@ -309,3 +310,66 @@ def test_shape_cache_never_returns_another_payloads_labels_or_values() -> None:
     for text in (first, values_changed, label_changed, first):
         assert_frame_equal(parse_exposition(text, openmetrics=False, **kw),
                            reference.parse_text_reference(text, **kw))
+
+
+def test_a_shape_cache_is_per_caller_and_bounded() -> None:
+    one = '# TYPE a gauge\na{x="1"} 1\n'
+    two = '# TYPE b gauge\nb{y="2"} 2\n'
+    cache = ShapeCache(capacity=1)
+    first = parse_exposition(one, openmetrics=False, shape_cache=cache, **KW)
+    again = parse_exposition(one.replace(" 1\n", " 5\n"), openmetrics=False,
+                             shape_cache=cache, **KW)
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert again["value"].to_list() == [5.0] and again.drop("value").equals(first.drop("value"))
+    parse_exposition(two, openmetrics=False, shape_cache=cache, **KW)
+    parse_exposition(one, openmetrics=False, shape_cache=cache, **KW)
+    assert len(cache) == 1 and cache.misses == 3  # capacity 1: "two" evicted "one"
+    # Without a cache nothing is kept between calls (no process-wide state).
+    other = ShapeCache()
+    parse_exposition(one, openmetrics=False, **KW)
+    parse_exposition(one, openmetrics=False, shape_cache=other, **KW)
+    assert other.misses == 1 and other.hits == 0
+
+
+@pytest.mark.parametrize("line", [
+    "h {sum:2,schema:0}",  # a native-histogram-like value missing its count (fuzz finding)
+    "h {count:3,sum:2,schema:0}",
+    'h{le="1"} {sum:2}',
+])
+def test_a_malformed_openmetrics_histogram_value_is_an_exposition_error(line: str) -> None:
+    text = f"# TYPE h histogram\n{line}\n# EOF\n"
+    with pytest.raises(ExpositionError, match="line 2"):
+        parse_exposition(text, openmetrics=True, **KW)
+
+
+@pytest.mark.parametrize(("text", "om"), [
+    # Fuzz finding: a timestamp past 64-bit milliseconds escaped as a polars TypeError
+    # ("unexpected value while building Series of type Int64").
+    ("# TYPE : counter\n# TYPE : counter\n# TYPE : counter\n: 1 9223372036854775000\n", None),
+    ("a 1 99999999999999999999\n", False),
+    ("a 1 9223372036854775.808\n# EOF\n", True),
+])
+def test_a_timestamp_past_64_bit_milliseconds_is_an_exposition_error(
+    text: str, om: bool | None
+) -> None:
+    last = text.rstrip("\n").split("\n")
+    line_no = len(last) - (1 if om else 0)
+    with pytest.raises(ExpositionError, match=rf"^line {line_no}: .*timestamp out of range"):
+        parse_exposition(text, openmetrics=om, **KW)
+
+
+def test_the_largest_64_bit_timestamp_is_kept() -> None:
+    got = parse_exposition("a 1 9223372036854775.807\n# EOF\n", openmetrics=True, **KW)
+    assert got["ts"].cast(pl.Int64).to_list() == [2**63 - 1]
+
+
+@pytest.mark.parametrize("text", [
+    # Found by benchmarks/fuzz.py (atheris): the reference's _unquote_unescape('')
+    # raised IndexError('string index out of range') out of parse_exposition.
+    "# HELP \x1c x\n",
+    "# TYPE \x1c gauge\n",
+    "# HELP\r\r\x1c\r *cvGS\\CK\\\x02",
+])
+def test_a_metadata_line_without_a_name_is_an_exposition_error(text: str) -> None:
+    with pytest.raises(ExpositionError, match=r"^line 1: .*missing metric name$"):
+        parse_exposition(text, openmetrics=None, **KW)

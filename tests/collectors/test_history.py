@@ -29,7 +29,7 @@ from gpuslo.collectors.history import (
     is_exposition_file,
     read_exposition,
 )
-from gpuslo.pipeline.cli import app
+from gpuslo.pipeline.app.cli.main import app
 from gpuslo.pipeline.schema import SAMPLE_SCHEMA
 from gpuslo.slo.catalog import CATALOG_DIR
 
