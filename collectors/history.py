@@ -858,6 +858,8 @@ def iter_sample_file(
         lazy = _scan(path)
         if lazy is None:  # a stream has no index to scan: read it whole
             lazy = pl.read_ipc_stream(path).lazy()
+        # Columns first: a file of something else is named as such, not by a query plan.
+        _conform(pl.DataFrame(schema=lazy.collect_schema()), path)
         cond = pl.lit(True)
         if metrics is not None:
             cond &= pl.col("metric").is_in(list(metrics))

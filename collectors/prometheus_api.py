@@ -26,8 +26,10 @@ not), so every sample is read once.  Chunks are fetched in time order, up to
 ``/api/v1/metadata`` (kinds as the file reader gives them).  A failed request
 (connection, timeout, 429, 5xx) is retried with exponential backoff; a
 rejected one (4xx: a bad selector, "too many samples") is an error naming the
-query.  Bearer token or basic auth; TLS verified against the system store or
-``ca_file``, unless ``insecure_skip_verify`` is asked for.
+query.  Bearer token (a file re-read when it rotates) or basic auth, and TLS
+verified against the system store or ``ca_file`` (a client certificate for
+mutual TLS), unless ``insecure_skip_verify`` is asked for: all through
+:mod:`gpuslo.pipeline.auth`, so a credential never reaches an error message.
 
 The async client (:class:`PrometheusReader`) is the I/O; turning an API answer
 into a frame (:func:`matrix_frame`) is pure.  :func:`iter_prometheus_frames`
@@ -39,7 +41,6 @@ chunks whatever the span).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import queue
@@ -61,6 +62,7 @@ from gpuslo.collectors.history import (
     infer_origin,
     replay_metrics,
 )
+from gpuslo.pipeline.auth import BasicAuth, BearerAuth, Secret, SecretSource, tls_context
 from gpuslo.pipeline.schema import SAMPLE_SCHEMA, validate
 
 DEFAULT_CHUNK = timedelta(hours=2)
@@ -86,9 +88,12 @@ class PrometheusSourceConfig:
 
     Attributes:
         url: the Prometheus base URL (``https://prom.example:9090``, a path prefix kept).
-        bearer_token: sent as ``Authorization: Bearer``; exclusive with basic auth.
-        basic_auth: (user, password).
+        bearer_token: sent as ``Authorization: Bearer`` (a string, or a
+            :class:`~gpuslo.pipeline.auth.SecretSource` such as a token file re-read
+            when it rotates); exclusive with basic auth.
+        basic_auth: (user, password or its source).
         ca_file: CA bundle to verify the server's certificate against.
+        cert_file, key_file: a client certificate (mutual TLS).
         insecure_skip_verify: do not verify TLS at all (asked for explicitly).
         timeout_s: per request.
         retries: attempts after the first for a failed request.
@@ -98,9 +103,11 @@ class PrometheusSourceConfig:
     """
 
     url: str
-    bearer_token: str | None = None
-    basic_auth: tuple[str, str] | None = None
+    bearer_token: str | SecretSource | None = None
+    basic_auth: tuple[str, str | SecretSource] | None = None
     ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
     insecure_skip_verify: bool = False
     timeout_s: float = 60.0
     retries: int = 4
@@ -115,8 +122,14 @@ class PrometheusSourceConfig:
             out.append(f"url: must start with http:// or https://, got {self.url!r}")
         if self.bearer_token is not None and self.basic_auth is not None:
             out.append("bearer_token, basic_auth: give one of them")
-        if self.ca_file is not None and not os.path.exists(self.ca_file):
-            out.append(f"ca_file: {self.ca_file} does not exist")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not os.path.exists(path):
+                out.append(f"{name}: {path} does not exist")
+        if (self.cert_file is None) != (self.key_file is None):
+            out.append("cert_file, key_file: give both for a client certificate")
+        if self.insecure_skip_verify and self.ca_file is not None:
+            out.append("ca_file, insecure_skip_verify: give one of them")
         if self.timeout_s <= 0:
             out.append("timeout_s: must be > 0")
         if self.retries < 0:
@@ -127,15 +140,25 @@ class PrometheusSourceConfig:
             out.append("concurrency: must be >= 1")
         return out
 
+    def auth(self) -> BearerAuth | BasicAuth | None:
+        """The request authentication, credentials held as secrets (never printed)."""
+        if self.bearer_token is not None:
+            return BearerAuth(_source(self.bearer_token))
+        if self.basic_auth is not None:
+            user, password = self.basic_auth
+            return BasicAuth(user, _source(password))
+        return None
 
-def make_ssl_context(ca_file: str | None = None, *, insecure: bool = False) -> ssl.SSLContext:
-    """Verify against ``ca_file`` (or the system store); ``insecure`` turns checks off."""
-    if insecure:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context(cafile=ca_file)
+
+def _source(value: str | SecretSource) -> SecretSource:
+    return Secret(value) if isinstance(value, str) else value
+
+
+def make_ssl_context(cfg: PrometheusSourceConfig) -> ssl.SSLContext:
+    """Verify against ``ca_file`` (or the system store); ``insecure_skip_verify`` turns
+    checks off; ``cert_file``/``key_file`` add a client certificate."""
+    return tls_context(ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file,
+                       insecure=cfg.insecure_skip_verify)
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,21 +272,16 @@ class PrometheusReader:
     requests: int = 0
     retried: int = 0
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
+    _auth: BearerAuth | BasicAuth | None = field(default=None, repr=False)
 
     async def __aenter__(self) -> PrometheusReader:
         problems = self.cfg.problems()
         if problems:
             raise PrometheusSourceError(f"{self.cfg.url}: " + "; ".join(problems))
-        headers = {"Accept": "application/json"}
-        if self.cfg.bearer_token is not None:
-            headers["Authorization"] = f"Bearer {self.cfg.bearer_token}"
-        elif self.cfg.basic_auth is not None:
-            user, password = self.cfg.basic_auth
-            pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-            headers["Authorization"] = f"Basic {pair}"
-        ctx = make_ssl_context(self.cfg.ca_file, insecure=self.cfg.insecure_skip_verify)
+        self._auth = self.cfg.auth()
         self._session = aiohttp.ClientSession(
-            headers=headers, connector=aiohttp.TCPConnector(ssl=ctx),
+            headers={"Accept": "application/json"},
+            connector=aiohttp.TCPConnector(ssl=make_ssl_context(self.cfg)),
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
         return self
 
@@ -273,7 +291,19 @@ class PrometheusReader:
             self._session = None
 
     async def _get(self, path: str, params: dict[str, str]) -> Any:
-        """GET an API path, retrying what may pass; the ``data`` of a success."""
+        """GET an API path, retrying what may pass; the ``data`` of a success.
+
+        Every error message is redacted of the credentials sent (an answer may echo them).
+        """
+        try:
+            return await self._get_once_retried(path, params)
+        except PrometheusSourceError as exc:
+            if self._auth is None:
+                raise
+            raise PrometheusSourceError(self._auth.redact(str(exc)),
+                                        retriable=exc.retriable) from None
+
+    async def _get_once_retried(self, path: str, params: dict[str, str]) -> Any:
         assert self._session is not None, "use PrometheusReader in 'async with'"
         url = self.cfg.url.rstrip("/") + path
         what = f"{url} {params.get('query', '')}".strip()
@@ -281,7 +311,8 @@ class PrometheusReader:
         for attempt in range(self.cfg.retries + 1):
             self.requests += 1
             try:
-                async with self._session.get(url, params=params) as resp:
+                headers = self._auth.headers() if self._auth is not None else None
+                async with self._session.get(url, params=params, headers=headers) as resp:
                     body = await resp.text()
                     if resp.status == 200:
                         doc = _json(body, what)

@@ -50,6 +50,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from gpuslo.pipeline.errors import InputError
 from gpuslo.slo import conventions as cv
 from gpuslo.slo.alerting import AlertEvaluator, AlertReport, AlertStatus, evaluate_tier
 from gpuslo.slo.budget import (
@@ -81,10 +82,8 @@ Progress = Callable[[str, int, int], None]
 """Called with (phase, done, total): phase ``read`` counts samples, ``evaluate`` SLOs."""
 
 
-class ReplayError(ValueError):
+class ReplayError(InputError):
     """Nothing to replay (no samples the specs read, or an empty time range)."""
-
-    retriable = False
 
 
 # ------------------------------------------------------------------------------------------

@@ -114,6 +114,12 @@ def test_samples_without_timestamps_are_rejected_with_the_file_named(tmp_path: P
     path.write_text("# TYPE up gauge\nup 1\n# EOF\n")
     with pytest.raises(OpenMetricsInputError, match="without a timestamp"):
         read_exposition(path)
+    # Only the families the specs read must parse: a live scrape of another family is
+    # "nothing to replay", naming the file.
+    result = runner.invoke(app, ["replay", str(CATALOG), "--samples", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: no samples of the metrics the specs read" in result.output
+    path.write_text(f"# TYPE DCGM_FI_DEV_GPU_TEMP gauge\n{TEMP} 61\n# EOF\n")
     result = runner.invoke(app, ["replay", str(CATALOG), "--samples", str(path)])
     assert result.exit_code == 2
     assert "without a timestamp" in result.output

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from gpuslo.pipeline.app.cli import alerts, collect, core, dashboards, sim, slo
+from gpuslo.pipeline.app.cli import alerts, collect, core, dashboards, replay, sim, slo
 
 app = typer.Typer(
     name="gpuslo",
@@ -30,7 +30,7 @@ for command in (
     sim.inject,
     slo.aggregate,
     slo.rules,
-    slo.replay,
+    replay.replay,
     slo.validate_specs,
     alerts.receiver,
 ):

@@ -1,4 +1,4 @@
-"""SLO commands: ``aggregate``, ``rules``, ``replay`` and ``validate-specs``."""
+"""SLO commands: ``aggregate``, ``rules`` and ``validate-specs`` (``replay``: replay.py)."""
 
 from __future__ import annotations
 
@@ -6,56 +6,35 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-import polars as pl
 import typer
 from rich.live import Live
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
-from gpuslo.collectors.history import OpenMetricsInputError, read_history
-from gpuslo.exporters.base import ExportHub, Snapshot
-from gpuslo.exporters.prometheus import PrometheusExporter
-from gpuslo.exporters.web import render
-from gpuslo.exporters.web.page import StatusPage
-from gpuslo.exporters.web.replay import replay_source
 from gpuslo.pipeline.aio import StopEvent, run_until, stop_line
 from gpuslo.pipeline.app.cli.common import (
     ConfigOption,
     DurationOption,
     console,
     err_console,
-    fail,
     finish,
     load_or_exit,
     run_async,
 )
 from gpuslo.pipeline.app.keys import key_presses
 from gpuslo.pipeline.app.views.fit import FitStack
-from gpuslo.pipeline.app.views.slo import SloExpander, SloStatusView, report_table
+from gpuslo.pipeline.app.views.slo import SloExpander, SloStatusView
 from gpuslo.pipeline.app.wiring import (
     aggregation,
     connect_kafka,
-    dashboard_links,
     http_address,
     serving,
-    status_page_url,
 )
-from gpuslo.pipeline.config import PrometheusExporterConfig, WebExporterConfig
 from gpuslo.pipeline.readiness import Readiness
-from gpuslo.pipeline.schema import SchemaError
 from gpuslo.pipeline.stages.board import BoardSnapshot
-from gpuslo.slo.backtest import BacktestReport, backtest
 from gpuslo.slo.rules import generate, render_prometheus_rule, render_rules_file
-from gpuslo.slo.spec import SloSpec, SpecError, load_specs, parse_duration
+from gpuslo.slo.spec import SloSpec, SpecError, load_specs
 
 # After the stages' drain (shutdown.aggregate_grace_s), stopping the embedded broker and
 # flushing Alertmanager get this long before the command is cut short (deploy/: 60 s).
@@ -77,20 +56,6 @@ def _specs(paths: Sequence[Path]) -> list[SloSpec]:
         err_console.print(f"[red]no SLOs found in[/] {', '.join(map(str, paths))}")
         raise typer.Exit(2)
     return specs
-
-
-def _read_replay_input(path: Path) -> pl.DataFrame:
-    """The replay's samples, with a progress bar over the bytes read."""
-    with Progress(
-        TextColumn("reading"), BarColumn(), DownloadColumn(), console=err_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("read", total=None)
-
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        return read_history(path, progress=advance)
 
 
 def write_board_json(path: Path, snap: BoardSnapshot) -> None:
@@ -153,121 +118,6 @@ def rules(
             f"wrote {len(report.groups)} rule groups for {len(report.slo_ids)} SLO(s) "
             f"to {output}", highlight=False,
         )
-
-
-def replay(
-    specs: SpecsArg,
-    samples: Annotated[
-        Path, typer.Option(
-            "--samples", "-s",
-            help="Parquet or Arrow IPC sample frames, or OpenMetrics / Prometheus text "
-                 "with timestamps (.om, .txt; detected by extension or content).",
-        )
-    ],
-    json_out: Annotated[
-        Path | None,
-        typer.Option("--json", help="Write the full JSON report here ('-': stdout)."),
-    ] = None,
-    step: Annotated[str, typer.Option(help="Evaluation step (e.g. 1m, 5m).")] = "1m",
-    html: Annotated[
-        Path | None,
-        typer.Option("--html", help="Write a self-contained HTML report (charts of every SLO "
-                                    "scope with its alert episodes) to this file."),
-    ] = None,
-    serve: Annotated[
-        bool, typer.Option("--serve", help="Then serve the result as a status page "
-                                           "(and /metrics) until Ctrl-C.")
-    ] = False,
-    host: Annotated[str, typer.Option(help="Address --serve listens on.")] = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option(help="Port --serve listens on (0: any free port).", min=0, max=65535)
-    ] = 9464,
-) -> None:
-    """Backtest specs over recorded samples: SLIs, budgets, and when alerts would fire."""
-    slos = _specs(specs)
-    try:
-        step_td = parse_duration(step)
-    except ValueError as exc:
-        err_console.print(f"[red]bad --step[/] {exc}")
-        raise typer.Exit(2) from exc
-    try:
-        frame = _read_replay_input(samples)
-    except (SchemaError, OpenMetricsInputError) as exc:
-        err_console.print(f"[red]cannot replay[/] {exc}", highlight=False)
-        raise typer.Exit(2) from exc
-    if frame.height == 0:
-        err_console.print(f"[red]no samples in[/] {samples}")
-        raise typer.Exit(2)
-    with Progress(
-        TextColumn("replaying"), BarColumn(), TextColumn("{task.fields[at]}"),
-        TimeRemainingColumn(), console=err_console, transient=True,
-    ) as progress:
-        first: datetime = frame["ts"].min()  # type: ignore[assignment]
-        last: datetime = frame["ts"].max()  # type: ignore[assignment]
-        span = max((last - first).total_seconds(), 1.0)
-        task = progress.add_task("replay", total=span, at="")
-
-        def advance(t: datetime, end: datetime) -> None:
-            progress.update(task, completed=min(span, (t - first).total_seconds()),
-                            at=t.strftime("%Y-%m-%d %H:%M"))
-
-        result = backtest(slos, frame, step=step_td, progress=advance)
-    out = console if json_out is None or str(json_out) != "-" else err_console
-    out.print(report_table(result.final, (), result.end))
-    for a in result.alerts:
-        scope = ",".join(f"{k}={v}" for k, v in sorted(a.scope.items()))
-        out.print(
-            f"{a.severity.value} {a.slo_id} {{{scope}}} fired {a.fired_at:%Y-%m-%d %H:%M}, "
-            + (f"resolved {a.resolved_at:%Y-%m-%d %H:%M}" if a.resolved_at
-               else "still firing at the end"),
-            highlight=False,
-        )
-    if json_out is not None:
-        text = json.dumps(result.to_dict(), indent=2)
-        if str(json_out) == "-":
-            sys.stdout.write(text + "\n")
-        else:
-            json_out.write_text(text + "\n", encoding="utf-8")
-    title = f"{samples.name}, {len(slos)} SLO(s)"
-    if html is not None:
-        write_replay_html(html, result, slos, title,
-                          {"samples": str(samples), "specs": " ".join(map(str, specs)),
-                           "step": step})
-        out.print(f"HTML report: {html}", highlight=False)
-    if serve:
-        run_async(lambda stop: serve_replay(result, slos, title, host, port, stop))
-
-
-def write_replay_html(path: Path, result: BacktestReport, specs: Sequence[SloSpec], title: str,
-                      inputs: dict[str, str]) -> None:
-    """One self-contained HTML file of the backtest, written atomically."""
-    text = render.report(replay_source(result, specs, title), command="gpuslo replay",
-                         inputs=inputs)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-async def serve_replay(result: BacktestReport, specs: Sequence[SloSpec], title: str, host: str,
-                       port: int, stop: StopEvent) -> None:
-    """Serve a finished backtest: the status page over its series, /metrics of its end."""
-    http = PrometheusExporter(PrometheusExporterConfig(host=host, port=port))
-    page = StatusPage(WebExporterConfig(), title=title, dashboards=dashboard_links(),
-                      source=replay_source(result, specs, title))
-    page.mount(http.app)
-    try:
-        hub = await ExportHub([http, page]).start()
-    except OSError as exc:
-        raise fail(f"cannot listen on {host}:{port} (use --port 0 for any free port):",
-                   exc) from None
-    try:
-        await hub.publish(Snapshot.build(reports=result.final, taken_at=result.end,
-                                         specs=specs))
-        console.print(f"serving the replay at [bold]{status_page_url(hub)}[/]; Ctrl-C stops",
-                      highlight=False)
-        await stop.wait()
-    finally:
-        await hub.shutdown()
 
 
 def aggregate(

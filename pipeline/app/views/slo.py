@@ -44,13 +44,14 @@ def _burn(v: float | None) -> str:
 def report_table(
     reports: Sequence[SloReport], alerts: Sequence[AlertReport], evaluated_at: datetime | None
 ) -> Table:
-    """The live view of ``gpuslo aggregate``: one row per SLO scope."""
+    """One row per SLO scope, with the severities firing (the demo; ``gpuslo replay``'s
+    summary, where ``alerts`` are those firing at the end); the title has the full date."""
     firing: dict[tuple[str, str], list[str]] = {}
     for a in alerts:
         if a.status is AlertStatus.FIRING:
             key = (a.slo_id, json.dumps(dict(sorted(a.scope.items()))))
             firing.setdefault(key, []).append(a.severity.value)
-    when = evaluated_at.strftime("%H:%M:%S") if evaluated_at else "waiting for data"
+    when = evaluated_at.strftime("%Y-%m-%d %H:%M:%S UTC") if evaluated_at else "waiting for data"
     table = Table(title=f"SLOs at {when}", expand=False)
     for col in ("SLO", "scope", "objective", "SLI (period)", "burn 5m", "burn 1h",
                 "budget left", "alerts"):
