@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import ssl
 import subprocess
 import time
@@ -31,6 +32,7 @@ import pytest
 from aiohttp import web
 from history_fleet import MINUTES, fleet_series, write_openmetrics
 from servers import Server, free_port, require_binary, start_prometheus
+from typer.testing import CliRunner, Result
 
 from gpuslo.collectors.history import iter_exposition_frames, replay_metrics
 from gpuslo.collectors.prometheus_api import (
@@ -40,6 +42,7 @@ from gpuslo.collectors.prometheus_api import (
     expand_normalised,
     iter_prometheus_frames,
 )
+from gpuslo.pipeline.app.cli.main import app
 from gpuslo.pipeline.schema import label
 from gpuslo.slo.backtest import replay
 from gpuslo.slo.catalog import CATALOG_DIR
@@ -47,6 +50,7 @@ from gpuslo.slo.rules import series_selectors
 from gpuslo.slo.spec import SloSpec, input_metrics, load_specs
 
 pytestmark = pytest.mark.integration
+cli = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -290,3 +294,55 @@ async def test_failures_are_retried_and_a_rejected_query_is_named(
     assert "{__name__=~[" in str(bad.value) and reader.retried == 0
     assert not bad.value.retriable
     await asyncio.sleep(0)
+
+
+def _cli_json(tmp_path: Path, name: str, *args: str) -> dict[str, object]:
+    out = tmp_path / f"{name}.json"
+    result = cli.invoke(app, ["replay", str(CATALOG_DIR), *args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    doc: dict[str, object] = json.loads(out.read_text())
+    return doc
+
+
+def test_the_replay_command_reads_a_prometheus_as_it_reads_the_export(
+    export: Path, prometheus: Server, t0: datetime, tmp_path: Path
+) -> None:
+    """``gpuslo replay --prometheus URL --start --end``: the report of replaying the file."""
+    span = ["--start", t0.isoformat(), "--end", (t0 + timedelta(minutes=MINUTES)).isoformat()]
+    from_prom = _cli_json(tmp_path, "prom", "--prometheus", prometheus.url, "--chunk", "25m",
+                          *span)
+    from_file = _cli_json(tmp_path, "file", "--samples", str(export), *span)
+    assert from_prom == from_file
+    assert from_prom["alerts"] and from_prom["timeline"]
+
+
+async def test_the_replay_command_sends_credentials_from_files_and_never_prints_them(
+    proxy_url: tuple[Proxy, str], t0: datetime, tmp_path: Path
+) -> None:
+    proxy, url = proxy_url
+    proxy.token = "s3cret-token"
+    token = tmp_path / "token"
+    span = ["--start", t0.isoformat(), "--end", (t0 + timedelta(minutes=20)).isoformat()]
+
+    def run(*args: str) -> Result:
+        return cli.invoke(app, ["replay", str(CATALOG_DIR), "--prometheus", url, *span,
+                                *args])
+
+    token.write_text("wrong\n")
+    refused = await asyncio.to_thread(run, "--bearer-token-file", str(token))
+    assert refused.exit_code == 2
+    assert "HTTP 401" in refused.stderr and "check the bearer token" in refused.stderr
+    assert "wrong" not in refused.output.replace(str(token), "")
+    token.write_text("s3cret-token\n")
+    ok = await asyncio.to_thread(run, "--bearer-token-file", str(token))
+    assert ok.exit_code == 0, ok.output
+    assert "s3cret" not in ok.output and "request-success" in ok.stdout
+    proxy.token, proxy.basic = None, ("gpuslo", "pw-123")
+    password = tmp_path / "password"
+    password.write_text("pw-123")
+    basic = await asyncio.to_thread(run, "--username", "gpuslo", "--password-file",
+                                    str(password))
+    assert basic.exit_code == 0, basic.output
+    assert basic.stdout == ok.stdout
+    missing = await asyncio.to_thread(run, "--bearer-token-file", str(tmp_path / "none"))
+    assert missing.exit_code != 0 and str(tmp_path / "none") in missing.stderr
