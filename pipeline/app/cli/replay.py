@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,6 +48,7 @@ from gpuslo.slo.backtest import (
     ReplayError,
     SloTimeline,
     episodes_frame,
+    timeline_dicts,
     timeline_frame_of,
     timeline_schema,
 )
@@ -162,6 +165,53 @@ class TimelineWriter:
         self._tmp.unlink(missing_ok=True)
 
 
+@dataclass
+class JsonTimelineWriter:
+    """``--json`` with the timelines streamed: each SLO scope's series is written to a
+    side file as its SLO is computed, and the report is assembled around them at the end,
+    so a month of a fleet never sits in memory as one document.  The result parses to
+    :meth:`~slo.backtest.BacktestReport.to_dict`."""
+
+    path: Path  # '-': stdout
+    _tmp: Path = field(init=False)
+    _side: IO[str] = field(init=False)
+    _first: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        stdout = str(self.path) == "-"
+        fd, name = tempfile.mkstemp(prefix=".gpuslo-replay-", suffix=".timeline",
+                                    dir=None if stdout else self.path.parent)
+        self._tmp = Path(name)
+        self._side = os.fdopen(fd, "w", encoding="utf-8")
+
+    def add(self, tl: SloTimeline) -> None:
+        for scope in timeline_dicts(tl):
+            self._side.write(("" if self._first else ",\n") + json.dumps(scope))
+            self._first = False
+
+    def close(self, report: BacktestReport) -> None:
+        self._side.close()
+        head = json.dumps(report.to_dict(timeline=False), indent=1)
+        if str(self.path) == "-":
+            self._emit(head, sys.stdout)
+        else:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with tmp.open("w", encoding="utf-8") as f:
+                self._emit(head, f)
+            os.replace(tmp, self.path)
+        self._tmp.unlink(missing_ok=True)
+
+    def _emit(self, head: str, sink: IO[str]) -> None:
+        sink.write(head.removesuffix("\n}") + ',\n "timeline": [\n')
+        with self._tmp.open(encoding="utf-8") as side:
+            shutil.copyfileobj(side, sink)
+        sink.write("\n ]\n}\n")
+
+    def abort(self) -> None:
+        self._side.close()
+        self._tmp.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------
@@ -271,6 +321,7 @@ def replay(
     now = datetime.now(UTC)
     slos = _specs(specs)
     writers: list[TimelineWriter] = []
+    json_writer: JsonTimelineWriter | None = None
     try:
         if (samples is None) == (prometheus is None):
             raise InputError("give one input: --samples FILE or --prometheus URL")
@@ -314,7 +365,8 @@ def replay(
         schema = timeline_schema(slos)
         writers = [TimelineWriter(p, fmt, schema)
                    for p, fmt in ((parquet_out, "parquet"), (csv_out, "csv")) if p is not None]
-        keep = json_out is not None or html is not None or serve
+        json_writer = JsonTimelineWriter(json_out) if json_out is not None else None
+        keep = html is not None or serve
         with Progress(TextColumn("{task.description}"), BarColumn(),
                       TextColumn("{task.fields[what]}"), TimeElapsedColumn(),
                       console=err_console, transient=True) as bar:
@@ -330,6 +382,8 @@ def replay(
             def write(tl: SloTimeline) -> None:
                 for w in writers:
                     w.add(tl)
+                if json_writer is not None:
+                    json_writer.add(tl)
 
             try:
                 result = run_replay(slos, frames, step=step_td, start=t0, end=t1,
@@ -339,12 +393,13 @@ def replay(
                 raise ReplayError(f"{source}: {exc}") from None
         written = [(w.path, w.close(episodes_frame(result))) for w in writers]
         writers = []
-    except GpusloError as exc:
+    except (GpusloError, ValueError) as exc:  # ValueError: a bad --step or --chunk
         for w in writers:
             w.abort()
-        raise fail("cannot replay", exc) from None
-    except ValueError as exc:  # a bad --step or --chunk (parse_duration)
-        raise fail("cannot replay", InputError(str(exc))) from None
+        if json_writer is not None:
+            json_writer.abort()
+        error = exc if isinstance(exc, GpusloError) else InputError(str(exc))
+        raise fail("cannot replay", error) from None
     for warning in warnings:
         err_console.print(f"[yellow]warning[/] {samples}: {warning}", highlight=False,
                           soft_wrap=True)
@@ -353,12 +408,8 @@ def replay(
     out.print(report_table(result.final, result.firing_at_end(), result.end))
     for line in _episode_line(result):
         out.print(line, highlight=False, soft_wrap=True)
-    if json_out is not None:
-        text = json.dumps(result.to_dict(timeline=True), indent=1)
-        if to_stdout:
-            sys.stdout.write(text + "\n")
-        else:
-            json_out.write_text(text + "\n", encoding="utf-8")
+    if json_writer is not None:
+        json_writer.close(result)
     for timeline_path, side in written:
         out.print(f"timelines: {timeline_path}; alert episodes: {side}", highlight=False,
                   soft_wrap=True)
@@ -403,5 +454,5 @@ async def serve_replay(result: BacktestReport, specs: Sequence[SloSpec], title: 
         await hub.shutdown()
 
 
-__all__ = ["TimelineWriter", "episodes_path", "parse_instant", "replay", "serve_replay",
-           "write_replay_html"]
+__all__ = ["JsonTimelineWriter", "TimelineWriter", "episodes_path", "parse_instant", "replay",
+           "serve_replay", "write_replay_html"]

@@ -14,7 +14,9 @@ from gpuslo.pipeline.app.cli.main import app
 from gpuslo.pipeline.app.cli.replay import parse_instant
 from gpuslo.pipeline.errors import InputError
 from gpuslo.pipeline.schema import frame_from_rows
+from gpuslo.slo.backtest import replay
 from gpuslo.slo.catalog import CATALOG_DIR
+from gpuslo.slo.spec import load_specs
 
 SPEC = CATALOG_DIR / "request-success.yaml"
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -72,6 +74,10 @@ def test_json_parquet_and_csv_carry_windows_tiers_and_episodes(tmp_path: Path) -
                         "--parquet", f"{out}.parquet", "--csv", f"{out}.csv")
     assert code == 0, err
     doc = json.loads(Path(f"{out}.json").read_text())
+    # Streamed a scope at a time, it is the report's own JSON form.
+    whole = replay(load_specs([SPEC]), [pl.read_parquet(samples)])
+    assert doc == json.loads(json.dumps(whole.to_dict()))
+    assert not list(tmp_path.glob(".gpuslo-replay-*"))  # its side file is gone
     (tl,) = doc["timeline"]
     assert set(tl["windows"]) == {"5m", "30m", "1h", "2h", "6h", "1d", "3d", "period"}
     assert set(tl["tiers"]) == {"page-5m-1h", "page-30m-6h", "ticket-2h-1d", "ticket-6h-3d"}
@@ -152,6 +158,16 @@ def test_instants() -> None:
     assert parse_instant("2026-03-02", now, "--start") == now - timedelta(hours=12)
     with pytest.raises(InputError, match="--end 'later'"):
         parse_instant("later", now, "--end")
+
+
+def test_json_to_stdout_is_the_whole_report_and_the_table_goes_to_stderr(
+    tmp_path: Path,
+) -> None:
+    code, out, err = _run("--samples", str(_samples(tmp_path)), "--json", "-")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["timeline"][0]["windows"]["1h"]["burn_rate"]
+    assert "SLOs at 2026-03-02 13:00:00 UTC" in err
 
 
 def test_help_says_what_a_value_at_t_counts() -> None:
