@@ -1229,14 +1229,16 @@ def _none_nan(values: F64) -> list[float | None]:
     return [None if math.isnan(v) else v for v in values.tolist()]
 
 
-def timeline_dicts(tl: SloTimeline) -> list[dict[str, Any]]:
+def timeline_dicts(tl: SloTimeline) -> Iterator[dict[str, Any]]:
     """One JSON-ready dict per scope of ``tl``: every window's series over time.
+
+    Yielded a scope at a time: a month of one scope is a million values as Python
+    objects, and a writer needs only one scope in hand.
 
     ``times`` are the evaluations at which the scope had a report; per window,
     ``state``, ``error_ratio`` and ``burn_rate`` (null unless ok) at those times;
     ``tiers`` the condition of each tier; ``firing`` per severity.
     """
-    out: list[dict[str, Any]] = []
     eps = float(tl.spec.error_budget)
     names = _window_columns(tl.windows, tl.spec.period)
     for ri, scope in enumerate(tl.scopes):
@@ -1252,7 +1254,7 @@ def timeline_dicts(tl: SloTimeline) -> list[dict[str, Any]]:
                 "error_ratio": _none_nan(err),
                 "burn_rate": _none_nan(err / eps),
             }
-        out.append({
+        yield {
             cv.COL_SLO: tl.spec.id,
             cv.COL_SCOPE: cv.scope_labels(scope),
             "times": [_iso_ms(int(t)) for t in tl.times_ms[ks]],
@@ -1262,8 +1264,7 @@ def timeline_dicts(tl: SloTimeline) -> list[dict[str, Any]]:
             "tiers": {t.name: tl.breaching[ti, ks, ri].tolist()
                       for ti, t in enumerate(tl.tiers)},
             "firing": {sev.value: on[ks, ri].tolist() for sev, on in tl.firing.items()},
-        })
-    return out
+        }
 
 
 def report_dict(report: BacktestReport, *, timeline: bool = True) -> dict[str, Any]:
