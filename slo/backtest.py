@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -1174,6 +1174,18 @@ def timeline_frame_of(tl: SloTimeline) -> pl.DataFrame:
     return _timeline_frame(tl)
 
 
+def timeline_steps(tl: SloTimeline, start: int, stop: int) -> SloTimeline:
+    """The evaluations ``[start, stop)`` of ``tl`` (views, no copy): a writer turns a month
+    of a fleet's timeline into rows a slice of steps at a time."""
+    return replace(
+        tl, times_ms=tl.times_ms[start:stop], state=tl.state[:, start:stop],
+        error_ratio=tl.error_ratio[:, start:stop],
+        budget_remaining=tl.budget_remaining[start:stop],
+        time_to_exhaustion_s=tl.time_to_exhaustion_s[start:stop],
+        breaching=tl.breaching[:, start:stop],
+        firing={sev: on[start:stop] for sev, on in tl.firing.items()})
+
+
 def _timeline_frame(tl: SloTimeline) -> pl.DataFrame:
     k_idx, r_idx = np.nonzero(tl.reported)
     eps = float(tl.spec.error_budget)
@@ -1327,4 +1339,5 @@ __all__ = [
     "timeline_frame_of",
     "timeline_frames",
     "timeline_schema",
+    "timeline_steps",
 ]

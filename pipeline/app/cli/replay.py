@@ -51,6 +51,7 @@ from gpuslo.slo.backtest import (
     timeline_dicts,
     timeline_frame_of,
     timeline_schema,
+    timeline_steps,
 )
 from gpuslo.slo.backtest import (
     replay as run_replay,
@@ -58,6 +59,8 @@ from gpuslo.slo.backtest import (
 from gpuslo.slo.rules import series_selectors
 from gpuslo.slo.spec import SloSpec, SpecError, input_metrics, load_specs, parse_duration
 
+# Timeline rows are built and written this many evaluations at a time (a day of minutes).
+STEPS_PER_WRITE = 1440
 # A table printed to a pipe or a file is as wide as its content, whatever COLUMNS says.
 UNBOUNDED_WIDTH = 10_000
 
@@ -128,10 +131,13 @@ class TimelineWriter:
             pl.DataFrame(schema=self.schema).write_csv(self._csv)
 
     def add(self, tl: SloTimeline) -> None:
-        frame = timeline_frame_of(tl)
-        aligned = pl.concat([pl.DataFrame(schema=self.schema), frame],
-                            how="diagonal_relaxed").select(
-            [pl.col(n).cast(t) for n, t in self.schema.items()])
+        for start in range(0, tl.times_ms.size, STEPS_PER_WRITE):
+            self._write(timeline_frame_of(timeline_steps(tl, start, start + STEPS_PER_WRITE)))
+
+    def _write(self, frame: pl.DataFrame) -> None:
+        aligned = frame.select([
+            pl.col(n).cast(t) if n in frame.columns else pl.lit(None, t).alias(n)
+            for n, t in self.schema.items()])
         self.rows += aligned.height
         if self._csv is not None:
             aligned.write_csv(self._csv, include_header=False)

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from gpuslo.pipeline.app.cli import replay as replay_cli
 from gpuslo.pipeline.app.cli.main import app
 from gpuslo.pipeline.app.cli.replay import parse_instant
 from gpuslo.pipeline.errors import InputError
@@ -109,6 +110,20 @@ def test_json_parquet_and_csv_carry_windows_tiers_and_episodes(tmp_path: Path) -
     assert episodes["tiers"].to_list()[1] == ["page-5m-1h", "page-30m-6h"]
     assert pl.read_csv(f"{out}.episodes.csv")["tiers"].to_list()[1] == \
         "page-5m-1h page-30m-6h"
+
+
+def test_timelines_written_a_slice_of_steps_at_a_time_are_the_whole_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    samples = _samples(tmp_path)
+    monkeypatch.setattr(replay_cli, "STEPS_PER_WRITE", 7)
+    code, _, err = _run("--samples", str(samples), "--parquet", str(tmp_path / "t.parquet"))
+    assert code == 0, err
+    whole = replay(load_specs([SPEC]), [pl.read_parquet(samples)])
+    written = pl.read_parquet(tmp_path / "t.parquet")
+    assert written.height == whole.timeline.height == 60  # each minute 12:01 .. 13:00, once
+    assert written.select(whole.timeline.columns).equals(
+        whole.timeline.with_columns(pl.col("evaluated_at").cast(written["evaluated_at"].dtype)))
 
 
 def test_start_and_end_bound_the_replay(tmp_path: Path) -> None:
