@@ -83,11 +83,12 @@ class KafkaConfig(_Model):
         "the topic). Consumers read both.",
     )
     record_linger_ms: int = Field(
-        1000,
+        5000,
         ge=0,
         description="How long the collect stage gathers one node's scrape results into one "
-        "record (fewer, larger records: less CPU, fewer bytes after compression; each "
-        "sample waits at most this long). 0: one record per target scrape.",
+        "record (fewer, larger records: less CPU, fewer bytes after compression, and a "
+        "target scraped more than once in the window stores its series once; each sample "
+        "waits at most this long). 0: one record per target scrape.",
     )
     request_timeout_ms: int = Field(30_000, gt=0, description="Producer/admin request timeout.")
     partitions: int = Field(8, gt=0, description="Partition count for topics that gpuslo creates.")

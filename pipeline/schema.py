@@ -32,6 +32,7 @@ older build still read the topic; this build reads both.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -295,13 +296,48 @@ class Block:
     series_key: Hashable | None = None
 
 
+class SeriesCache:
+    """The Arrow form of recently encoded series, by series key, for version-2 writers.
+
+    Converting a block's series columns from Polars to Arrow costs more than the
+    rest of encoding it; a target's series do not change between its scrapes, so
+    a producer keeps them here and converts each key once.  Entries unused for
+    ``max_age_s`` are dropped, so the cache holds about one copy of each live
+    target's series.
+    """
+
+    def __init__(self, max_age_s: float = 120.0) -> None:
+        self.max_age_s = max_age_s
+        self._tables: dict[Hashable, tuple[pa.Table, float]] = {}
+        self._swept = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def table(self, key: Hashable, frame: pl.DataFrame) -> pa.Table:
+        """The series columns of ``frame`` (which has series key ``key``) as Arrow."""
+        now = time.monotonic()
+        hit = self._tables.get(key)
+        table = hit[0] if hit is not None and hit[0].num_rows == frame.height else (
+            _series_arrow(frame))
+        self._tables[key] = (table, now)
+        if now - self._swept > self.max_age_s / 4:
+            self._swept = now
+            self._tables = {k: v for k, v in self._tables.items()
+                            if now - v[1] <= self.max_age_s}
+        return table
+
+
 def encode(frame: pl.DataFrame, *, version: int = SCHEMA_VERSION) -> bytes:
     """Serialise a sample frame as ``MAGIC + version + Arrow IPC stream``."""
     return encode_blocks([Block(frame)], version=version)
 
 
-def encode_blocks(blocks: Sequence[Block], *, version: int = SCHEMA_VERSION) -> bytes:
+def encode_blocks(blocks: Sequence[Block], *, version: int = SCHEMA_VERSION,
+                  cache: SeriesCache | None = None) -> bytes:
     """One record that decodes to the blocks' frames one after the other.
+
+    ``cache`` keeps keyed blocks' series in Arrow form between records.
 
     Raises:
         SchemaError: a block is not a sample frame, or two blocks with one key
@@ -316,7 +352,7 @@ def encode_blocks(blocks: Sequence[Block], *, version: int = SCHEMA_VERSION) -> 
         whole = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical", rechunk=True)
         return write_framed(whole, MAGIC, 1)
     starts: dict[Hashable, tuple[int, int]] = {}  # key -> (first row in the table, rows)
-    table: list[pl.DataFrame] = []
+    table: list[pa.Table] = []
     index: list[np.ndarray] = []
     n_series = 0
     for block, frame in zip(blocks, frames, strict=True):
@@ -330,12 +366,12 @@ def encode_blocks(blocks: Sequence[Block], *, version: int = SCHEMA_VERSION) -> 
         else:
             start = n_series
             n_series += frame.height
-            table.append(frame)
+            table.append(cache.table(key, frame) if cache is not None and key is not None
+                         else _series_arrow(frame))
             if key is not None:
                 starts[key] = (start, frame.height)
         index.append(np.arange(start, start + frame.height, dtype=np.uint32))
-    series = _dictionary_series(
-        table[0] if len(table) == 1 else pl.concat(table, how="vertical", rechunk=True))
+    series = _dictionary_series(pa.concat_tables(table))
     indices = pa.array(np.concatenate(index) if index else np.zeros(0, np.uint32), pa.uint32())
     ts = pl.concat([f.get_column("ts") for f in frames]).to_arrow()
     value = pl.concat([f.get_column("value") for f in frames]).to_arrow()
@@ -348,9 +384,14 @@ def encode_blocks(blocks: Sequence[Block], *, version: int = SCHEMA_VERSION) -> 
     return bytes(sink.getvalue())
 
 
-def _dictionary_series(frame: pl.DataFrame) -> pa.StructArray:
-    """The series columns of ``frame`` as a struct whose strings are dictionary-encoded."""
-    table = frame.to_arrow()
+def _series_arrow(frame: pl.DataFrame) -> pa.Table:
+    """The series columns of a sample frame in Arrow (plain strings)."""
+    return pa.table([frame.get_column(c).to_arrow() for c in SERIES_COLUMNS],
+                    names=list(SERIES_COLUMNS))
+
+
+def _dictionary_series(table: pa.Table) -> pa.StructArray:
+    """The series columns of ``table`` as a struct whose strings are dictionary-encoded."""
     fields = []
     for name in SERIES_COLUMNS:
         col = _one_chunk(table.column(name))

@@ -44,6 +44,7 @@ from gpuslo.pipeline.schema import (
     SCHEMA_VERSION,
     Block,
     SchemaError,
+    SeriesCache,
     decode,
     encode_blocks,
     split,
@@ -142,7 +143,7 @@ def split_encoded(frame: pl.DataFrame, max_bytes: int, *,
 
 
 def split_blocks(blocks: Sequence[Block], max_bytes: int, *,
-                 version: int = SCHEMA_VERSION) -> list[bytes]:
+                 version: int = SCHEMA_VERSION, cache: SeriesCache | None = None) -> list[bytes]:
     """Encode ``blocks`` as one or more values in order, each at most ``max_bytes`` long.
 
     Too large, the blocks are halved until each half fits; a single block too
@@ -153,13 +154,13 @@ def split_blocks(blocks: Sequence[Block], max_bytes: int, *,
     Raises:
         SchemaError: a single row alone exceeds ``max_bytes``.
     """
-    whole = encode_blocks(blocks, version=version)
+    whole = encode_blocks(blocks, version=version, cache=cache)
     if len(whole) <= max_bytes:
         return [whole]
     if len(blocks) > 1:
         mid = len(blocks) // 2
-        return (split_blocks(blocks[:mid], max_bytes, version=version)
-                + split_blocks(blocks[mid:], max_bytes, version=version))
+        return (split_blocks(blocks[:mid], max_bytes, version=version, cache=cache)
+                + split_blocks(blocks[mid:], max_bytes, version=version, cache=cache))
     frame = blocks[0].frame
     rows = max(1, math.floor(frame.height * (max_bytes / len(whole)) * 0.9))
     while True:
@@ -186,6 +187,7 @@ class SampleProducer:
         self.cfg = cfg
         self._bootstrap = bootstrap_servers
         self._producer: AIOKafkaProducer | None = None
+        self._series = SeriesCache()  # keyed blocks' series in Arrow form, between records
 
     async def start(self) -> SampleProducer:
         if self._producer is not None:
@@ -238,7 +240,8 @@ class SampleProducer:
         Blocks with one ``series_key`` store their series once (wire version 2).
         """
         version = self.cfg.wire_version
-        pieces = split_blocks(blocks, self.cfg.max_record_bytes, version=version)
+        pieces = split_blocks(blocks, self.cfg.max_record_bytes, version=version,
+                              cache=self._series)
         batch_id = uuid.uuid4().hex.encode()
         total = len(pieces)
         records = [

@@ -99,7 +99,7 @@ class CollectRunner:
         topic: str,
         *,
         clock: Clock = utc_now,
-        max_pending_batches: int = 1000,
+        max_pending_batches: int = 10_000,
         jitter: float = 0.1,
         stop_grace_s: float = 10.0,
         record_linger_s: float | None = None,
