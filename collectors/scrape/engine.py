@@ -101,6 +101,7 @@ _THREAD_PARSE_BYTES = 512 * 1024
 _SAMPLE_LINE = re.compile(r"^[ \t]*[^#\s]", re.MULTILINE)
 _COLUMN_LIST = list(COLUMNS)
 _TS = SAMPLE_SCHEMA["ts"]
+_TARGET_SPREAD = 0.1  # share of the interval over which one node's targets start
 
 
 @dataclass(frozen=True)
@@ -481,7 +482,10 @@ class ScrapeEngine:
                            stop: asyncio.Event, clock: Clock | None) -> None:
         loop = asyncio.get_running_loop()
         interval = target.interval_s or self.settings.interval_s
-        next_at = loop.time() + phase(target.node, interval, self.settings.jitter)
+        # The node's place in the interval, then the target's within a tenth of it: a
+        # node's targets start close together (one record) but not in one burst.
+        next_at = loop.time() + phase(target.node, interval, self.settings.jitter) + phase(
+            target.url, interval, min(self.settings.jitter, _TARGET_SPREAD))
         shapes = self.shape_caches[target.url] = ShapeCache()  # this target's alone
         while not stop.is_set():
             await sleep_or_stop(stop, max(0.0, next_at - loop.time()))

@@ -36,7 +36,7 @@ import polars as pl
 from gpuslo.collectors.base import Collector, TargetResult
 from gpuslo.pipeline.aio import Clock, sleep_or_stop, utc_now
 from gpuslo.pipeline.kafka.client import SampleProducer, TransportError
-from gpuslo.pipeline.schema import Block
+from gpuslo.pipeline.schema import Block, SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,20 @@ class CollectRunner:
     async def _send(self, key: str, group: list[_Pending]) -> bool:
         """Produce one node's waiting batches as one record; False: keep them for a retry."""
         rows = sum(i.frame.height for i in group)
+        blocks = [Block(i.frame, i.series_key) for i in group]
         try:
-            sent = await self._producer.send_blocks(
-                self._topic, key, [Block(i.frame, i.series_key) for i in group])
+            try:
+                sent = await self._producer.send_blocks(self._topic, key, blocks)
+            except SchemaError as exc:
+                # A series key that did not hold (a collector bug): the rows as they are.
+                log.error("batch of %s not encodable with its series keys, sent without "
+                          "them: %s", key, exc)
+                sent = await self._producer.send_blocks(
+                    self._topic, key, [Block(i.frame) for i in group])
+        except SchemaError as exc:  # not a sample frame: it would block this node forever
+            self.stats.dropped["unencodable"] += rows
+            log.error("batch of %s dropped, not a sample frame: %s", key, exc)
+            return True
         except TransportError as exc:
             self.stats.produce_failures += 1
             if exc.retriable:

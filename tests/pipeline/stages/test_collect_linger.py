@@ -24,7 +24,8 @@ from gpuslo.collectors.mappings.prometheus import PrometheusMapping
 from gpuslo.collectors.scrape.engine import ScrapeEngine, ScrapeSettings, phase
 from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
 from gpuslo.pipeline.kafka.client import SampleConsumer, SampleProducer, ensure_topics
-from gpuslo.pipeline.stages.collect import CollectRunner
+from gpuslo.pipeline.schema import frame_from_rows
+from gpuslo.pipeline.stages.collect import CollectRunner, _Pending
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -145,3 +146,28 @@ def test_nodes_phase_keeps_a_nodes_targets_together() -> None:
     assert phase("node-a", 15.0, 0.5) == phase("node-a", 15.0, 0.5)
     assert 0.0 <= phase("node-a", 15.0, 0.5) < 7.5
     assert len({phase(f"node-{i}", 15.0, 0.5) for i in range(20)}) == 20
+
+
+async def test_a_key_that_does_not_hold_costs_the_dedup_not_the_samples(
+    kafka_cfg: KafkaConfig, consumer_cfg: ConsumerConfig
+) -> None:
+    await ensure_topics(kafka_cfg, [kafka_cfg.topics.samples])
+    one = frame_from_rows([(NOW, "node-a", "s", "m", "gauge", 1.0, "e", {"a": "b"})])
+    two = frame_from_rows([(NOW, "node-a", "s", f"m{i}", "gauge", 2.0, "e", {}) for i in range(2)])
+    alien = pl.DataFrame({"ts": [1], "oops": ["x"]})
+    async with SampleProducer(kafka_cfg) as producer:
+        runner = CollectRunner([], producer, kafka_cfg.topics.samples, record_linger_s=0.0)
+        runner._enqueue(_Pending("node-a", one, "same-key"))
+        runner._enqueue(_Pending("node-a", two, "same-key"))  # a collector bug: not equal
+        runner._enqueue(_Pending("node-b", alien))
+        assert await runner.flush()
+    assert runner.stats.samples_produced == 3 and runner.stats.pending == 0
+    assert runner.stats.dropped["unencodable"] == 1
+    async with SampleConsumer(kafka_cfg, consumer_cfg, [kafka_cfg.topics.samples],
+                              group_id="linger-keys") as consumer:
+        got: list[pl.DataFrame] = []
+        for _ in range(20):
+            got += [b.frame for b in await consumer.poll(timeout_ms=300) if b.frame is not None]
+            if sum(f.height for f in got) >= 3:
+                break
+    assert_frame_equal(pl.concat(got), pl.concat([one, two]))
