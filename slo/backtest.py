@@ -97,7 +97,10 @@ class AlertEpisode:
 
     ``tiers`` are the tiers breaching when it fired (``page-5m-1h``...);
     ``active_since`` is when the breach began (earlier than ``fired_at`` when a
-    tier has ``alertAfter``).
+    tier has ``alertAfter``).  Ranked causes (``gpuslo replay --rca``, the anomaly
+    area) belong here as one more field, written by :meth:`to_dict` and
+    :func:`episodes_frame`: every output of the replay command reads episodes
+    through those two.
     """
 
     slo_id: str
