@@ -229,7 +229,7 @@ def _specs(paths: Sequence[Path]) -> list[SloSpec]:
     except SpecError as exc:
         raise fail("invalid SLO specs", exc) from None
     if not specs:
-        raise fail(f"no SLOs found in {', '.join(map(str, paths))}")
+        raise fail("cannot replay", InputError(f"no SLOs found in {', '.join(map(str, paths))}"))
     return specs
 
 
