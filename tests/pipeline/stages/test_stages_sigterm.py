@@ -50,7 +50,7 @@ AGGREGATE_GRACE_S = 50.0  # shutdown.aggregate_grace_s, the default
 def lag(text: str, group: str) -> float | None:
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            if s.name == "gpuslo_consumer_lag_records" and s.labels.http_get("consumer") == group:
+            if s.name == "gpuslo_consumer_lag_records" and s.labels.get("consumer") == group:
                 return s.value
     return None
 
