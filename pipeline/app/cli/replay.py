@@ -35,7 +35,13 @@ from gpuslo.exporters.base import ExportHub, Snapshot
 from gpuslo.exporters.prometheus import PrometheusExporter
 from gpuslo.exporters.web import render
 from gpuslo.exporters.web.page import StatusPage
-from gpuslo.exporters.web.replay import replay_source
+from gpuslo.exporters.web.replay import (
+    SeriesSource,
+    replay_source,
+    series_from_timeline,
+    with_episodes,
+)
+from gpuslo.exporters.web.series import ScopeSeries
 from gpuslo.pipeline.aio import StopEvent
 from gpuslo.pipeline.app.cli.common import console, err_console, fail, run_async
 from gpuslo.pipeline.app.views.slo import report_table
@@ -372,7 +378,10 @@ def replay(
         writers = [TimelineWriter(p, fmt, schema)
                    for p, fmt in ((parquet_out, "parquet"), (csv_out, "csv")) if p is not None]
         json_writer = JsonTimelineWriter(json_out) if json_out is not None else None
-        keep = html is not None or serve
+        # The status page's series are built from each timeline as it comes (thinned to
+        # what a chart draws), so no timeline is kept whatever the outputs.
+        pages = html is not None or serve
+        series: list[ScopeSeries] = []
         with Progress(TextColumn("{task.description}"), BarColumn(),
                       TextColumn("{task.fields[what]}"), TimeElapsedColumn(),
                       console=err_console, transient=True) as bar:
@@ -390,10 +399,12 @@ def replay(
                     w.add(tl)
                 if json_writer is not None:
                     json_writer.add(tl)
+                if pages:
+                    series.extend(series_from_timeline(tl))
 
             try:
                 result = run_replay(slos, frames, step=step_td, start=t0, end=t1,
-                                    progress=progress, keep_timelines=keep,
+                                    progress=progress, keep_timelines=False,
                                     on_timeline=write)
             except ReplayError as exc:
                 raise ReplayError(f"{source}: {exc}") from None
@@ -420,30 +431,32 @@ def replay(
         out.print(f"timelines: {timeline_path}; alert episodes: {side}", highlight=False,
                   soft_wrap=True)
     title = f"{Path(source).name if samples is not None else source}, {len(slos)} SLO(s)"
+    if not pages:
+        return
+    pages_source = replay_source(result, slos, title, with_episodes(series, result.alerts))
     if html is not None:
-        write_replay_html(html, result, slos, title,
+        write_replay_html(html, pages_source,
                           {"source": source, "specs": " ".join(map(str, specs)), "step": step})
         out.print(f"HTML report: {html}", highlight=False)
     if serve:
-        run_async(lambda stop: serve_replay(result, slos, title, host, port, stop))
+        run_async(lambda stop: serve_replay(result, slos, pages_source, title, host, port,
+                                            stop))
 
 
-def write_replay_html(path: Path, result: BacktestReport, specs: Sequence[SloSpec], title: str,
-                      inputs: dict[str, str]) -> None:
+def write_replay_html(path: Path, source: SeriesSource, inputs: dict[str, str]) -> None:
     """One self-contained HTML file of the backtest, written atomically."""
-    text = render.report(replay_source(result, specs, title), command="gpuslo replay",
-                         inputs=inputs)
+    text = render.report(source, command="gpuslo replay", inputs=inputs)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-async def serve_replay(result: BacktestReport, specs: Sequence[SloSpec], title: str, host: str,
-                       port: int, stop: StopEvent) -> None:
+async def serve_replay(result: BacktestReport, specs: Sequence[SloSpec], source: SeriesSource,
+                       title: str, host: str, port: int, stop: StopEvent) -> None:
     """Serve a finished backtest: the status page over its series, /metrics of its end."""
     http = PrometheusExporter(PrometheusExporterConfig(host=host, port=port))
     page = StatusPage(WebExporterConfig(), title=title, dashboards=dashboard_links(),
-                      source=replay_source(result, specs, title))
+                      source=source)
     page.mount(http.app)
     try:
         hub = await ExportHub([http, page]).start()

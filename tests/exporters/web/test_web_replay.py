@@ -6,7 +6,10 @@ import functools
 import re
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from gpuslo.exporters.web import render
+from gpuslo.exporters.web import replay as web_replay
 from gpuslo.exporters.web.replay import replay_source, series_from_backtest
 from gpuslo.exporters.web.views import overview
 from gpuslo.pipeline.schema import frame_from_rows
@@ -78,3 +81,34 @@ def test_the_report_is_one_file_that_loads_nothing_and_lists_each_episode() -> N
     assert html.count('class="episode-row"') == 2 * len(result.alerts)  # summary + scope table
     assert html.count('<rect class="episode page"') >= 2 + len(spec.windows)
     assert cv.scope_key(result.alerts[0].scope) not in html  # labels are shown, not keys
+
+
+def test_a_long_replay_is_drawn_from_each_series_extremes_and_its_last_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec, result = _rdma_backtest()
+    (full,) = series_from_backtest(result, [spec])
+    monkeypatch.setattr(web_replay, "MAX_POINTS", 40)
+    (s,) = series_from_backtest(result, [spec])
+    assert len(s.times) <= 40 < len(full.times)
+    assert s.times[0] == full.times[0] and s.times[-1] == full.times[-1]
+    assert set(s.times) <= set(full.times) and list(s.times) == sorted(s.times)
+
+    def extremes(v: tuple[float | None, ...]) -> tuple[float, float]:
+        vals = [x for x in v if x is not None]
+        return min(vals), max(vals)
+
+    for w, values in full.burn.items():
+        assert extremes(s.burn[w]) == extremes(values)
+    assert extremes(s.sli) == extremes(full.sli)
+    assert extremes(s.budget) == extremes(full.budget)
+    assert (s.sli[-1], s.budget[-1]) == (full.sli[-1], full.budget[-1])
+    assert s.episodes == full.episodes
+
+
+def test_series_built_as_timelines_come_equal_the_finished_report_s() -> None:
+    spec, result = _rdma_backtest()
+    streamed = [s for tl in result.timelines for s in web_replay.series_from_timeline(tl)]
+    assert all(not s.episodes for s in streamed)
+    assert web_replay.with_episodes(streamed, result.alerts) == \
+        series_from_backtest(result, [spec])

@@ -126,6 +126,16 @@ def test_timelines_written_a_slice_of_steps_at_a_time_are_the_whole_frame(
         whole.timeline.with_columns(pl.col("evaluated_at").cast(written["evaluated_at"].dtype)))
 
 
+def test_html_report_has_every_episode_without_keeping_timelines(tmp_path: Path) -> None:
+    code, _, err = _run("--samples", str(_samples(tmp_path)), "--html",
+                        str(tmp_path / "r.html"))
+    assert code == 0, err
+    html = (tmp_path / "r.html").read_text()
+    for fired in ("2026-03-02 12:20:00 UTC", "2026-03-02 12:21:00 UTC"):
+        assert fired in html
+    assert '<rect class="episode page"' in html
+
+
 def test_start_and_end_bound_the_replay(tmp_path: Path) -> None:
     samples = _samples(tmp_path)
     out = tmp_path / "r.json"
