@@ -346,3 +346,18 @@ async def test_the_replay_command_sends_credentials_from_files_and_never_prints_
     assert basic.stdout == ok.stdout
     missing = await asyncio.to_thread(run, "--bearer-token-file", str(tmp_path / "none"))
     assert missing.exit_code != 0 and str(tmp_path / "none") in missing.stderr
+
+
+def test_the_replay_command_verifies_tls_against_its_ca_file(
+    tls_prometheus: Server, tls_files: tuple[Path, Path], t0: datetime
+) -> None:
+    url = f"https://127.0.0.1:{tls_prometheus.port}"
+    span = ["--start", t0.isoformat(), "--end", (t0 + timedelta(minutes=20)).isoformat()]
+    base = ["replay", str(CATALOG_DIR), "--prometheus", url, *span]
+    refused = cli.invoke(app, base)
+    assert refused.exit_code == 2
+    assert "TLS certificate not trusted" in refused.stderr
+    trusted = cli.invoke(app, [*base, "--ca-file", str(tls_files[0])])
+    assert trusted.exit_code == 0, trusted.output
+    skipped = cli.invoke(app, [*base, "--insecure-skip-verify"])
+    assert skipped.exit_code == 0 and skipped.stdout == trusted.stdout
