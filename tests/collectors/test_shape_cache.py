@@ -8,12 +8,20 @@ are reused, only ts and values are new).
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from gpuslo.collectors.exposition import ShapeCache, parse_exposition
+from gpuslo.collectors.exposition import (
+    _NUMBERS,
+    _TEXT_TS,
+    _VALUE,
+    ShapeCache,
+    parse_exposition,
+)
 
 KW = {"node": "n", "source": "dcgm", "openmetrics": False}
 
@@ -200,3 +208,17 @@ def test_a_template_goes_with_its_shape() -> None:
     assert cache.template(None) is None
     cache.clear()
     assert cache.template(None) is None and len(cache) == 0
+
+
+_PLAIN_NUMBERS = re.compile(rf"{_VALUE}(?: {_TEXT_TS})?(?:\n{_VALUE}(?: {_TEXT_TS})?)*")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789+-.eE InfaN\n", max_size=12), min_size=1,
+                max_size=4))
+def test_the_possessive_number_pattern_takes_what_the_plain_one_takes(parts: list[str]) -> None:
+    """The template's check of the numbers is ``_VALUE`` (and ``_TEXT_TS``) with possessive
+    quantifiers: it must accept exactly the same text, or a payload would parse otherwise
+    through the template than through the findall."""
+    text = "\n".join(parts)
+    assert (_NUMBERS.fullmatch(text) is None) == (_PLAIN_NUMBERS.fullmatch(text) is None)
