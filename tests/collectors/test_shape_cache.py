@@ -97,7 +97,7 @@ VALUES = st.sampled_from(["0", "-0", "+0", "1", "-12", "3.25", ".5", "1e-7", "2.
                           "nan", "+Inf", "-Inf", "inf", "123456789012345678"])
 # Text after a sample's head that is no value (and timestamp): the general path decides.
 NOT_NUMBERS = st.sampled_from(["abc", "1 2 3", "1  2", "", "1 ", " 1", "0x10", "1_0", "1\r",
-                               "1 -", "1 2.5", "Infinity"])
+                               "1 -", "1 2.5", "Infinity", "1 1000000000000000"])
 CHANGES = st.sampled_from(["none", "none", "none", "label", "name", "help", "drop", "add",
                            "blank", "not_number", "crlf"])
 
@@ -128,7 +128,7 @@ def scrape_sequence(draw: st.DrawFn) -> list[tuple[str, bool]]:
             if at < len(lines) and lines[at] and not lines[at].startswith("#"):
                 head = lines[at].rsplit("}", 1)[0] + "} " if "}" in lines[at] else (
                     lines[at].split(" ", 1)[0] + " ")
-                stamp = draw(st.none() | st.integers(0, 10**15))
+                stamp = draw(st.none() | st.integers(0, 10**15 - 1))
                 lines[at] = head + draw(VALUES) + ("" if stamp is None else f" {stamp}")
         if change == "label":
             lines[2] = lines[2].replace('gpu="0"', 'gpu="9"')
