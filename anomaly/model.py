@@ -66,6 +66,10 @@ class EntityModel:
         self.seed = seed
         self._kinds: dict[str, _KindModel] = {}
 
+    def reset(self) -> None:
+        """Forget every window and forest."""
+        self._kinds = {}
+
     def _matrix(self, km: _KindModel, eids: I64, names: Sequence[str],
                 values: F64) -> tuple[I64, F64]:
         for n in names:

@@ -46,7 +46,7 @@ import polars as pl
 
 from gpuslo.anomaly.digest import DIGEST_SCHEMA, merge_digests
 from gpuslo.anomaly.scorer import NodeScorer, ScorerSettings
-from gpuslo.anomaly.signals import BY_NAME
+from gpuslo.anomaly.signals import BY_NAME, UNKNOWN_ERRORS_PRIOR, UNKNOWN_GAUGE
 from gpuslo.anomaly.topology import EntityKey, Topology
 from gpuslo.pipeline.schema import validate
 from gpuslo.slo.alerting import AlertReport
@@ -164,7 +164,10 @@ def _prior(signal: str, detector: str, kind: str, role: str) -> float:
     if signal == "counter_reset":
         return _RESET_PRIOR
     spec = BY_NAME.get(signal)
-    p = spec.prior if spec is not None else (0.2 if role == "context" else 0.4)
+    if spec is not None:
+        p = spec.prior
+    else:  # unknown metrics: an error counter by its name (see signals.lookup), else context
+        p = UNKNOWN_ERRORS_PRIOR if role == "cause" else UNKNOWN_GAUGE.prior
     if detector == "event":
         p = max(p, _EVENT_PRIOR)
     return p
@@ -352,6 +355,8 @@ def _group_of(key: EntityKey, e: _Entity, topology: Topology) -> tuple[EntityKey
         return ("node", info.node, info.node), f"{key[0]}s"
     if key[0] in ("pod", "replica") and info.model:
         return ("model", "", info.model), "replicas"
+    if key[0] == "node":
+        return ("fleet", "", f"{topology.node_role(key[2])} nodes"), "nodes"
     return None
 
 
@@ -448,6 +453,8 @@ def _who(key: EntityKey, node: str, topology: Topology) -> str:
         return f"target {ent} on {node}"
     if kind == "node":
         return f"node {ent}"
+    if kind == "fleet":
+        return f"the fleet's {ent}"
     return f"{ent} on {node}" if node else ent
 
 

@@ -173,7 +173,8 @@ class NodeScorer:
     ``snapshot()``/``restore()`` for checkpoints.
     """
 
-    def __init__(self, settings: ScorerSettings | None = None, *, seed: int = 0) -> None:
+    def __init__(self, settings: ScorerSettings | None = None, *, seed: int = 0,
+                 model: EntityModel | None = None) -> None:
         self.settings = settings or ScorerSettings()
         self.seed = seed
         self._h = self.settings.baseline_minutes + 1
@@ -224,8 +225,10 @@ class NodeScorer:
         self._closed = -1  # last closed minute index (epoch minutes); -1 before any
         self._first = -1
         self.late_dropped = 0
-        self._model = (EntityModel(self.settings.model, seed=seed)
-                       if self.settings.model is not None else None)
+        # ``model`` replaces the default forest (an evaluation records or swaps it).
+        self._model = model if model is not None else (
+            EntityModel(self.settings.model, seed=seed) if self.settings.model is not None
+            else None)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -713,6 +716,10 @@ class NodeScorer:
         self._entity_rows = [merged]
         return merged
 
+    def entity_of(self, eid: int) -> tuple[str, str, str]:
+        """(kind, node, id) of the entity with dense id ``eid`` (the model's row ids)."""
+        return (self._e_kind[eid], self._e_node[eid], self._e_entity[eid])
+
     @property
     def series_count(self) -> int:
         """Series held (inputs) and values scored per minute (outputs)."""
@@ -778,7 +785,9 @@ class NodeScorer:
 
     def restore(self, snapshot: Mapping[str, pl.DataFrame]) -> None:
         """Replace the state with a :meth:`snapshot` (after a restart or a rebalance)."""
-        fresh = NodeScorer(self.settings, seed=self.seed)
+        fresh = NodeScorer(self.settings, seed=self.seed, model=self._model)
+        if self._model is not None:
+            self._model.reset()
         self.__dict__.update(fresh.__dict__)
         series = snapshot["series"]
         if series.height:

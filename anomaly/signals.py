@@ -24,6 +24,7 @@ row is matched on its family (``_sum``/``_count`` stripped).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -398,6 +399,30 @@ _K8S: tuple[SignalSpec, ...] = (
        "pod", "context", "both", 0.3, "gauge", "resource limit", floor_rel=0.01),
     _s("node_cpu", "node_cpu_usage_seconds", "node", "context", "both", 0.4, "rate",
        "CPU use", "cores", floor_rel=0.2),
+    _s("container_oom", "kube_pod_container_status_last_terminated_reason", "pod", "cause",
+       "up", 0.9, "gauge", "last terminated (OOMKilled)", event="state", floor_abs=0.5),
+    _s("pod_ready", ("kube_pod_status_ready", "kube_pod_container_status_ready"), "pod",
+       "symptom", "down", 0.5, "gauge", "ready", event="state", floor_abs=0.5),
+    # node_exporter's pressure stall information: the share of time tasks waited for CPU,
+    # memory or I/O (a noisy neighbour shows here first).
+    _s("node_cpu_pressure", ("node_pressure_cpu_waiting_seconds",), "node", "cause", "up", 0.7,
+       "rate", "CPU pressure", "s/s", floor_abs=0.02, floor_rel=0.2),
+    _s("node_memory_pressure", ("node_pressure_memory_waiting_seconds",
+                                "node_pressure_memory_stalled_seconds"),
+       "node", "cause", "up", 0.7, "rate", "memory pressure", "s/s", floor_abs=0.02,
+       floor_rel=0.2),
+    _s("node_io_pressure", ("node_pressure_io_waiting_seconds", "node_pressure_io_stalled_seconds"),
+       "node", "cause", "up", 0.6, "rate", "I/O pressure", "s/s", floor_abs=0.02,
+       floor_rel=0.2),
+    _s("node_memory_available", "node_memory_MemAvailable_bytes", "node", "cause", "down", 0.5,
+       "gauge", "available memory", "B", floor_rel=0.05),
+    _s("node_oom", "node_vmstat_oom_kill", "node", "cause", "up", 0.9, "rate", "OOM kills",
+       "/s", event="oom"),
+    _s("node_network_errors", ("node_network_receive_errs", "node_network_transmit_errs",
+                               "node_network_receive_drop", "node_network_transmit_drop"),
+       "node", "cause", "up", 0.7, "rate", "network errors", "/s", event="errors"),
+    _s("node_edac_errors", ("node_edac_uncorrectable_errors", "node_edac_correctable_errors"),
+       "node", "cause", "up", 0.7, "rate", "memory (EDAC) errors", "/s", event="errors"),
     _s("node_memory", "node_memory_working_set_bytes", "node", "context", "both", 0.3, "gauge",
        "memory working set", "B", floor_rel=0.05),
 )
@@ -488,6 +513,8 @@ SIGNALS: tuple[SignalSpec, ...] = (
     _GPU + _port_signals() + _STORAGE + _K8S + _ENGINE + _TRAINING + _HEALTH
 )
 
+# Prior of an unknown metric whose name says it counts failures.
+UNKNOWN_ERRORS_PRIOR = 0.55
 # Signals every unknown metric falls back to, by transform.
 UNKNOWN_GAUGE = SignalSpec("", (), None, "context", "both", 0.2, "gauge", "", floor_rel=0.1)
 UNKNOWN_RATE = SignalSpec("", (), None, "context", "both", 0.2, "rate", "", "/s",
@@ -564,16 +591,30 @@ for _spec in SIGNALS:
     BY_NAME.setdefault(_spec.name, _spec)
 
 
+# Words that, in any exporter's metric names, count failures: an unknown counter named
+# like this is read as a cause-side error counter (normally zero, bad when it moves).
+_ERROR_WORDS = re.compile(
+    r"(^|_)(errors?|errs|fail(ed|ures?)?|drop(ped|s)?|discard(ed|s)?|timeouts?|retr(y|ies|ans\w*)"
+    r"|resets?|throttl\w*|oom\w*|xid|faults?|aborts?|rejected|evictions?|panics?)(_|$)")
+
+
 def lookup(metric: str, kind: str) -> SignalSpec:
     """The signal a row of ``metric`` (of sample kind ``kind``) belongs to.
 
     Unknown metrics get a context signal named after their base name, so they
-    are scored too (low prior, both directions).
+    are scored too (low prior, both directions); an unknown metric whose name
+    says it counts failures (``*_errors_total``, ``*_drops_total``,
+    ``*_timeouts_total``...) is a cause-side error counter instead.
     """
     base = base_name(metric, kind)
     spec = BY_METRIC.get(base)
     if spec is not None:
         return spec
+    if _ERROR_WORDS.search(base.lower()):
+        return SignalSpec(base, (base,), None, "cause", "up", UNKNOWN_ERRORS_PRIOR,
+                          "rate" if kind == "counter" else "gauge", base.replace("_", " "),
+                          "/s" if kind == "counter" else "",
+                          event="errors" if kind == "counter" else None, floor_rel=0.1)
     if kind in ("histogram_sum", "histogram_count", "summary_sum", "summary_count"):
         return SignalSpec(base, (base,), None, "context", "both", UNKNOWN_MEAN.prior, "mean",
                           base, floor_rel=UNKNOWN_MEAN.floor_rel)

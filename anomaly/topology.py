@@ -325,6 +325,16 @@ class Topology:
 
     # -- queries --------------------------------------------------------------------------
 
+    def node_role(self, node: str) -> str:
+        """``training`` (runs a job's ranks), ``serving`` (runs model replicas) or ``other``:
+        what a node is compared with (nodes of the same role)."""
+        nbrs = self.edges.get(entity_key("node", node, node), set())
+        if any(k[0] == "job" for k in nbrs):
+            return "training"
+        if any(self.entities[k].model for k in nbrs if k in self.entities):
+            return "serving"
+        return "other"
+
     def gpu_index(self, key: EntityKey) -> str | None:
         """The index (dcgm-exporter's ``gpu`` label) of a GPU on its node, when known."""
         for (_, idx), k in self._gpu_index.items():

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import random
@@ -49,12 +50,19 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+from sklearn.covariance import EllipticEnvelope
+from sklearn.ensemble import IsolationForest
+from sklearn.neighbors import LocalOutlierFactor
+from sklearn.svm import OneClassSVM
 
 from gpuslo.anomaly import baselines
 from gpuslo.anomaly.digest import DIGEST_SCHEMA, merge_digests
+from gpuslo.anomaly.model import EntityModel
 from gpuslo.anomaly.rca import Cause, RcaAlert, RcaSettings, rank_causes
 from gpuslo.anomaly.scorer import NodeScorer, ScorerSettings
 from gpuslo.anomaly.signals import scorable_expr
@@ -190,12 +198,14 @@ class Case:
     at_s: float  # fault start, seconds after scraping starts
     intensity: float
     benign: tuple[FaultSpec, ...]  # start_s relative to scraping start
+    nodes: int = 10
+    training_nodes: int = 5
 
 
-def fleet_spec(seed: int) -> FleetSpec:
+def fleet_spec(seed: int, nodes: int = 10, training_nodes: int = 5) -> FleetSpec:
     """10 nodes x 8 GPUs: 5 serve the default models, 5 run one training job."""
-    return FleetSpec(nodes=10, gpus_per_node=8, seed=seed, training=TrainingSpec(nodes=5),
-                     routing="least_loaded")
+    return FleetSpec(nodes=nodes, gpus_per_node=8, seed=seed,
+                     training=TrainingSpec(nodes=training_nodes), routing="least_loaded")
 
 
 def _targets(kind: str, fleet: Fleet) -> list[str]:
@@ -231,12 +241,17 @@ def _node_of(target: str) -> str:
     return target.split("/")[0] if target.startswith("node-") else ""
 
 
-def make_cases(kinds: Sequence[str], targets: int, repeats: int, seed: int = 0) -> list[Case]:
-    """``targets`` distinct entities x ``repeats`` per kind, with four distractors each."""
+def make_cases(kinds: Sequence[str], targets: int, repeats: int, seed: int = 0, *,
+               nodes: int = 10, training_nodes: int = 5,
+               baseline_min: int = BASELINE_MIN) -> list[Case]:
+    """``targets`` distinct entities x ``repeats`` per kind, with four distractors each.
+
+    ``nodes``/``training_nodes`` and ``baseline_min`` shrink the cases (CI's small run).
+    """
     cases: list[Case] = []
     for kind in kinds:
         rng = random.Random(f"{seed}-{kind}")
-        probe = Fleet(fleet_spec(0))
+        probe = Fleet(fleet_spec(0, nodes, training_nodes))
         pool = _targets(kind, probe)
         # services first (a whole model), then a spread over nodes
         first = [t for t in pool if "/" not in t and not t.startswith(("node-", "osd."))]
@@ -252,11 +267,12 @@ def make_cases(kinds: Sequence[str], targets: int, repeats: int, seed: int = 0) 
         for _ in range(repeats):
             for target in chosen:
                 case_seed = rng.randrange(1_000_000)
-                fleet = Fleet(fleet_spec(case_seed))
-                at = BASELINE_MIN * 60.0 + rng.uniform(0.0, 240.0)
+                fleet = Fleet(fleet_spec(case_seed, nodes, training_nodes))
+                at = baseline_min * 60.0 + rng.uniform(0.0, 240.0)
                 intensity = round(rng.uniform(*INTENSITY.get(kind, (0.7, 1.0))), 2)
                 cases.append(Case(kind, target, case_seed, at, intensity,
-                                  _distractors(fleet, target, at, rng)))
+                                  _distractors(fleet, target, at, rng), nodes,
+                                  training_nodes))
     return cases
 
 
@@ -342,11 +358,19 @@ class CaseResult:
     rank_ms: float = 0.0
 
 
-def _truth_match(target: str, kind: str, fleet: Fleet, topo: Topology) -> Callable[[str], bool]:
+def _truth(fleet: Fleet) -> dict[str, object]:
+    """What the matcher needs to know of a fleet: GPU UUIDs, replicas' pods, models."""
+    return {"gpus": {f"{g.node}/gpu{g.index}": g.uuid for g in fleet.gpus()},
+            "replicas": {r.key: f"{r.pod.namespace}/{r.pod.name}" for r in fleet.replicas},
+            "services": sorted({r.service for r in fleet.replicas})}
+
+
+def _truth_match(target: str, truth: dict[str, object], topo: Topology) -> Callable[[str], bool]:
     """Does an entity key (``kind|node|id``) name the faulted entity?"""
-    gpu = {f"{g.node}/gpu{g.index}": g.uuid for g in fleet.gpus()}
-    reps = {r.key: f"{r.pod.namespace}/{r.pod.name}" for r in fleet.replicas}
-    services = {r.service for r in fleet.replicas}
+    gpu = truth["gpus"]
+    reps = truth["replicas"]
+    services = set(truth["services"])  # type: ignore[call-overload]
+    assert isinstance(gpu, dict) and isinstance(reps, dict)
 
     def ok(key: str) -> bool:
         ek, node, ent = key.split("|", 2)
@@ -426,11 +450,15 @@ def _series_matrix(frames: list[pl.DataFrame]) -> tuple[pl.DataFrame, np.ndarray
 def run_case(case: Case, late_s: Sequence[float] = (0.0, 60.0),
              scorer_settings: ScorerSettings | None = None,
              rca_settings: RcaSettings | None = None,
-             debug: dict[str, object] | None = None) -> CaseResult:
-    """Simulate one case end to end; where each method ranks the truth."""
+             debug: dict[str, object] | None = None, keep: str | None = None,
+             baselines_too: bool = True) -> CaseResult:
+    """Simulate one case end to end; where each method ranks the truth.
+
+    Without ``baselines_too`` only gpuslo ranks, and the run stops at the alert.
+    """
     specs = harness_specs()
     metrics = input_metrics(specs)
-    fleet = Fleet(fleet_spec(case.seed))
+    fleet = Fleet(fleet_spec(case.seed, case.nodes, case.training_nodes))
     t0 = fleet.spec.start_s + WARMUP_S
     fault = FaultSpec(case.kind, case.target, t0 + case.at_s, 1200.0, case.intensity)
     fleet.inject(fault)
@@ -439,7 +467,9 @@ def run_case(case: Case, late_s: Sequence[float] = (0.0, 60.0),
     fleet.advance(t0)
     eps = [ep for ep in endpoints(fleet) if ep.kind in PROMETHEUS_KINDS]
     stage1, stage2, alerts = Stage1State(specs), Stage2State(specs), AlertEvaluator(specs)
-    scorer = NodeScorer(scorer_settings, seed=case.seed)
+    recorder = RecordingModel(seed=case.seed) if debug is not None and debug.get(
+        "record") else None
+    scorer = NodeScorer(scorer_settings, seed=case.seed, model=recorder)
     frames: list[pl.DataFrame] = []
     digests: list[pl.DataFrame] = []
     result = CaseResult(case)
@@ -461,7 +491,8 @@ def run_case(case: Case, late_s: Sequence[float] = (0.0, 60.0),
                     result.false_alerts += 1
                 elif fired is None:
                     fired = (a.slo_id, dict(a.scope), now)
-        if fired is not None and fleet.t >= fired[2].timestamp() + AFTER_ALERT_S:
+        after = AFTER_ALERT_S if baselines_too else max(late_s) + 60.0
+        if fired is not None and fleet.t >= fired[2].timestamp() + after:
             break
     if fired is None:
         return result
@@ -469,12 +500,16 @@ def run_case(case: Case, late_s: Sequence[float] = (0.0, 60.0),
     result.alert = f"{slo_id} {scope}"
     result.alert_delay_s = fired_at.timestamp() - fault.start_s
     topo = Topology.from_entity_rows([scorer.entities()])
-    match = _truth_match(case.target, case.kind, fleet, topo)
+    truth = _truth(fleet)
+    match = _truth_match(case.target, truth, topo)
     all_digests = merge_digests(digests)
+    if keep is not None:
+        _keep(keep, case, slo_id, scope, fired_at, truth, all_digests, scorer.entities())
     if debug is not None:
         debug.update(digests=all_digests, topology=topo, fleet=fleet, fired_at=fired_at,
-                     fault=fault)
-    ent, times, mat = _series_matrix(frames)
+                     fault=fault, scorer=scorer, match=match)
+    ent, times, mat = _series_matrix(frames) if baselines_too else (pl.DataFrame(
+        {"key": []}), np.zeros(0, np.int64), np.zeros((0, 0)))
     ent_keys = ent["key"].to_list()
     for late in late_s:
         anchor = fired_at + timedelta(seconds=late)
@@ -489,6 +524,12 @@ def run_case(case: Case, late_s: Sequence[float] = (0.0, 60.0),
         keys = [_key(c) for c in causes]
         result.ranks[f"gpuslo{tag}"] = _position(keys, match)
         result.top[f"gpuslo{tag}"] = [c.evidence for c in causes[:3]]
+        # the same ranking without the isolation forest's rows (its contribution)
+        plain = rank_causes(visible.filter(pl.col("detector") != "model"), alert, topo,
+                            rca_settings)
+        result.ranks[f"gpuslo-no-model{tag}"] = _position([_key(c) for c in plain], match)
+        if not baselines_too:
+            continue
         t_a = int(anchor.timestamp() * 1000)
         for name, fn, absolute in (("nsigma", baselines.nsigma, False),
                                    ("nsigma|z|", baselines.nsigma, True),
@@ -499,6 +540,48 @@ def run_case(case: Case, late_s: Sequence[float] = (0.0, 60.0),
             result.ranks[f"{name}{tag}"] = _position(ranking, match)
             result.top[f"{name}{tag}"] = ranking[:3]
     return result
+
+
+def _case_id(case: Case) -> str:
+    return f"{case.kind}-{case.target.replace('/', '_')}-{case.seed}"
+
+
+def _keep(folder: str, case: Case, slo_id: str, scope: dict[str, str], fired_at: datetime,
+          truth: dict[str, object], digests: pl.DataFrame, entities: pl.DataFrame) -> None:
+    """Save what ranking needs, so ``--rerank`` can rank again without simulating."""
+    base = Path(folder) / _case_id(case)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    digests.write_parquet(base.with_suffix(".digest.parquet"))
+    entities.write_parquet(base.with_suffix(".entities.parquet"))
+    meta = {"case": dataclasses.asdict(case), "slo": slo_id, "scope": scope,
+            "fired_at": fired_at.isoformat(), "truth": truth}
+    base.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def rerank(folder: str, rca_settings: RcaSettings | None = None) -> list[CaseResult]:
+    """Rank every kept case again with the current ranking (the scorer's digests as kept)."""
+    out: list[CaseResult] = []
+    for meta_path in sorted(Path(folder).glob("*.json")):
+        meta = json.loads(meta_path.read_text())
+        c = meta["case"]
+        case = Case(c["kind"], c["target"], c["seed"], c["at_s"], c["intensity"], ())
+        base = meta_path.with_suffix("")
+        digests = pl.read_parquet(base.with_suffix(".digest.parquet"))
+        topo = Topology.from_entity_rows([pl.read_parquet(base.with_suffix(
+            ".entities.parquet"))])
+        match = _truth_match(case.target, meta["truth"], topo)
+        fired_at = datetime.fromisoformat(meta["fired_at"])
+        result = CaseResult(case, alert=f"{meta['slo']} {meta['scope']}")
+        for late in (0.0, 60.0):
+            anchor = fired_at + timedelta(seconds=late)
+            causes = rank_causes(digests.filter(pl.col("minute") < anchor),
+                                 RcaAlert(meta["slo"], meta["scope"], "page", anchor), topo,
+                                 rca_settings)
+            tag = f"+{int(late)}s"
+            result.ranks[f"gpuslo{tag}"] = _position([_key(x) for x in causes], match)
+            result.top[f"gpuslo{tag}"] = [x.evidence for x in causes[:3]]
+        out.append(result)
+    return out
 
 
 def _position(keys: Sequence[str], match: Callable[[str], bool]) -> int | None:
@@ -523,7 +606,7 @@ def avg_at(ranks: Iterable[int | None], k: int = 5) -> float:
     return sum(ac_at(rs, j) for j in range(1, k + 1)) / k
 
 
-METHODS = ("gpuslo", "robust|z|", "robust", "nsigma|z|", "nsigma")
+METHODS = ("gpuslo", "gpuslo-no-model", "robust|z|", "robust", "nsigma|z|", "nsigma")
 
 
 def summary(results: Sequence[CaseResult], tag: str = "+0s") -> pl.DataFrame:
@@ -538,9 +621,10 @@ def summary(results: Sequence[CaseResult], tag: str = "+0s") -> pl.DataFrame:
         if sel:
             groups.append((f"[{cat}]", sel))
     groups.append(("OVERALL", fired))
+    methods = [m for m in METHODS if any(f"{m}{tag}" in r.ranks for r in fired)]
     for name, sel in groups:
         row: dict[str, object] = {"fault": name, "n": len(sel)}
-        for m in METHODS:
+        for m in methods:
             ranks = [r.ranks.get(f"{m}{tag}") for r in sel]
             row[f"{m} AC@1"] = ac_at(ranks, 1)
             if m in ("gpuslo", "robust|z|"):
@@ -564,6 +648,138 @@ def print_table(df: pl.DataFrame, title: str) -> None:
             text = f"{v:.2f}" if isinstance(v, float) else str(v)
             cells.append(text.ljust(width[c]) if c == "fault" else text.rjust(width[c]))
         print("  ".join(cells))
+
+
+# -- the multivariate detector: isolation forest against the alternatives -----------------------
+
+
+class RecordingModel(EntityModel):
+    """The scorer's isolation forest, also keeping every minute's feature matrix."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.log: list[tuple[str, int, np.ndarray, np.ndarray]] = []
+
+    def update(self, kind: str, minute: int, eids: np.ndarray, names: Sequence[str],
+               values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        out = super().update(kind, minute, eids, names, values)
+        km = self._kinds[kind]
+        ids, x = km.rows[-1][1], km.rows[-1][2]
+        self.log.append((kind, minute, ids, x))
+        return out
+
+
+def _detectors() -> dict[str, Callable[[], object] | None]:
+    return {
+        "max |z| (no model)": None,
+        "IsolationForest 32 trees (shipped)": lambda: IsolationForest(
+            n_estimators=32, max_samples=256, random_state=0),
+        "IsolationForest 100 trees": lambda: IsolationForest(
+            n_estimators=100, max_samples=256, random_state=0),
+        "LocalOutlierFactor (novelty)": lambda: LocalOutlierFactor(
+            n_neighbors=20, novelty=True),
+        "EllipticEnvelope (robust covariance)": lambda: EllipticEnvelope(
+            support_fraction=0.9, random_state=0),
+        "OneClassSVM (rbf)": lambda: OneClassSVM(nu=0.05, gamma="scale"),
+    }
+
+
+def detector_study(cases: Sequence[Case], window: int = 60, refit: int = 15) -> None:
+    """Replay each case's entity feature vectors through candidate detectors, rolling
+    windows as the scorer fits them, and print how well each separates the faulted
+    entity's minutes from every other entity-minute (ROC AUC, the faulted entity's
+    share of top-1 minutes) and what it costs."""
+    rows: dict[str, list[tuple[float, int]]] = {name: [] for name in _detectors()}
+    top1: dict[str, list[int]] = {name: [] for name in _detectors()}
+    fit_s: dict[str, list[float]] = {name: [] for name in _detectors()}
+    score_s: dict[str, list[float]] = {name: [] for name in _detectors()}
+    for n, case in enumerate(cases, 1):
+        dbg: dict[str, object] = {"record": True}
+        run_case(case, late_s=(0.0,), debug=dbg)
+        if "scorer" not in dbg:
+            continue
+        scorer = dbg["scorer"]
+        assert isinstance(scorer, NodeScorer)
+        model = scorer._model
+        assert isinstance(model, RecordingModel)
+        match = dbg["match"]
+        fault = dbg["fault"]
+        assert isinstance(fault, FaultSpec) and callable(match)
+        start_min = int(fault.start_s // 60)
+        by_kind: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        for kind, minute, ids, x in model.log:
+            by_kind.setdefault(kind, []).append((minute, ids, x))
+        for log in by_kind.values():
+            width = max(x.shape[1] for _, _, x in log)
+            pad = [(m, ids, np.pad(x, ((0, 0), (0, width - x.shape[1])))) for m, ids, x in log]
+            labels = [np.array([bool(match(_entity_key(scorer.entity_of(int(e)))))
+                                and m >= start_min for e in ids]) for m, ids, _ in pad]
+            if not any(lab.any() for lab in labels):
+                continue
+            for name, make in _detectors().items():
+                fitted, fitted_at = None, -10**9
+                for i, (m, _ids, x) in enumerate(pad):
+                    if make is None:
+                        score = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(len(x))
+                    else:
+                        if fitted is None or m - fitted_at >= refit:
+                            train = np.vstack([xx for mm, _, xx in pad[: i + 1]
+                                               if mm > m - window])
+                            if train.shape[0] < 40:
+                                continue
+                            t = time.perf_counter()
+                            try:
+                                fitted = make()
+                                fitted.fit(train)  # type: ignore[attr-defined]
+                            except Exception:  # a detector that cannot fit this window
+                                fitted = None
+                                continue
+                            fit_s[name].append(time.perf_counter() - t)
+                            fitted_at = m
+                        t = time.perf_counter()
+                        score = -fitted.score_samples(x)  # type: ignore[attr-defined]
+                        score_s[name].append(time.perf_counter() - t)
+                    lab = labels[i]
+                    rows[name].extend(zip(score.tolist(), lab.astype(int).tolist(),
+                                          strict=True))
+                    if lab.any():
+                        top1[name].append(int(lab[int(np.argmax(score))]))
+        print(f"\r[{n}/{len(cases)}] {case.kind}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    print("\nmultivariate detector over entity z-score vectors (entity-minutes; positive: "
+          "the faulted entity while faulted)")
+    print(f"{'detector':<38} {'ROC AUC':>8} {'top-1':>7} {'fit ms':>8} {'score ms':>9}")
+    for name in _detectors():
+        pairs = rows[name]
+        if not pairs:
+            continue
+        auc = _auc(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
+        t1 = float(np.mean(top1[name])) if top1[name] else math.nan
+        fit_ms = 1000.0 * float(np.mean(fit_s[name])) if fit_s[name] else 0.0
+        score_ms = 1000.0 * float(np.mean(score_s[name])) if score_s[name] else 0.0
+        print(f"{name:<38} {auc:8.3f} {t1:7.2f} {fit_ms:8.1f} {score_ms:9.1f}")
+    print("(top-1: share of the faulted entity's faulty minutes in which it scores highest "
+          "of its kind; fit on up to an hour of every entity's minutes, score one minute)")
+
+
+def _entity_key(e: tuple[str, str, str]) -> str:
+    kind, node, ent = e
+    return f"{kind}|{node if kind in ('port', 'disk', 'node', 'target', 'other') else ''}|{ent}"
+
+
+def _auc(score: np.ndarray, label: np.ndarray) -> float:
+    """ROC AUC by ranks (ties averaged)."""
+    pos = label == 1
+    if pos.all() or not pos.any():
+        return math.nan
+    order = np.argsort(score, kind="stable")
+    ranks = np.empty(score.size)
+    ranks[order] = np.arange(1, score.size + 1)
+    _, inv, counts = np.unique(score, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=ranks)
+    ranks = (sums / counts)[inv]
+    n_pos = int(pos.sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (~pos).sum()))
 
 
 # -- latency ----------------------------------------------------------------------------------
@@ -653,16 +869,18 @@ def scoring_latency(nodes: int = 64, minutes: int = 12) -> None:
 # -- main -------------------------------------------------------------------------------------
 
 
-def run_all(cases: Sequence[Case], jobs: int, progress: bool = True) -> list[CaseResult]:
+def run_all(cases: Sequence[Case], jobs: int, progress: bool = True,
+            keep: str | None = None) -> list[CaseResult]:
     """Every case, in parallel processes, with a progress line."""
     results: list[CaseResult] = []
     started = time.perf_counter()
+    one = partial(run_case, keep=keep)
     if jobs <= 1:
-        it: Iterable[CaseResult] = map(run_case, cases)
+        it: Iterable[CaseResult] = map(one, cases)
         pool = None
     else:
         pool = ProcessPoolExecutor(max_workers=jobs)
-        it = pool.map(run_case, cases)
+        it = pool.map(one, cases)
     try:
         for i, r in enumerate(it, 1):
             results.append(r)
@@ -691,7 +909,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--latency", action="store_true", help="ranking latency only")
     ap.add_argument("--scoring", action="store_true", help="scorer latency only (64 nodes)")
     ap.add_argument("--verbose", action="store_true", help="print each case's top causes")
+    ap.add_argument("--detector-study", action="store_true",
+                    help="compare the isolation forest with other detectors on the cases")
+    ap.add_argument("--keep", metavar="DIR", help="save each case's digests and topology")
+    ap.add_argument("--rerank", metavar="DIR",
+                    help="rank the cases saved by --keep again (no simulation, no baselines)")
     args = ap.parse_args(argv)
+    if args.rerank:
+        again = rerank(args.rerank)
+        print_table(summary(again, "+0s"), "re-ranked: anomaly time = the alert's firing time")
+        print_table(summary(again, "+60s"), "re-ranked: anomaly time given 60 s late")
+        return 0
     if args.latency:
         ranking_latency()
         return 0
@@ -699,7 +927,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         scoring_latency()
         return 0
     cases = make_cases(args.kinds, args.targets, args.repeats, args.seed)
-    results = run_all(cases, args.jobs)
+    if args.detector_study:
+        detector_study(cases)
+        return 0
+    results = run_all(cases, args.jobs, keep=args.keep)
     missed = [r for r in results if r.alert is None]
     false_alerts = sum(r.false_alerts for r in results)
     print(f"{len(results)} cases; {len(missed)} without an alert; {false_alerts} alerts "
