@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from gpuslo.anomaly.detectors import IQR_TO_SIGMA, robust_baseline
+
 F64 = npt.NDArray[np.float64]
 
 
@@ -57,10 +59,9 @@ def robust_scorer(values: F64, times: npt.NDArray[np.int64], t_anomaly: int, *,
     """BARO's RobustScorer score of each series (median/IQR of the normal window)."""
     normal, anomalous = _split(values, times, t_anomaly, normal_s, anomalous_s)
     finite = np.where(np.isfinite(normal), normal, np.nan)
-    with np.errstate(invalid="ignore"):
-        q25, med, q75 = np.nanpercentile(finite, [25.0, 50.0, 75.0], axis=1) if (
-            finite.shape[1]) else (np.full(finite.shape[0], np.nan),) * 3
-    iqr = q75 - q25
+    # median and IQR per row (NumPy's "linear" quantiles, vectorised over rows)
+    med, sigma, _, _, _ = robust_baseline(finite, 1)
+    iqr = sigma * IQR_TO_SIGMA
     iqr = np.where((iqr > 0) & np.isfinite(iqr), iqr, 1.0)
     return _scores((anomalous - med[:, None]) / iqr[:, None], absolute)
 

@@ -47,7 +47,7 @@ import polars as pl
 from gpuslo.anomaly.digest import DIGEST_SCHEMA, merge_digests
 from gpuslo.anomaly.scorer import NodeScorer, ScorerSettings
 from gpuslo.anomaly.signals import BY_NAME, UNKNOWN_ERRORS_PRIOR, UNKNOWN_GAUGE
-from gpuslo.anomaly.topology import EntityKey, Topology
+from gpuslo.anomaly.topology import NODE_SCOPED, EntityKey, Topology
 from gpuslo.pipeline.schema import validate
 from gpuslo.slo.alerting import AlertReport
 from gpuslo.slo.backtest import AlertEpisode
@@ -155,22 +155,6 @@ def format_rca_annotation(causes: Sequence[Cause], top: int = 3) -> str:
 _EVENT_PRIOR = 0.6  # floor of an event's prior (a state change is never mere context)
 _VANISHED_PRIOR = {"gpu": 0.9, "port": 0.8, "disk": 0.7, "osd": 0.8}
 _RESET_PRIOR = 0.55
-_ENTITY_ROLE_PRIOR = {"cause": 1.0, "symptom": 0.35, "context": 0.5}
-
-
-def _prior(signal: str, detector: str, kind: str, role: str) -> float:
-    if signal == "vanished":
-        return _VANISHED_PRIOR.get(kind, 0.6)
-    if signal == "counter_reset":
-        return _RESET_PRIOR
-    spec = BY_NAME.get(signal)
-    if spec is not None:
-        p = spec.prior
-    else:  # unknown metrics: an error counter by its name (see signals.lookup), else context
-        p = UNKNOWN_ERRORS_PRIOR if role == "cause" else UNKNOWN_GAUGE.prior
-    if detector == "event":
-        p = max(p, _EVENT_PRIOR)
-    return p
 
 
 def _bad_direction(signal: str) -> str:
@@ -216,7 +200,8 @@ def rank_causes(
     """Rank the candidates of ``alert`` from the digests of any number of scorers.
 
     Only digest rows of minutes in ``[anchor - lookback - 15 min, anchor + grace]``
-    are read, so the caller may pass all it holds.
+    are read, so the caller may pass all it holds.  Columnar throughout (one Polars
+    plan per step); Python objects are made only for the causes returned.
     """
     st = settings or RcaSettings()
     d = digests if isinstance(digests, pl.DataFrame) else merge_digests(digests)
@@ -228,41 +213,36 @@ def rank_causes(
     d = d.filter((pl.col("minute") >= lo) & (pl.col("minute") <= hi))
     if d.height == 0:
         return []
-    signals, model_z = _aggregate(d, topology)
+    rows, model_z = _aggregate(d, topology)
+    if rows.height == 0:
+        return []
     scope = topology.scope_keys(alert.scope)
-    dist = topology.distances(scope) if scope else {}
-    ents: dict[EntityKey, _Entity] = {}
-    for s in signals:
-        s.score = _signal_score(s, anchor, dist, bool(scope), st)
-        ents.setdefault(s.key, _Entity(s.key)).signals.append(s)
-    for key, mz in model_z.items():
-        if key in ents:
-            ents[key].model_z = mz
-    for e in ents.values():
-        _explain_by_load(e)
-    _lift_groups(ents, topology, dist, bool(scope), anchor, st)
-    for e in ents.values():
-        e.signals.sort(key=lambda x: -x.score)
-        best: dict[str, float] = {}
-        for s in e.signals:
-            best.setdefault(s.signal, s.score)
-        ranked = sorted(best.values(), reverse=True)
-        e.score = sum(w * v for w, v in zip((1.0, 0.3, 0.15), ranked, strict=False))
-        e.score *= 1.0 + st.model_bonus * min(1.0, e.model_z / 10.0)
-    order = sorted((e for e in ents.values() if e.signals), key=lambda e: (-e.score, e.key))
+    dist = _distance_frame(topology.distances(scope)) if scope else None
+    rows = _score(rows, anchor, dist, st)
+    rows = _explain_by_load(rows)
+    rows = _lift_groups(rows, topology, dist, anchor, st)
+    ranked = _entity_scores(rows, model_z, st)
+    keys = pl.DataFrame([list(k) for k in ranked], schema=_KEY, orient="row")
+    top = rows.join(keys, on=_KEY, how="semi").sort("score", descending=True,
+                                                     maintain_order=True)
     causes: list[Cause] = []
-    for e in order[: st.max_causes]:
+    for key, score in ranked.items():
+        e = _entity(key, top)
+        e.score = score
         causes.append(_cause(len(causes) + 1, e, topology))
     return causes
 
 
-def _aggregate(d: pl.DataFrame,
-               topology: Topology) -> tuple[list[_Signal], dict[EntityKey, float]]:
-    """One candidate per (entity, signal, detector): its peak row, earliest onset."""
+_KEY = ["k_kind", "k_node", "k_ent"]
+
+
+def _aggregate(d: pl.DataFrame, topology: Topology) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One candidate per (entity, signal, detector): its peak row, earliest onset; entity
+    keys resolved in the topology (node aliases, training ranks as their GPUs)."""
     absz = pl.col("z").abs()
     g = (
         d.with_columns(_absz=absz)
-        .sort("_absz", descending=True)
+        .sort("_absz", descending=True, maintain_order=True)
         .group_by(["node", "kind", "entity", "signal", "detector"], maintain_order=True)
         .agg(
             pl.col("role").first(), pl.col("z").first(), pl.col("onset").min(),
@@ -272,134 +252,220 @@ def _aggregate(d: pl.DataFrame,
             pl.col("minute").n_unique().alias("minutes"),
         )
     )
-    signals: list[_Signal] = []
-    model_z: dict[EntityKey, float] = {}
-    for r in g.iter_rows(named=True):
-        key = topology.resolve(r["kind"], r["node"], r["entity"])
-        if r["detector"] == "model":
-            model_z[key] = max(model_z.get(key, 0.0), float(r["z"]))
-            continue
-        signals.append(_Signal(key, topology.canonical_node(r["node"]), r["entity"], r["kind"],
-                               r["signal"], r["role"], r["detector"], float(r["z"]),
-                               r["onset"], r["value"], r["baseline"], r["direction"],
-                               r["detail"], int(r["peers"] or 0), r["peer_value"],
-                               int(r["minutes"])))
-    return signals, model_z
+    if topology.node_alias:
+        g = g.with_columns(node=pl.col("node").replace(topology.node_alias))
+    g = g.with_columns(
+        k_kind=pl.col("kind"),
+        k_node=pl.when(pl.col("kind").is_in(list(NODE_SCOPED))).then(pl.col("node"))
+        .otherwise(pl.lit("")),
+        k_ent=pl.col("entity"),
+    )
+    if topology.aliases:
+        alias = pl.DataFrame(
+            [(a[0], a[1], a[2], k[0], k[1], k[2]) for a, k in topology.aliases.items()],
+            schema=["a_kind", "a_node", "a_ent", "t_kind", "t_node", "t_ent"], orient="row")
+        g = g.join(alias, left_on=_KEY, right_on=["a_kind", "a_node", "a_ent"], how="left",
+                   maintain_order="left").with_columns(
+            k_kind=pl.coalesce("t_kind", "k_kind"), k_node=pl.coalesce("t_node", "k_node"),
+            k_ent=pl.coalesce("t_ent", "k_ent")).drop("t_kind", "t_node", "t_ent")
+    model = g.filter(pl.col("detector") == "model").group_by(_KEY).agg(
+        model_z=pl.col("z").max())
+    return g.filter(pl.col("detector") != "model").with_columns(
+        lifted=pl.lit(False)), model
 
 
-def _time_factor(onset: datetime, anchor: datetime, st: RcaSettings) -> float:
-    """1 for an onset just before the anchor, less the earlier it is (a quarter at the
-    lookback), ``stale_factor`` past it; after the anchor down to ``late_factor`` at the
-    end of the grace (what starts after the SLI degraded is likely its consequence)."""
-    lead = (anchor - onset).total_seconds()
+def _signal_table() -> pl.DataFrame:
+    return pl.DataFrame(
+        [(name, spec.prior, spec.bad) for name, spec in BY_NAME.items()],
+        schema={"signal": pl.String(), "_prior": pl.Float64(), "_bad": pl.String()},
+        orient="row")
+
+
+_SIGNALS = _signal_table()
+
+
+def _distance_frame(dist: Mapping[EntityKey, int]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"k_kind": [k[0] for k in dist], "k_node": [k[1] for k in dist],
+         "k_ent": [k[2] for k in dist], "_hops": list(dist.values())},
+        schema={"k_kind": pl.String(), "k_node": pl.String(), "k_ent": pl.String(),
+                "_hops": pl.Int64()})
+
+
+def _hop_expr(st: RcaSettings) -> pl.Expr:
+    weights = pl.Series(list(st.hop_weight))
+    last = len(st.hop_weight) - 1
+    return (pl.when(pl.col("_hops").is_null()).then(pl.lit(st.hop_weight[-1]))
+            .otherwise(pl.col("_hops").clip(0, last).replace_strict(
+                list(range(len(st.hop_weight))), weights, return_dtype=pl.Float64)))
+
+
+def _with_hops(rows: pl.DataFrame, dist: pl.DataFrame | None, st: RcaSettings) -> pl.DataFrame:
+    if dist is None:
+        return rows.with_columns(_hop=pl.lit(1.0))
+    return rows.join(dist, on=_KEY, how="left", maintain_order="left").with_columns(
+        _hop=_hop_expr(st)).drop("_hops")
+
+
+def _score(rows: pl.DataFrame, anchor: datetime, dist: pl.DataFrame | None,
+           st: RcaSettings) -> pl.DataFrame:
+    """Each candidate signal's score (see the module docstring)."""
+    sig = pl.col("signal")
+    prior = (
+        pl.when(sig == "vanished").then(
+            pl.col("kind").replace_strict(_VANISHED_PRIOR, default=0.6,
+                                          return_dtype=pl.Float64))
+        .when(sig == "counter_reset").then(pl.lit(_RESET_PRIOR))
+        .otherwise(pl.coalesce(
+            pl.col("_prior"),
+            pl.when(pl.col("role") == "cause").then(pl.lit(UNKNOWN_ERRORS_PRIOR))
+            .otherwise(pl.lit(UNKNOWN_GAUGE.prior))))
+    )
+    prior = pl.when((pl.col("detector") == "event") & (sig != "vanished")
+                    & (sig != "counter_reset")).then(
+        pl.max_horizontal(prior, pl.lit(_EVENT_PRIOR))).otherwise(prior)
+    bad = pl.col("_bad").fill_null("both")
+    direction = pl.when(pl.col("detector").is_in(["event", "vanished"]) | (bad == "both")
+                        | (bad == pl.col("direction"))).then(pl.lit(1.0)).otherwise(
+        pl.lit(st.off_direction))
+    lead = (pl.lit(anchor) - pl.col("onset")).dt.total_milliseconds() / 1000.0
     grace = max(st.grace.total_seconds(), 1.0)
-    if lead < 0:
-        return max(st.late_factor, 1.0 - (1.0 - st.late_factor) * (-lead / grace))
-    if lead > st.lookback.total_seconds():
-        return st.stale_factor
-    return 1.0 - 0.25 * lead / st.lookback.total_seconds()
-
-
-def _hop_factor(key: EntityKey, dist: Mapping[EntityKey, int], scoped: bool,
-                st: RcaSettings) -> float:
-    if not scoped:
-        return 1.0
-    hops = dist.get(key)
-    if hops is None:
-        return st.hop_weight[-1]
-    return st.hop_weight[min(hops, len(st.hop_weight) - 1)]
-
-
-def _signal_score(s: _Signal, anchor: datetime, dist: Mapping[EntityKey, int], scoped: bool,
-                  st: RcaSettings) -> float:
-    prior = _prior(s.signal, s.detector, s.kind, s.role)
-    strength = 1.0 - math.exp(-abs(s.z) / st.strength_scale)
-    bad = _bad_direction(s.signal)
-    direction = 1.0 if (s.detector in ("event", "vanished") or bad == "both"
-                        or bad == s.direction) else st.off_direction
-    return (prior * strength * direction * _time_factor(s.onset, anchor, st)
-            * _hop_factor(s.key, dist, scoped, st))
+    look = st.lookback.total_seconds()
+    tf = (pl.when(lead < 0).then(pl.max_horizontal(
+        pl.lit(st.late_factor), 1.0 - (1.0 - st.late_factor) * (-lead / grace)))
+          .when(lead > look).then(pl.lit(st.stale_factor))
+          .otherwise(1.0 - 0.25 * lead / look))
+    strength = 1.0 - (-(pl.col("z").abs()) / st.strength_scale).exp()
+    out = _with_hops(rows.join(_SIGNALS, on="signal", how="left", maintain_order="left"),
+                     dist, st)
+    return out.with_columns(
+        bad=bad, score=prior * strength * direction * tf * pl.col("_hop")).drop(
+        "_prior", "_bad")
 
 
 # GPU signals that follow the work the GPU is given: when the GPU simply got less work
 # (its utilisation fell), their fall is load, not a fault.
-_LOAD_FOLLOWERS = frozenset({"gpu_sm_clock", "gpu_power", "gpu_pcie_tx", "gpu_pcie_rx",
-                             "gpu_nvlink_throughput", "gpu_energy", "gpu_engine_active",
-                             "gpu_memory_copy_util", "gpu_temperature",
-                             "gpu_memory_temperature"})
+_LOAD_FOLLOWERS = ("gpu_sm_clock", "gpu_power", "gpu_pcie_tx", "gpu_pcie_rx",
+                   "gpu_nvlink_throughput", "gpu_energy", "gpu_engine_active",
+                   "gpu_memory_copy_util", "gpu_temperature", "gpu_memory_temperature")
+_THROTTLE_SIGNALS = ("gpu_clock_reasons", "gpu_power_violation", "gpu_thermal_violation",
+                     "gpu_power_limit")
 _LOAD_DISCOUNT = 0.35
 
 
-def _explain_by_load(e: _Entity) -> None:
+def _explain_by_load(rows: pl.DataFrame) -> pl.DataFrame:
     """Discount a GPU's load-following drops when its utilisation fell too and NVML gave
     no throttle reason (clock-event reasons say *why* clocks are low; idle is not one)."""
-    if e.key[0] != "gpu":
-        return
-    idle = any(s.signal == "gpu_utilization" and s.direction == "down" for s in e.signals)
-    throttled = any(s.signal in ("gpu_clock_reasons", "gpu_power_violation",
-                                 "gpu_thermal_violation", "gpu_power_limit")
-                    for s in e.signals)
-    if not idle or throttled:
-        return
-    for s in e.signals:
-        if s.signal in _LOAD_FOLLOWERS and s.direction == "down":
-            s.score *= _LOAD_DISCOUNT
+    sig = pl.col("signal")
+    idle = ((sig == "gpu_utilization") & (pl.col("direction") == "down")).any().over(_KEY)
+    throttled = sig.is_in(_THROTTLE_SIGNALS).any().over(_KEY)
+    hit = ((pl.col("k_kind") == "gpu") & idle & ~throttled & sig.is_in(_LOAD_FOLLOWERS)
+           & (pl.col("direction") == "down"))
+    return rows.with_columns(score=pl.when(hit).then(pl.col("score") * _LOAD_DISCOUNT)
+                             .otherwise(pl.col("score")))
 
 
-def _group_of(key: EntityKey, e: _Entity, topology: Topology) -> tuple[EntityKey, str] | None:
-    """The peer group an entity belongs to and the entity the group stands for."""
-    info = topology.entities.get(key)
-    if info is None:
-        return None
-    if key[0] in ("gpu", "port", "disk") and info.node:
-        return ("node", info.node, info.node), f"{key[0]}s"
-    if key[0] in ("pod", "replica") and info.model:
-        return ("model", "", info.model), "replicas"
-    if key[0] == "node":
-        return ("fleet", "", f"{topology.node_role(key[2])} nodes"), "nodes"
-    return None
+def _lift_groups(rows: pl.DataFrame, topology: Topology, dist: pl.DataFrame | None,
+                 anchor: datetime, st: RcaSettings) -> pl.DataFrame:
+    """Attribute a change most of a peer group shares to the group (assumption 6): a
+    node's GPUs, ports or disks and a model's replicas first, then nodes of one role."""
+    members = topology.peer_groups()
+    for level in (0, 1):
+        groups = members.filter(pl.col("level") == level).drop("level")
+        rows = _lift_level(rows, groups, dist, st)
+    return rows
 
 
-def _lift_groups(ents: dict[EntityKey, _Entity], topology: Topology,
-                 dist: Mapping[EntityKey, int], scoped: bool, anchor: datetime,
-                 st: RcaSettings) -> None:
-    """Attribute a change most of a peer group shares to the group (assumption 6)."""
-    members: dict[tuple[EntityKey, str], list[EntityKey]] = {}
-    for key in topology.entities:
-        if key in topology.aliases:
-            continue
-        g = _group_of(key, ents.get(key, _Entity(key)), topology)
-        if g is not None:
-            members.setdefault(g, []).append(key)
-    for (parent, what), keys in members.items():
-        if len(keys) < st.group_min:
-            continue
-        by_signal: dict[tuple[str, str], list[_Signal]] = {}
-        for k in keys:
-            e = ents.get(k)
-            if e is None:
-                continue
-            for s in e.signals:
-                if s.detector in ("baseline", "event"):
-                    by_signal.setdefault((s.signal, s.direction), []).append(s)
-        for (signal, _direction), sigs in by_signal.items():
-            who = {s.key for s in sigs}
-            if len(who) < max(st.group_min, math.ceil(st.group_share * len(keys))):
-                continue
-            sigs.sort(key=lambda s: -s.score)
-            mid = sigs[len(sigs) // 2]
-            # the group's score is its typical member's (discounts such as load included),
-            # carried at the group's own topology distance
-            hop = _hop_factor(parent, dist, scoped, st) / max(
-                _hop_factor(mid.key, dist, scoped, st), 1e-9)
-            lifted = _Signal(parent, parent[1] or mid.node, parent[2], parent[0], signal,
-                             mid.role, mid.detector, mid.z, min(s.onset for s in sigs),
-                             mid.value, mid.baseline, mid.direction,
-                             f"{len(who)} of {len(keys)} {what}", len(keys), None,
-                             mid.minutes, score=mid.score * hop * 1.05)
-            for s in sigs:
-                s.score *= 0.5
-            ents.setdefault(parent, _Entity(parent)).signals.append(lifted)
+def _lift_level(rows: pl.DataFrame, groups: pl.DataFrame, dist: pl.DataFrame | None,
+                st: RcaSettings) -> pl.DataFrame:
+    cand = rows.filter(pl.col("detector").is_in(["baseline", "event"])).join(
+        groups, on=_KEY, how="inner")
+    if cand.height == 0:
+        return rows
+    cand = cand.select(*_KEY, "p_kind", "p_node", "p_ent", "what", "size", "signal",
+                       "direction", "node", "detector", "role", "z", "onset", "value",
+                       "baseline", "minutes", "bad", "score", "_hop")
+    share = st.group_share
+    agg = (
+        cand.sort("score", descending=True, maintain_order=True)
+        .group_by(["p_kind", "p_node", "p_ent", "what", "signal", "direction"],
+                  maintain_order=True)
+        .agg(
+            who=pl.struct(_KEY).n_unique(), size=pl.col("size").first(),
+            mid=pl.struct(pl.all()).get(pl.len() // 2),
+            onset_min=pl.col("onset").min(),
+        )
+        .filter(pl.col("who") >= pl.max_horizontal(
+            pl.lit(st.group_min), (pl.col("size") * share).ceil().cast(pl.Int64)))
+    )
+    if agg.height == 0:
+        return rows
+    mid = agg.select("p_kind", "p_node", "p_ent", "signal", "direction", "who", "size", "what",
+                     "onset_min", pl.col("mid").struct.unnest().name.prefix("m_"))
+    lifted = mid.select(
+        k_kind=pl.col("p_kind"), k_node=pl.col("p_node"), k_ent=pl.col("p_ent"),
+        node=pl.when(pl.col("p_node") != "").then(pl.col("p_node")).otherwise(
+            pl.col("m_node")),
+        kind=pl.col("p_kind"), entity=pl.col("p_ent"), signal=pl.col("signal"),
+        detector=pl.col("m_detector"), role=pl.col("m_role"), z=pl.col("m_z"),
+        onset=pl.col("onset_min"), value=pl.col("m_value"), baseline=pl.col("m_baseline"),
+        direction=pl.col("direction"),
+        detail=pl.format("{} of {} {}", pl.col("who"), pl.col("size"), pl.col("what")),
+        peers=pl.col("size").cast(pl.Int32), peer_value=pl.lit(None, pl.Float64),
+        minutes=pl.col("m_minutes"), bad=pl.col("m_bad"), _mid_score=pl.col("m_score"),
+        _mid_hop=pl.col("m__hop"), lifted=pl.lit(True),
+    )
+    lifted = _with_hops(lifted, dist, st).with_columns(
+        score=pl.col("_mid_score") * pl.col("_hop") / pl.col("_mid_hop").clip(1e-9) * 1.05
+    ).drop("_mid_score", "_mid_hop")
+    hit = agg.select("p_kind", "p_node", "p_ent", "what", "signal", "direction",
+                     _halve=pl.lit(True))
+    flagged = (
+        rows.join(groups.select(*_KEY, "p_kind", "p_node", "p_ent", "what"), on=_KEY,
+                  how="left", maintain_order="left")
+        .join(hit, on=["p_kind", "p_node", "p_ent", "what", "signal", "direction"], how="left",
+              maintain_order="left")
+        .with_columns(score=pl.when(pl.col("_halve").fill_null(False)
+                                    & pl.col("detector").is_in(["baseline", "event"]))
+                      .then(pl.col("score") * 0.5).otherwise(pl.col("score")))
+        .drop("p_kind", "p_node", "p_ent", "what", "_halve")
+    )
+    return pl.concat([flagged, lifted.select(flagged.columns)], how="vertical_relaxed")
+
+
+def _entity_scores(rows: pl.DataFrame, model: pl.DataFrame,
+                   st: RcaSettings) -> dict[EntityKey, float]:
+    """Each entity's score: its best signal + 0.3 and 0.15 of the next two, the forest's
+    corroboration on top; in ranking order (ties by key)."""
+    best = rows.group_by([*_KEY, "signal"]).agg(pl.col("score").max())
+    top = (
+        best.sort("score", descending=True)
+        .group_by(_KEY)
+        .agg(pl.col("score").head(3).alias("s"))
+        .with_columns(score=pl.col("s").list.get(0, null_on_oob=True).fill_null(0.0)
+                      + 0.3 * pl.col("s").list.get(1, null_on_oob=True).fill_null(0.0)
+                      + 0.15 * pl.col("s").list.get(2, null_on_oob=True).fill_null(0.0))
+        .join(model, on=_KEY, how="left")
+        .with_columns(score=pl.col("score") * (1.0 + st.model_bonus * (
+            pl.col("model_z").fill_null(0.0) / 10.0).clip(0.0, 1.0)))
+        .sort(["score", "k_kind", "k_node", "k_ent"], descending=[True, False, False, False])
+        .head(st.max_causes)
+    )
+    return {(r[0], r[1], r[2]): float(r[3]) for r in top.select(*_KEY, "score").iter_rows()}
+
+
+def _entity(key: EntityKey, rows: pl.DataFrame) -> _Entity:
+    """The entity's candidate signals, best first (``rows`` already sorted by score)."""
+    part = rows.filter((pl.col("k_kind") == key[0]) & (pl.col("k_node") == key[1])
+                       & (pl.col("k_ent") == key[2]))
+    e = _Entity(key)
+    for r in part.iter_rows(named=True):
+        e.signals.append(_Signal(key, r["node"], r["entity"], r["kind"], r["signal"],
+                                 r["role"], r["detector"], float(r["z"]), r["onset"],
+                                 r["value"], r["baseline"], r["direction"], r["detail"],
+                                 int(r["peers"] or 0), r["peer_value"], int(r["minutes"]),
+                                 score=float(r["score"])))
+    return e
 
 
 # -- evidence ---------------------------------------------------------------------------------

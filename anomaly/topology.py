@@ -216,6 +216,7 @@ class Topology:
     _gpu_index: dict[tuple[str, str], EntityKey] = field(default_factory=dict)
     _pending_ranks: list[tuple[EntityKey, str, str]] = field(default_factory=list)
     aliases: dict[EntityKey, EntityKey] = field(default_factory=dict)
+    _groups: pl.DataFrame | None = None
 
     # -- building -------------------------------------------------------------------------
 
@@ -241,6 +242,7 @@ class Topology:
 
     def add(self, rows: pl.DataFrame) -> None:
         """Add entity rows (:data:`ENTITY_SCHEMA`)."""
+        self._groups = None
         for r in rows.iter_rows(named=True):
             if r["node_alias"]:
                 self.node_alias[r["node_alias"]] = r["node"]
@@ -334,6 +336,32 @@ class Topology:
         if any(self.entities[k].model for k in nbrs if k in self.entities):
             return "serving"
         return "other"
+
+    def peer_groups(self) -> pl.DataFrame:
+        """Each entity's peer group and the entity the group stands for, as a frame.
+
+        Level 0: a node's GPUs, ports and disks (the node); a model's replicas (the
+        model).  Level 1: nodes of one role (``fleet``/``<role> nodes``).  Columns
+        ``k_kind, k_node, k_ent`` (member), ``p_kind, p_node, p_ent`` (group),
+        ``size`` (members), ``what`` (their plural), ``level``.
+        """
+        if self._groups is not None:
+            return self._groups
+        rows: list[tuple[str, str, str, str, str, str, str, int]] = []
+        for key, info in self.entities.items():
+            if key[0] in ("gpu", "port", "disk") and info.node:
+                rows.append((*key, "node", info.node, info.node, f"{key[0]}s", 0))
+            elif key[0] in ("pod", "replica") and info.model:
+                rows.append((*key, "model", "", info.model, "replicas", 0))
+            elif key[0] == "node":
+                rows.append((*key, "fleet", "", f"{self.node_role(key[2])} nodes", "nodes", 1))
+        frame = pl.DataFrame(rows, orient="row", schema={
+            "k_kind": pl.String(), "k_node": pl.String(), "k_ent": pl.String(),
+            "p_kind": pl.String(), "p_node": pl.String(), "p_ent": pl.String(),
+            "what": pl.String(), "level": pl.Int64()})
+        self._groups = frame.with_columns(
+            size=pl.len().over("p_kind", "p_node", "p_ent", "what").cast(pl.Int64))
+        return self._groups
 
     def gpu_index(self, key: EntityKey) -> str | None:
         """The index (dcgm-exporter's ``gpu`` label) of a GPU on its node, when known."""

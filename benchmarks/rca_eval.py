@@ -543,7 +543,8 @@ def run_case(case: Case, late_s: Sequence[float] = (0.0, 60.0),
 
 
 def _case_id(case: Case) -> str:
-    return f"{case.kind}-{case.target.replace('/', '_')}-{case.seed}"
+    target = case.target.replace("/", "_").replace(".", "_")
+    return f"{case.kind}-{target}-{case.seed}"
 
 
 def _keep(folder: str, case: Case, slo_id: str, scope: dict[str, str], fired_at: datetime,
@@ -551,11 +552,11 @@ def _keep(folder: str, case: Case, slo_id: str, scope: dict[str, str], fired_at:
     """Save what ranking needs, so ``--rerank`` can rank again without simulating."""
     base = Path(folder) / _case_id(case)
     base.parent.mkdir(parents=True, exist_ok=True)
-    digests.write_parquet(base.with_suffix(".digest.parquet"))
-    entities.write_parquet(base.with_suffix(".entities.parquet"))
+    digests.write_parquet(f"{base}.digest.parquet")
+    entities.write_parquet(f"{base}.entities.parquet")
     meta = {"case": dataclasses.asdict(case), "slo": slo_id, "scope": scope,
             "fired_at": fired_at.isoformat(), "truth": truth}
-    base.with_suffix(".json").write_text(json.dumps(meta))
+    Path(f"{base}.json").write_text(json.dumps(meta))
 
 
 def rerank(folder: str, rca_settings: RcaSettings | None = None) -> list[CaseResult]:
@@ -565,10 +566,9 @@ def rerank(folder: str, rca_settings: RcaSettings | None = None) -> list[CaseRes
         meta = json.loads(meta_path.read_text())
         c = meta["case"]
         case = Case(c["kind"], c["target"], c["seed"], c["at_s"], c["intensity"], ())
-        base = meta_path.with_suffix("")
-        digests = pl.read_parquet(base.with_suffix(".digest.parquet"))
-        topo = Topology.from_entity_rows([pl.read_parquet(base.with_suffix(
-            ".entities.parquet"))])
+        base = str(meta_path)[: -len(".json")]
+        digests = pl.read_parquet(f"{base}.digest.parquet")
+        topo = Topology.from_entity_rows([pl.read_parquet(f"{base}.entities.parquet")])
         match = _truth_match(case.target, meta["truth"], topo)
         fired_at = datetime.fromisoformat(meta["fired_at"])
         result = CaseResult(case, alert=f"{meta['slo']} {meta['scope']}")
