@@ -37,10 +37,12 @@ from collections.abc import Iterable
 
 import polars as pl
 
+from gpuslo.anomaly.topology import ENTITY_SCHEMA
 from gpuslo.pipeline.schema import SchemaError, read_framed, write_framed
 
 DIGEST_VERSION = 1
 DIGEST_MAGIC = b"GSLD"
+ENTITIES_MAGIC = b"GSLE"
 _TS = pl.Datetime("ms", "UTC")
 
 DIGEST_SCHEMA: pl.Schema = pl.Schema(
@@ -107,4 +109,26 @@ def decode_digest(data: bytes) -> pl.DataFrame:
     """The digest inside bytes made by :func:`encode_digest`; raises :class:`DigestError`."""
     return validate_digest(read_framed(data, DIGEST_MAGIC, DIGEST_VERSION, what="digest",
                                        error=DigestError,
-                                       foreign={b"GSLO": "a sample frame, not a digest"}))
+                                       foreign={b"GSLO": "a sample frame, not a digest",
+                                                ENTITIES_MAGIC: "an entity table, not a digest"}))
+
+
+def encode_entities(frame: pl.DataFrame) -> bytes:
+    """A scorer's entity table (:data:`anomaly.topology.ENTITY_SCHEMA`) as ``GSLE`` bytes:
+    what the ranking side merges into its topology."""
+    return write_framed(_entities(frame), ENTITIES_MAGIC, DIGEST_VERSION)
+
+
+def decode_entities(data: bytes) -> pl.DataFrame:
+    """The entity table inside bytes made by :func:`encode_entities`."""
+    return _entities(read_framed(data, ENTITIES_MAGIC, DIGEST_VERSION, what="entity table",
+                                 error=DigestError,
+                                 foreign={DIGEST_MAGIC: "a digest, not an entity table",
+                                          b"GSLO": "a sample frame, not an entity table"}))
+
+
+def _entities(frame: pl.DataFrame) -> pl.DataFrame:
+    missing = [n for n in ENTITY_SCHEMA.names() if n not in frame.columns]
+    if missing:
+        raise DigestError(f"not an entity table: missing columns {missing}")
+    return frame.select(ENTITY_SCHEMA.names()).cast(dict(ENTITY_SCHEMA))  # type: ignore[arg-type]

@@ -47,8 +47,9 @@ import polars as pl
 from gpuslo.anomaly.digest import DIGEST_SCHEMA, merge_digests
 from gpuslo.anomaly.scorer import NodeScorer, ScorerSettings
 from gpuslo.anomaly.signals import BY_NAME, UNKNOWN_ERRORS_PRIOR, UNKNOWN_GAUGE
-from gpuslo.anomaly.topology import NODE_SCOPED, EntityKey, Topology
+from gpuslo.anomaly.topology import ENTITY_SCHEMA, NODE_SCOPED, EntityKey, Topology
 from gpuslo.pipeline.schema import validate
+from gpuslo.slo import conventions as cv
 from gpuslo.slo.alerting import AlertReport
 from gpuslo.slo.backtest import AlertEpisode
 
@@ -133,6 +134,16 @@ class Cause:
     observed: float | None
     direction: str
     evidence: str
+
+    def export_labels(self) -> dict[str, str]:
+        """The cause's labels on ``gpuslo_slo_alert_cause`` (added to the alert's labels)."""
+        return {
+            cv.EXPORT_LABEL_CAUSE_RANK: str(self.rank),
+            cv.EXPORT_LABEL_CAUSE_ENTITY: self.entity,
+            cv.EXPORT_LABEL_CAUSE_NODE: self.node,
+            cv.EXPORT_LABEL_CAUSE_SIGNAL: self.signal,
+            cv.EXPORT_LABEL_CAUSE_KIND: self.kind,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``onset`` in ISO 8601)."""
@@ -570,6 +581,63 @@ def _cause(rank: int, e: _Entity, topology: Topology) -> Cause:
     return Cause(rank=rank, entity=e.key[2], node=node, entity_kind=e.key[0], signal=top.signal,
                  kind=role, score=float(e.score), onset=onset, baseline=top.baseline,
                  observed=top.value, direction=top.direction, evidence=text)
+
+
+# -- the ranking side of the stream ------------------------------------------------------------
+
+
+class DigestWindow:
+    """What the alerting side keeps to rank causes: recent digests and the topology.
+
+    Fed the digests and entity tables the scorers publish (any number, any order,
+    re-deliveries harmless); ``causes(alert)`` ranks an alert at any time.  A
+    live alert should be ranked again as digests arrive until every scorer has
+    closed the minute holding its anchor (the scorers' :attr:`NodeScorer.closed_through`),
+    then its ranking is final.  ``snapshot``/``restore`` for checkpoints.
+    """
+
+    def __init__(self, retention: timedelta = timedelta(minutes=90),
+                 settings: RcaSettings | None = None) -> None:
+        self.retention = retention
+        self.settings = settings or RcaSettings()
+        self._digests = pl.DataFrame(schema=DIGEST_SCHEMA)
+        self._entities = pl.DataFrame(schema=ENTITY_SCHEMA)
+        self.topology = Topology()
+
+    def add_digest(self, digest: pl.DataFrame) -> None:
+        """Keep a digest's rows (older than ``retention`` behind the newest are dropped)."""
+        if digest.height == 0:
+            return
+        merged = merge_digests([self._digests, digest])
+        newest = merged["minute"].max()
+        assert isinstance(newest, datetime)
+        self._digests = merged.filter(pl.col("minute") >= newest - self.retention)
+
+    def add_entities(self, entities: pl.DataFrame) -> None:
+        """Merge a scorer's entity table into the topology."""
+        if entities.height == 0:
+            return
+        new = entities.join(self._entities, on=list(ENTITY_SCHEMA.names()), how="anti",
+                            nulls_equal=True)
+        if new.height:
+            self._entities = pl.concat([self._entities, new.cast(dict(ENTITY_SCHEMA))])  # type: ignore[arg-type]
+            self.topology.add(new)
+
+    def causes(self, alert: RcaAlert) -> list[Cause]:
+        """The alert's ranked causes from what has arrived so far."""
+        return rank_causes(self._digests, alert, self.topology, self.settings)
+
+    def snapshot(self) -> dict[str, pl.DataFrame]:
+        """``digests`` and ``entities``, for a checkpoint."""
+        return {"digests": self._digests, "entities": self._entities}
+
+    def restore(self, snapshot: Mapping[str, pl.DataFrame]) -> None:
+        """Replace the state with a :meth:`snapshot`."""
+        self._digests = pl.DataFrame(schema=DIGEST_SCHEMA)
+        self._entities = pl.DataFrame(schema=ENTITY_SCHEMA)
+        self.topology = Topology()
+        self.add_entities(snapshot["entities"])
+        self.add_digest(snapshot["digests"])
 
 
 # -- backtests --------------------------------------------------------------------------------

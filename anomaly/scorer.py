@@ -716,6 +716,13 @@ class NodeScorer:
         self._entity_rows = [merged]
         return merged
 
+    @property
+    def closed_through(self) -> datetime | None:
+        """End of the last closed minute: every digest row before it has been emitted."""
+        if self._closed < 0:
+            return None
+        return datetime.fromtimestamp((self._closed + 1) * 60, UTC)
+
     def entity_of(self, eid: int) -> tuple[str, str, str]:
         """(kind, node, id) of the entity with dense id ``eid`` (the model's row ids)."""
         return (self._e_kind[eid], self._e_node[eid], self._e_entity[eid])

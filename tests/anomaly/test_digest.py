@@ -10,10 +10,13 @@ from polars.testing import assert_frame_equal
 from gpuslo.anomaly.digest import (
     DigestError,
     decode_digest,
+    decode_entities,
     encode_digest,
+    encode_entities,
     merge_digests,
     validate_digest,
 )
+from gpuslo.anomaly.topology import ENTITY_SCHEMA
 from gpuslo.pipeline.schema import empty_frame, encode
 
 
@@ -43,3 +46,12 @@ def test_merging_drops_redelivered_rows_and_keeps_every_scorer() -> None:
     merged = merge_digests([a, b, a])
     assert merged.height == 2
     assert set(merged["node"]) == {"n1", "n2"}
+
+
+def test_an_entity_table_round_trips_and_is_not_taken_for_a_digest() -> None:
+    table = pl.DataFrame([{"kind": "gpu", "node": "n", "entity": "GPU-1", "model": None,
+                           "pod": "ns/p", "gpu_index": "0", "job": None, "replica": False,
+                           "node_alias": None}], schema=ENTITY_SCHEMA)
+    assert_frame_equal(decode_entities(encode_entities(table)), table)
+    with pytest.raises(DigestError, match="an entity table, not a digest"):
+        decode_digest(encode_entities(table))

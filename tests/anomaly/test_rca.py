@@ -17,6 +17,7 @@ from test_scorer import STEP_MIN, gpu_fleet
 
 from gpuslo.anomaly.rca import (
     Cause,
+    DigestWindow,
     RcaAlert,
     causes_for_alerts,
     format_rca_annotation,
@@ -180,3 +181,44 @@ def test_backtest_path_names_the_faulted_gpu() -> None:
 
 def test_no_digests_no_causes() -> None:
     assert rank_causes(pl.DataFrame(schema=digest([]).schema), alert(), topology()) == []
+
+
+def test_the_ranking_side_of_the_stream_ranks_what_two_scorers_published() -> None:
+    # Two scorers (two nodes' partitions) publish digests and entity tables; the alerting
+    # side ranks from what arrived, in any order, and a checkpoint restores it whole.
+    a = ScorerStub(NODE, [digest_row(at(5), NODE, "gpu", uuid(NODE, 0), "gpu_temperature",
+                                     12.0, onset=at(5))])
+    b = ScorerStub(FAR, [digest_row(at(5), FAR, "disk", "nvme0n1", "disk_busy", 30.0,
+                                    onset=at(5))])
+    win = DigestWindow()
+    for part in (b, a, a):
+        win.add_entities(part.entities)
+        win.add_digest(part.digest)
+    causes = win.causes(alert())
+    assert [c.entity for c in causes] == [uuid(NODE, 0), "nvme0n1"]
+    assert causes == rank_causes(digest(a.rows + b.rows), alert(), topology())
+    again = DigestWindow()
+    again.restore(win.snapshot())
+    assert again.causes(alert()) == causes
+    labels = causes[0].export_labels()
+    assert labels == {"cause_rank": "1", "cause_entity": uuid(NODE, 0), "cause_node": NODE,
+                      "cause_signal": "gpu_temperature", "cause_kind": "cause"}
+
+
+def test_the_window_forgets_digests_older_than_its_retention() -> None:
+    win = DigestWindow(retention=timedelta(minutes=10))
+    win.add_entities(topology().entity_table())
+    win.add_digest(digest([digest_row(at(40), NODE, "disk", "nvme0n1", "disk_busy", 9.0)]))
+    win.add_digest(digest([digest_row(at(5), NODE, "gpu", uuid(NODE, 1), "gpu_temperature",
+                                      9.0)]))
+    assert win.snapshot()["digests"].height == 1
+
+
+class ScorerStub:
+    """What one scorer publishes: its digest rows and its entity table."""
+
+    def __init__(self, node: str, rows: list[dict[str, object]]) -> None:
+        self.rows = rows
+        self.digest = digest(rows)
+        topo = topology()
+        self.entities = topo.entity_table().filter(pl.col("node") == node)
