@@ -43,7 +43,6 @@ from gpuslo.anomaly.signals import (
     VOLATILE_LABELS,
     SignalSpec,
     base_name,
-    event_strength,
     lookup,
     scorable_expr,
 )
@@ -73,10 +72,14 @@ STALE_TOLERANCE_MS = 10_000
 # Events read from a gauge's value (a code, a bitmask, a state): never scored as a magnitude.
 _GAUGE_EVENTS = frozenset({"xid", "clock_reasons", "state", "target_down", "slow_ops",
                            "restart"})
+# gpuslo's XID event rows (one row per new XID, from the collector's tracker).
+XID_EVENT_METRIC = "gpuslo_gpu_xid_event"
 # Kinds compared with their node's other members of the same kind (homogeneous peers).
 PEER_KINDS = frozenset({"gpu", "port", "disk", "osd"})
 _EVENTS: tuple[str, ...] = ("", "xid", "clock_reasons", "link_down", "state", "oom", "restart",
                             "errors", "target_down", "slow_ops")
+_EV = {name: i for i, name in enumerate(_EVENTS)}
+_STATE_CODES = [_EV["state"], _EV["target_down"], _EV["slow_ops"]]
 EVENT_Z: dict[str, float] = {
     "xid": 12.0, "clock_reasons": 9.0, "state": 9.0, "target_down": 9.0, "slow_ops": 9.0,
     "restart": 7.0, "vanished": 9.0, "stalled": 7.0, "saturated": 7.0, "counter_reset": 6.0,
@@ -206,6 +209,8 @@ class NodeScorer:
         self._o_floor_rel = np.zeros(0)
         self._o_event = np.zeros(0, np.int64)
         self._o_gauge_event = np.zeros(0, np.bool_)
+        self._o_bad_low = np.zeros(0, np.bool_)
+        self._o_xid_rows = np.zeros(0, np.bool_)
         self._o_run_start = np.zeros(0, np.int64)
         self._o_prev = np.zeros(0)
         self._hist = np.zeros((0, self._h))
@@ -258,6 +263,8 @@ class NodeScorer:
         self._o_floor_rel = _grow(self._o_floor_rel, n, 0.0)
         self._o_event = _grow(self._o_event, n, 0)
         self._o_gauge_event = _grow(self._o_gauge_event, n, False)
+        self._o_bad_low = _grow(self._o_bad_low, n, False)
+        self._o_xid_rows = _grow(self._o_xid_rows, n, False)
         self._o_run_start = _grow(self._o_run_start, n, -1)
         self._o_prev = _grow(self._o_prev, n, np.nan)
         self._hist = _grow(self._hist, n, np.nan)
@@ -273,6 +280,8 @@ class NodeScorer:
             self._o_group[oid] = -1 - oid  # no peers: a group of its own
         self._o_event[oid] = _EVENTS.index(spec.event or "")
         self._o_gauge_event[oid] = otype == _GAUGE and spec.event in _GAUGE_EVENTS
+        self._o_bad_low[oid] = spec.bad == "down"
+        self._o_xid_rows[oid] = metric == XID_EVENT_METRIC
         self._o_floor_abs[oid] = spec.floor_abs
         self._o_floor_rel[oid] = spec.floor_rel
         self._o_spec.append(spec)
@@ -496,43 +505,46 @@ class NodeScorer:
         ev_z = np.full(no, np.nan)
         ev_detail: dict[int, str] = {}
         ev_signal: dict[int, str] = {}
-        for oid in np.flatnonzero((self._o_event[:no] > 0)
-                                  & (present | np.isfinite(prev))).tolist():
-            spec = specs[oid]
-            assert spec.event is not None
-            v = value[oid]
-            ev = spec.event
-            if ev == "xid":
-                last = acc.g_last[a[oid]]
-                if np.isfinite(last) and last != 0 and (
-                        last != prev[oid] or self._o_metric[oid] == "gpuslo_gpu_xid_event"):
-                    ev_z[oid] = EVENT_Z["xid"]
-                    ev_detail[oid] = f"XID {int(last)}"
-            elif ev == "clock_reasons":
-                usual = _mode(self._hist[oid], exclude=col)
-                bits = int(det.new_throttle_bits(np.array([acc.g_or[a[oid]]]),
-                                                 np.array([usual]))[0]) if present[oid] else 0
-                if bits:
-                    ev_z[oid] = EVENT_Z["clock_reasons"]
-                    ev_detail[oid] = f"reason {bits:#x}"
-            elif ev in ("state", "target_down", "slow_ops"):
-                if not present[oid] or not based[oid]:
-                    continue
-                normal = med[oid]
-                bad_low = spec.bad == "down"
-                worst = acc.g_min[a[oid]] if bad_low else acc.g_max[a[oid]]
-                if (bad_low and worst < normal - 0.5) or (not bad_low and worst > normal + 0.5):
-                    ev_z[oid] = EVENT_Z[ev]
-                    ev_detail[oid] = f"{spec.label}: {worst:g} (usually {normal:g})"
-            elif ev == "restart" and t[oid] == _GAUGE:
-                if present[oid] and np.isfinite(prev[oid]) and v > prev[oid] + 0.5:
-                    ev_z[oid] = EVENT_Z["restart"]
-                    ev_detail[oid] = spec.label
-            elif t[oid] == _RATE and present[oid] and based[oid] and hi[oid] == 0.0 and (
-                    count[oid] > 0):
-                # a normally-zero counter moved: errors, link downs, OOM kills, preemptions
-                ev_z[oid] = event_strength(float(count[oid]))
-                ev_detail[oid] = f"{count[oid]:g} {spec.label} in the minute"
+        code = self._o_event[:no]
+        g_last, g_min, g_max = acc.g_last[a], acc.g_min[a], acc.g_max[a]
+        # XID: the last-XID gauge changed to a non-zero code (or an XID event row came)
+        xid = (code == _EV["xid"]) & (det.xid_changes(g_last, prev) | (
+            self._o_xid_rows[:no] & np.isfinite(g_last) & (g_last != 0.0)))
+        for o in np.flatnonzero(xid).tolist():
+            ev_z[o] = EVENT_Z["xid"]
+            ev_detail[o] = f"XID {int(g_last[o])}"
+        # clock-event reasons: throttle bits set now that the series usually lacks
+        clk = np.flatnonzero((code == _EV["clock_reasons"]) & present)
+        if clk.size:
+            usual = np.array([_mode(self._hist[o], exclude=col) for o in clk.tolist()])
+            bits = det.new_throttle_bits(acc.g_or[a[clk]].astype(np.float64), usual)
+            for o, b in zip(clk[bits > 0].tolist(), bits[bits > 0].tolist(), strict=True):
+                ev_z[o] = EVENT_Z["clock_reasons"]
+                ev_detail[o] = f"reason {b:#x}"
+        # states (port, OSD, target, job, slow ops): the worst sample of the minute left
+        # the series' usual value in the direction that hurts
+        low = self._o_bad_low[:no]
+        worst = np.where(low, g_min, g_max)
+        with np.errstate(invalid="ignore"):
+            left = np.where(low, worst < med - 0.5, worst > med + 0.5)
+        state = np.isin(code, _STATE_CODES) & present & based & left
+        for o in np.flatnonzero(state).tolist():
+            ev = specs[o].event or "state"
+            ev_z[o] = EVENT_Z[ev]
+            ev_detail[o] = f"{specs[o].label}: {worst[o]:g} (usually {med[o]:g})"
+        # a container start time that moved forward: a restart
+        with np.errstate(invalid="ignore"):
+            restart = ((code == _EV["restart"]) & (t == _GAUGE) & present
+                       & (value > np.nan_to_num(prev, nan=np.inf) + 0.5))
+        for o in np.flatnonzero(restart).tolist():
+            ev_z[o] = EVENT_Z["restart"]
+            ev_detail[o] = specs[o].label
+        # a normally-zero counter moved: errors, link downs, OOM kills, preemptions
+        counting = (code > 0) & (t == _RATE) & present & based
+        fresh = det.emergence(np.where(counting, count, 0.0), np.where(counting, hi, np.nan))
+        for o in np.flatnonzero(np.isfinite(fresh) & ~np.isfinite(ev_z)).tolist():
+            ev_z[o] = fresh[o]
+            ev_detail[o] = f"{count[o]:g} {specs[o].label} in the minute"
         # stalled counters
         # (only counters that counted at least 5 a minute all along: zero is no accident)
         stall = (t == _RATE) & based & det.stalled(value, med, lo) & (lo * 60.0 >= 5.0)

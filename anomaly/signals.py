@@ -12,7 +12,7 @@ nothing is dropped because it is unknown.
 
 gpuslo's normalised ``gpuslo_*`` rows are derived from upstream rows that sit
 beside them in every frame (collectors and ``collectors.history`` keep both), so
-they are skipped here (:func:`skip_metric`) rather than counted twice; the
+they are skipped here (:func:`scorable_expr`) rather than counted twice; the
 gpuslo rows that have no upstream twin (scrape health, XID events, saturation
 flags) are listed.
 
@@ -530,13 +530,6 @@ _KEPT_GPUSLO = frozenset({"gpuslo_scrape_up", "gpuslo_gpu_xid_event",
 _SKIP_SUFFIXES = ("_created", "_info", "_bucket")
 
 
-def skip_metric(metric: str) -> bool:
-    """Whether rows of ``metric`` are left out of scoring (duplicates, info, creation times)."""
-    if metric.startswith(_NORMALISED_PREFIX):
-        return metric not in _KEPT_GPUSLO
-    return metric.endswith(_SKIP_SUFFIXES) or metric in _SKIP_NAMES
-
-
 _SKIP_NAMES = frozenset({
     "vllm:cache_config_info", "machine_cpu_cores", "machine_memory_bytes", "node_disk_info",
     "resource_scrape_error", "ceph_osd_metadata", "ceph_pool_metadata", "ceph_osd_weight",
@@ -550,7 +543,8 @@ _SKIP_NAMES = frozenset({
 
 
 def scorable_expr() -> pl.Expr:
-    """Rows worth scoring: not a skipped metric (see :func:`skip_metric`), vectorised."""
+    """Rows worth scoring: not a normalised duplicate, an info metric, a creation time or a
+    histogram bucket (see the module docstring)."""
     metric = pl.col("metric")
     normalised = metric.str.starts_with(_NORMALISED_PREFIX) & ~metric.is_in(list(_KEPT_GPUSLO))
     suffix = pl.any_horizontal([metric.str.ends_with(s) for s in _SKIP_SUFFIXES])
