@@ -354,8 +354,9 @@ def _score(rows: pl.DataFrame, anchor: datetime, dist: pl.DataFrame | None,
         "_prior", "_bad")
 
 
-# GPU signals that follow the work the GPU is given: when the GPU simply got less work
-# (its utilisation fell), their fall is load, not a fault.
+# GPU signals that follow the work the GPU is given: when they move with its utilisation
+# (hotter and more power with more work, lower clocks and power when idle) and NVML gives
+# no throttle reason, the change is load, not a fault.
 _LOAD_FOLLOWERS = ("gpu_sm_clock", "gpu_power", "gpu_pcie_tx", "gpu_pcie_rx",
                    "gpu_nvlink_throughput", "gpu_energy", "gpu_engine_active",
                    "gpu_memory_copy_util", "gpu_temperature", "gpu_memory_temperature")
@@ -365,13 +366,17 @@ _LOAD_DISCOUNT = 0.35
 
 
 def _explain_by_load(rows: pl.DataFrame) -> pl.DataFrame:
-    """Discount a GPU's load-following drops when its utilisation fell too and NVML gave
-    no throttle reason (clock-event reasons say *why* clocks are low; idle is not one)."""
+    """Discount a GPU's load-following changes that go the way its utilisation went, when
+    NVML gave no throttle reason (clock-event reasons say *why* clocks are low; neither
+    idleness nor more work is one)."""
     sig = pl.col("signal")
-    idle = ((sig == "gpu_utilization") & (pl.col("direction") == "down")).any().over(_KEY)
+    util = sig == "gpu_utilization"
+    idle = (util & (pl.col("direction") == "down")).any().over(_KEY)
+    busy = (util & (pl.col("direction") == "up")).any().over(_KEY)
     throttled = sig.is_in(_THROTTLE_SIGNALS).any().over(_KEY)
-    hit = ((pl.col("k_kind") == "gpu") & idle & ~throttled & sig.is_in(_LOAD_FOLLOWERS)
-           & (pl.col("direction") == "down"))
+    follows = (((pl.col("direction") == "down") & idle)
+               | ((pl.col("direction") == "up") & busy & (sig != "gpu_sm_clock")))
+    hit = (pl.col("k_kind") == "gpu") & ~throttled & sig.is_in(_LOAD_FOLLOWERS) & follows
     return rows.with_columns(score=pl.when(hit).then(pl.col("score") * _LOAD_DISCOUNT)
                              .otherwise(pl.col("score")))
 
@@ -541,13 +546,13 @@ def _phrase(s: _Signal) -> str:
     unit = spec.unit if spec is not None else ""
     if s.detector == "vanished":
         return "stopped reporting (series vanished)"
+    if s.detail and s.detail.endswith(("gpus", "ports", "disks", "replicas", "nodes")):
+        verb = "" if s.detector == "event" else (" up" if s.direction == "up" else " down")
+        return f"{label}{verb} on {s.detail}"
     if s.detector == "event":
         if s.signal == "gpu_clock_reasons":
             return f"clock-throttled ({s.detail})" if s.detail else "clock-throttled"
         return s.detail or label
-    if s.detail and s.detail.endswith(("gpus", "ports", "disks", "replicas")):
-        verb = "up" if s.direction == "up" else "down"
-        return f"{label} {verb} on {s.detail}"
     if s.detector == "peer" and s.peer_value is not None and s.value is not None:
         diff = s.value - s.peer_value
         where = "above" if diff > 0 else "below"

@@ -580,6 +580,11 @@ def rerank(folder: str, rca_settings: RcaSettings | None = None) -> list[CaseRes
             tag = f"+{int(late)}s"
             result.ranks[f"gpuslo{tag}"] = _position([_key(x) for x in causes], match)
             result.top[f"gpuslo{tag}"] = [x.evidence for x in causes[:3]]
+            plain = rank_causes(digests.filter((pl.col("minute") < anchor)
+                                               & (pl.col("detector") != "model")),
+                                RcaAlert(meta["slo"], meta["scope"], "page", anchor), topo,
+                                rca_settings)
+            result.ranks[f"gpuslo-no-model{tag}"] = _position([_key(x) for x in plain], match)
         out.append(result)
     return out
 

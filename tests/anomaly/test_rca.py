@@ -222,3 +222,21 @@ class ScorerStub:
         self.digest = digest(rows)
         topo = topology()
         self.entities = topo.entity_table().filter(pl.col("node") == node)
+
+
+def test_a_gpu_that_warms_with_more_work_is_load_not_a_fault() -> None:
+    # GPU 1 got busier and warmer (no throttle reason); GPU 2 warmed as much while its
+    # utilisation stayed put: the second is the one to look at.
+    d = digest([
+        digest_row(at(5), NODE, "gpu", uuid(NODE, 1), "gpu_temperature", 15.0, onset=at(5)),
+        digest_row(at(5), NODE, "gpu", uuid(NODE, 1), "gpu_utilization", 12.0, onset=at(5),
+                   role="context"),
+        digest_row(at(5), NODE, "gpu", uuid(NODE, 2), "gpu_temperature", 12.0, onset=at(5)),
+    ])
+    causes = rank_causes(d, alert(), topology())
+    assert [c.entity for c in causes] == [uuid(NODE, 2), uuid(NODE, 1)]
+    # ... unless NVML says the busy one is throttled
+    throttled = digest([*d.to_dicts(), digest_row(at(4), NODE, "gpu", uuid(NODE, 1),
+                                                  "gpu_clock_reasons", 9.0, detector="event",
+                                                  onset=at(4), detail="reason 0x20")])
+    assert rank_causes(throttled, alert(), topology())[0].entity == uuid(NODE, 1)
