@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint bench clean
 
-$(BIN)/gpuslo: pyproject.toml
+$(BIN)/gpuslo: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,broker]'
 	@touch $@
 
 demo: $(BIN)/gpuslo
@@ -20,11 +20,13 @@ test: $(BIN)/gpuslo
 	./scripts/system-packages.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/gpuslo
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(BIN)/gpuslo
 	$(BIN)/python benchmarks/bench_kafka.py

@@ -21,11 +21,9 @@ Contract (Alertmanager ``docs/alerts_api.md`` and Prometheus' own notifier):
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import random
-import ssl
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +35,9 @@ from urllib.parse import quote
 import aiohttp
 
 from gpuslo.exporters.base import DeliveryStats, ExportResult, Snapshot
-from gpuslo.pipeline.config import AlertmanagerConfig, TlsConfig
+from gpuslo.pipeline.auth import basic_auth_header, tls_context_from
+from gpuslo.pipeline.config import AlertmanagerConfig
+from gpuslo.pipeline.errors import GpusloError
 from gpuslo.slo import conventions as cv
 from gpuslo.slo.alerting import AlertReport, AlertStatus
 from gpuslo.slo.budget import SloReport
@@ -238,17 +238,6 @@ def build_alerts(
 # ------------------------------------------------------------------------------------------
 
 
-def ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """Client TLS context from config (CA bundle, client pair, or no verification)."""
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file is not None and tls.key_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if tls.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 @dataclass
 class _Tracked:
     """An alert the client keeps re-sending: its last payload and when it resolved."""
@@ -287,12 +276,11 @@ class _Destination:
         self.wake.set()
 
 
-class AlertmanagerError(Exception):
+class AlertmanagerError(GpusloError):
     """A POST that failed; ``retriable`` says whether sending it again can help."""
 
     def __init__(self, message: str, *, retriable: bool) -> None:
-        super().__init__(message)
-        self.retriable = retriable
+        super().__init__(message, retriable=retriable)
 
 
 class AlertmanagerClient:
@@ -332,9 +320,8 @@ class AlertmanagerClient:
         self._resender: asyncio.Task[None] | None = None
         self._headers = {"Content-Type": "application/json"}
         if cfg.basic_auth is not None:
-            # Built by hand: aiohttp.BasicAuth is deprecated in recent releases.
-            pair = f"{cfg.basic_auth.username}:{cfg.basic_auth.password.get_secret_value()}"
-            self._headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+            self._headers.update(basic_auth_header(
+                cfg.basic_auth.username, cfg.basic_auth.password.get_secret_value()))
         if cfg.bearer_token is not None:
             self._headers["Authorization"] = f"Bearer {cfg.bearer_token.get_secret_value()}"
 
@@ -347,7 +334,7 @@ class AlertmanagerClient:
         if self._session is None:
             needs_tls = any(d.url.startswith("https://") for d in self._dests)
             connector = aiohttp.TCPConnector(
-                ssl=ssl_context(self.cfg.tls) if needs_tls else False)
+                ssl=tls_context_from(self.cfg.tls) if needs_tls else False)
             self._session = aiohttp.ClientSession(connector=connector)
         for d in self._dests:
             d.task = asyncio.create_task(self._sender(d), name=f"alertmanager-sender {d.url}")

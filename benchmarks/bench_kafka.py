@@ -15,9 +15,9 @@ import uuid
 import polars as pl
 from aiokafka import AIOKafkaProducer
 
-from gpuslo.pipeline.broker import EmbeddedBroker
 from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
-from gpuslo.pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
+from gpuslo.pipeline.kafka.broker import EmbeddedBroker
+from gpuslo.pipeline.kafka.client import SampleConsumer, SampleProducer, ensure_topics
 from gpuslo.pipeline.schema import SAMPLE_SCHEMA, canonical_labels
 
 

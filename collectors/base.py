@@ -1,18 +1,28 @@
-"""The collector family's contract.
+"""The collector family's contracts: what a collector returns, and what a source supplies.
 
 A collector is "given a clock, return a batch": one call scrapes or reads its
-sources once and returns a sample frame (see :mod:`pipeline.schema`).  The
-runtime owns timing, Kafka and error accounting, so a collector stays a small
-object that can be tested with a fixed ``now`` and no broker.
+targets once and returns a sample frame per target (see
+:mod:`gpuslo.pipeline.schema`).  The runtime owns timing, Kafka and error
+accounting, so a collector stays a small object tested with a fixed ``now``.
+
+Every collector is the same scrape engine (:mod:`gpuslo.collectors.scrape.engine`)
+composed with what differs per source: a :class:`SourceMapping` (pure: payload
+text → upstream rows → upstream + normalised rows, perhaps with state such as
+the last XID seen per GPU) and, for sources read from files, a reader.  The
+engine never knows a source; a mapping never does I/O.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import polars as pl
+
+from gpuslo.collectors.exposition import ShapeCache
 
 
 @dataclass(frozen=True)
@@ -42,3 +52,93 @@ class Collector(Protocol):
     async def collect(self, now: datetime) -> list[TargetResult]:
         """Read every target once; never raise for one bad target."""
         ...
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """One URL (or ``file://`` path) to read and what its samples belong to.
+
+    Attributes:
+        url: the page (``http(s)://host:port/path``) or ``file://<path>``.
+        node: Kafka key and ``node`` column of its samples.
+        replica: a name that tells two replicas of one model apart when the
+            exporter does not (the pod, from discovery); used by KV-cache.
+        interval_s: overrides the collector's interval for this target.
+        meta: discovery metadata (``pod``, ``namespace``, kubelet ``endpoint``...).
+    """
+
+    url: str
+    node: str
+    replica: str | None = None
+    interval_s: float | None = None
+    meta: tuple[tuple[str, str], ...] = ()
+
+
+FILE_SCHEME = "file://"
+
+
+def file_target(path: str | os.PathLike[str], node: str, *,
+                interval_s: float | None = None) -> ScrapeTarget:
+    """A local file or directory as a target (read by the collector's file reader)."""
+    return ScrapeTarget(FILE_SCHEME + os.fspath(path), node, interval_s=interval_s)
+
+
+def target_path(target: ScrapeTarget) -> str | None:
+    """The path of a ``file://`` target, ``None`` for an HTTP one."""
+    return target.url[len(FILE_SCHEME):] if target.url.startswith(FILE_SCHEME) else None
+
+
+@dataclass(frozen=True)
+class Partial:
+    """Samples from a payload or file tree that was only partly readable.
+
+    Attributes:
+        frame: the samples that were read.
+        problems: reason (``missing``, ``unreadable``, ``malformed``, ...) -> series.
+        detail: one problem in words, for the log (never a secret).
+    """
+
+    frame: pl.DataFrame
+    problems: Mapping[str, int] = field(default_factory=dict)
+    detail: str | None = None
+
+
+@runtime_checkable
+class SourceMapping(Protocol):
+    """What one source adds to the scrape engine; pure (no I/O), may keep state.
+
+    ``parse`` turns a fetched payload into upstream rows (a
+    :class:`Partial` when only some of it was readable); ``transform`` adds
+    entities and normalised signals (and events) to them.  ``shape_cache`` is
+    the target's own parser cache, handed in by the engine's loop for that
+    target, so a repeated scrape only re-reads the numbers.
+    """
+
+    source: str
+
+    def parse(self, text: str, openmetrics: bool, target: ScrapeTarget, scrape_ts_ms: int,
+              shape_cache: ShapeCache | None = None) -> pl.DataFrame | Partial:
+        """Upstream rows of one payload; raises ``ValueError`` (an ``InputError``) if malformed."""
+        ...
+
+    def transform(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
+        """Upstream + normalised rows to produce for one target's scrape."""
+        ...
+
+
+# read(target, scrape_ts_ms) -> upstream rows, for ``file://`` targets.  Does I/O and runs
+# in a worker thread; OSError means the target itself is unreadable.
+FileReader = Callable[[ScrapeTarget, int], pl.DataFrame | Partial]
+
+
+__all__ = [
+    "FILE_SCHEME",
+    "Collector",
+    "FileReader",
+    "Partial",
+    "ScrapeTarget",
+    "SourceMapping",
+    "TargetResult",
+    "file_target",
+    "target_path",
+]

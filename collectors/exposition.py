@@ -48,14 +48,16 @@ from prometheus_client.metrics_core import METRIC_TYPES
 from prometheus_client.openmetrics import parser as _prom_om
 from prometheus_client.samples import Timestamp
 
+from gpuslo.pipeline.errors import InputError
 from gpuslo.pipeline.schema import SAMPLE_SCHEMA, Kind
 
 __all__ = [
-    "ExpositionError", "clear_shape_cache", "detect_openmetrics", "parse_exposition", "sample_kind",
+    "ExpositionError", "ShapeCache", "detect_openmetrics", "parse_exposition", "parse_text",
+    "sample_kind",
 ]
 
 
-class ExpositionError(ValueError):
+class ExpositionError(InputError):
     """A payload that is not valid exposition text; names the offending line.
 
     Attributes:
@@ -63,8 +65,6 @@ class ExpositionError(ValueError):
             whole, e.g. a missing ``# EOF``).
         line: the offending line as received (without its newline).
     """
-
-    retriable = False
 
     def __init__(self, line_no: int, line: str, reason: str) -> None:
         self.line_no = line_no
@@ -204,7 +204,7 @@ _FirstAfter = Callable[[str, int], int]  # (name, line) -> first line >= it with
 
 
 def _text_ts_ms(ts: Any) -> int:
-    """What ``collectors.prometheus.parse_text`` does with a text-format timestamp."""
+    """What the reference parser does with a text-format timestamp."""
     return int(ts * 1000)
 
 
@@ -233,8 +233,9 @@ def _slow_sample(line_no: int, line: str, openmetrics: bool, typ: str | None) ->
         return _Slow(line_no, sample.name, dict(sample.labels), float(sample.value), ts_ms)
     except ExpositionError:
         raise
-    except (ValueError, OverflowError, IndexError, TypeError) as exc:
-        raise ExpositionError(line_no, line, f"invalid sample line ({exc or 'malformed'})") from exc
+    except Exception as exc:  # the reference's line functions raise KeyError too, for one
+        reason = f"{type(exc).__name__}: {exc}" if exc.args else type(exc).__name__
+        raise ExpositionError(line_no, line, f"invalid sample line ({reason})") from exc
 
 
 def _is_legacy_name(name: str) -> bool:
@@ -532,10 +533,12 @@ def parse_exposition(
     scrape_ts_ms: int,
     entity_label: str | None = None,
     openmetrics: bool | None = None,
+    shape_cache: ShapeCache | None = None,
 ) -> pl.DataFrame:
     """Parse a Prometheus text 0.0.4 or OpenMetrics 1.0 payload into a sample frame.
 
-    Same contract as :func:`collectors.prometheus.parse_text`: one row per
+    Same samples as the reference parser
+    (:func:`gpuslo.collectors.reference.parse_text_reference`): one row per
     sample in payload order; ``kind`` from the family type and the sample's
     suffix; samples without a timestamp get ``scrape_ts_ms``; ``entity`` is the
     value of ``entity_label`` (empty string when absent or not asked for).
@@ -545,6 +548,8 @@ def parse_exposition(
         openmetrics: ``True``/``False`` when the caller knows the format (from
             the response's content type, see :func:`detect_openmetrics`);
             ``None`` detects it from a final ``# EOF`` line.
+        shape_cache: the target's :class:`ShapeCache` (a scrape loop keeps one
+            per target); ``None`` keeps nothing between calls.
 
     Raises:
         ExpositionError: the payload is malformed; the message names the
@@ -559,7 +564,7 @@ def parse_exposition(
         openmetrics = detect_openmetrics(text)
     if not openmetrics:
         simple = _parse_simple(text, node=node, source=source, scrape_ts_ms=scrape_ts_ms,
-                               entity_label=entity_label)
+                               entity_label=entity_label, shape_cache=shape_cache)
         if simple is not None:
             return simple
     raw_lines = text.split("\n")
@@ -572,6 +577,26 @@ def parse_exposition(
         if exc.line_no and not exc.line and exc.line_no <= len(raw_lines):
             raise ExpositionError(exc.line_no, raw_lines[exc.line_no - 1], exc.reason) from exc
         raise
+
+
+def parse_text(
+    text: str | bytes,
+    *,
+    node: str,
+    source: str,
+    scrape_ts_ms: int,
+    entity_label: str | None = None,
+    openmetrics: bool | None = False,
+    shape_cache: ShapeCache | None = None,
+) -> pl.DataFrame:
+    """:func:`parse_exposition` with the reference parser's default: text format.
+
+    What callers that stand in for the reference use (it reads ``# EOF`` as a
+    comment unless told the payload is OpenMetrics).
+    """
+    return parse_exposition(text, node=node, source=source, scrape_ts_ms=scrape_ts_ms,
+                            entity_label=entity_label, openmetrics=openmetrics,
+                            shape_cache=shape_cache)
 
 
 def _parse(
@@ -819,7 +844,7 @@ def _assemble(
 #
 # Per call, in the steady state (the same target scraped again), the work is:
 # the ``findall``, one dict lookup of the payload's *shape* (every parsed field
-# but values and timestamps; see ``_SHAPE_CACHE``), one Arrow parse of values
+# but values and timestamps; see ``ShapeCache``), one Arrow parse of values
 # and timestamps, and the frame.  A shape not seen before is computed with
 # C-level list operations: families by ``_canonical_families`` (the usual
 # ``HELP``/``TYPE``/samples layout, checked and resolved without a Python loop
@@ -909,18 +934,50 @@ class _ShapeKey:
         return isinstance(other, _ShapeKey) and self.parts == other.parts
 
 
-_SHAPE_CACHE: dict[_ShapeKey, _Shape] = {}
-_SHAPE_CACHE_SIZE = 16
-_SHAPE_CACHE_MAX_CHARS = 2_000_000  # larger payloads are not kept
+class ShapeCache:
+    """The shapes of one target's recent payloads (what a repeated scrape can skip).
 
+    One per scrape loop (one loop per target, so never shared between threads):
+    a process-wide cache would be written from worker threads and, shared by
+    more targets than it holds, would miss on every scrape.  A target's shape
+    changes rarely (a series appears or goes), so two entries cover a change
+    that flips back.
+    """
 
-def clear_shape_cache() -> None:
-    """Forget the payload shapes kept between calls (benchmarks measure a first scrape)."""
-    _SHAPE_CACHE.clear()
+    __slots__ = ("_entries", "capacity", "hits", "max_chars", "misses")
+
+    def __init__(self, capacity: int = 2, max_chars: int = 2_000_000) -> None:
+        self.capacity = capacity
+        self.max_chars = max_chars  # larger payloads are not kept
+        self._entries: dict[_ShapeKey, _Shape] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: _ShapeKey) -> _Shape | None:
+        shape = self._entries.get(key)
+        if shape is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return shape
+
+    def put(self, key: _ShapeKey, shape: _Shape, chars: int) -> None:
+        if chars > self.max_chars or self.capacity <= 0:
+            return
+        while len(self._entries) >= self.capacity:
+            del self._entries[next(iter(self._entries))]  # oldest first
+        self._entries[key] = shape
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _parse_simple(
     text: str, *, node: str, source: str, scrape_ts_ms: int, entity_label: str | None,
+    shape_cache: ShapeCache | None,
 ) -> pl.DataFrame | None:
     """Parse a text-format payload whose lines all have the common shape; ``None`` otherwise."""
     matches = _SIMPLE_LINE.findall(text)
@@ -930,18 +987,13 @@ def _parse_simple(
         return None
     names_all, blocks_all, values_all, ts_all, meta_all = zip(*matches, strict=True)
     key = _ShapeKey((names_all, blocks_all, meta_all, entity_label))
-    shape = _SHAPE_CACHE.get(key)
+    shape = shape_cache.get(key) if shape_cache is not None else None
     if shape is None:
         shape = _simple_shape(names_all, blocks_all, meta_all, entity_label)
         if shape is None:
             return None
-        if len(text) <= _SHAPE_CACHE_MAX_CHARS:
-            while len(_SHAPE_CACHE) >= _SHAPE_CACHE_SIZE:
-                try:  # oldest first; another thread may have evicted it already
-                    del _SHAPE_CACHE[next(iter(_SHAPE_CACHE))]
-                except (KeyError, StopIteration, RuntimeError):
-                    break
-            _SHAPE_CACHE[key] = shape
+        if shape_cache is not None:
+            shape_cache.put(key, shape, len(text))
     values = list(compress(values_all, names_all))
     stamps = list(compress(ts_all, names_all))
     return _simple_frame(shape, values, stamps, node=node, source=source,

@@ -17,8 +17,8 @@ exporters themselves:
 * **node** from the relabelled ``node`` label, else the host part of
   ``instance`` (``10.0.0.5:9400`` → ``10.0.0.5``), else "".
 * **entity** and the **normalised signal rows** by the collectors' own mapping
-  functions (:mod:`collectors.dcgm`, :mod:`collectors.kvcache`,
-  :mod:`collectors.rdma`, :mod:`collectors.storage`, :mod:`collectors.kubelet`),
+  functions (:mod:`gpuslo.collectors.mappings`: dcgm, kvcache, rdma, storage,
+  kubelet),
   so a spec that selects a normalised ``gpuslo_*`` signal replays too.  An
   inference engine's replica is ``namespace/pod`` when the series carries a
   ``pod`` label (what pod discovery sets), as the kvcache collector does.
@@ -42,9 +42,10 @@ from pathlib import Path
 
 import polars as pl
 
-from gpuslo.collectors import dcgm, kubelet, kvcache, rdma, storage
 from gpuslo.collectors.exposition import ExpositionError, parse_exposition
-from gpuslo.pipeline.schema import COLUMNS, SAMPLE_SCHEMA, label, validate
+from gpuslo.collectors.mappings import dcgm, kubelet, kvcache, rdma, storage
+from gpuslo.pipeline.errors import InputError
+from gpuslo.pipeline.schema import COLUMNS, SAMPLE_SCHEMA, SchemaError, label, validate
 
 Progress = Callable[[int, int], None]
 """Called with (bytes read, total bytes) after each chunk, for a progress bar."""
@@ -73,10 +74,8 @@ _FAMILY_META = re.compile(r"^# (TYPE|HELP|UNIT) (\S+)")
 _SAMPLE_NAME = re.compile(r"^([^\s{]+)")
 
 
-class OpenMetricsInputError(ValueError):
+class OpenMetricsInputError(InputError):
     """A file that is not timestamped exposition text; names the file and, when known, line."""
-
-    retriable = False
 
 
 def is_exposition_file(path: Path) -> bool:
@@ -319,3 +318,53 @@ __all__ = [
     "read_exposition",
     "source_expr",
 ]
+
+
+def read_samples(path: Path) -> pl.DataFrame:
+    """A sample frame from Parquet or Arrow IPC (file or stream) in the sample schema.
+
+    Raises:
+        SchemaError: unreadable, another format, or other columns.
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise SchemaError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        if head[:4] == b"PAR1":
+            frame = pl.read_parquet(path)
+        elif head == b"ARROW1":
+            frame = pl.read_ipc(path)
+        else:
+            frame = pl.read_ipc_stream(path)
+    except Exception as exc:  # polars raises several error types for a bad file
+        raise SchemaError(
+            f"{path}: not a Parquet or Arrow IPC file of samples: {exc}"
+        ) from exc
+    try:
+        if "kind" in frame.columns and frame.schema["kind"] != SAMPLE_SCHEMA["kind"]:
+            frame = frame.with_columns(pl.col("kind").cast(pl.String).cast(SAMPLE_SCHEMA["kind"]))
+        if "ts" in frame.columns and frame.schema["ts"] != SAMPLE_SCHEMA["ts"]:
+            frame = frame.with_columns(pl.col("ts").cast(SAMPLE_SCHEMA["ts"]))
+    except Exception as exc:
+        raise SchemaError(f"{path}: {exc}") from exc
+    try:
+        return validate(frame)
+    except SchemaError as exc:
+        raise SchemaError(f"{path}: {exc}") from exc
+
+
+def read_history(path: Path, progress: Progress | None = None) -> pl.DataFrame:
+    """Samples for a backtest: a sample frame file, or timestamped exposition text.
+
+    Exposition text (what a Prometheus exports) is read in chunks, reporting
+    ``progress`` over the bytes read, since a month of a fleet runs to gigabytes.
+
+    Raises:
+        SchemaError: a Parquet/Arrow file that is not a sample frame.
+        OpenMetricsInputError: exposition text that cannot be read.
+    """
+    if not is_exposition_file(path):
+        return read_samples(path)
+    return read_exposition(path, progress=progress)

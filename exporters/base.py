@@ -33,8 +33,6 @@ from gpuslo.slo.spec import SloSpec
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from gpuslo.pipeline.runtime import CollectStats
-
 log = logging.getLogger(__name__)
 
 
@@ -85,49 +83,6 @@ class HealthSnapshot:
     consumer_lag_records: Mapping[str, int] = field(default_factory=dict)  # by consumer
     dead_letters_total: int = 0
     deliveries: Mapping[str, DeliveryStats] = field(default_factory=dict)  # by Alertmanager URL
-
-    @classmethod
-    def from_runtime(
-        cls,
-        collect: CollectStats | None = None,
-        *,
-        consumer_lag_records: Mapping[str, int] | None = None,
-        dead_letters_total: int = 0,
-        deliveries: Mapping[str, DeliveryStats] | None = None,
-        extra_dropped: Mapping[str, int] | None = None,
-    ) -> HealthSnapshot:
-        """Freeze the live counters of a collect loop, consumers and Alertmanager client.
-
-        ``consumer_lag_records`` comes from ``await SampleConsumer.lag()`` per consumer,
-        ``dead_letters_total`` from ``SampleConsumer.dead_letters`` (summed), ``deliveries``
-        from :meth:`alerts.alertmanager.AlertmanagerClient.stats`.
-        """
-        dropped: Counter[str] = Counter()
-        if collect is not None:
-            dropped.update(collect.dropped)
-        if extra_dropped:
-            dropped.update(extra_dropped)
-        if collect is None:
-            return cls(
-                dropped_total=dict(dropped),
-                consumer_lag_records=dict(consumer_lag_records or {}),
-                dead_letters_total=dead_letters_total,
-                deliveries=dict(deliveries or {}),
-            )
-        return cls(
-            target_up=dict(collect.target_up),
-            target_duration_s=dict(collect.target_duration_s),
-            target_samples=dict(collect.target_samples),
-            scrapes_total=dict(collect.scrapes),
-            scrape_errors_total=dict(collect.errors),
-            samples_produced_total=collect.samples_produced,
-            records_produced_total=collect.records_produced,
-            produce_failures_total=collect.produce_failures,
-            dropped_total=dict(dropped),
-            consumer_lag_records=dict(consumer_lag_records or {}),
-            dead_letters_total=dead_letters_total,
-            deliveries=dict(deliveries or {}),
-        )
 
 
 @dataclass(frozen=True)

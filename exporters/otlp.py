@@ -20,8 +20,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
+import requests
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -61,6 +63,27 @@ def _headers(cfg: OtlpExporterConfig) -> dict[str, str]:
     return {k: v.get_secret_value() for k, v in cfg.headers.items()}
 
 
+def _path(p: Path | None) -> str | None:
+    return str(p) if p is not None else None
+
+
+class _ConfiguredCASession(requests.Session):
+    """A session whose configured CA wins over ``REQUESTS_CA_BUNDLE``.
+
+    requests lets that variable (set in many base images) replace a session's
+    ``verify`` on every request, which would silently ignore ``tls.ca_file``.
+    """
+
+    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        settings: dict[str, Any] = super().merge_environment_settings(*args, **kwargs)
+        settings["verify"] = self.verify
+        return settings
+
+
+def _session(cfg: OtlpExporterConfig) -> requests.Session | None:
+    return _ConfiguredCASession() if cfg.tls.ca_file is not None else None
+
+
 class OtlpExporter:
     """Push exporter: hands snapshots to the SDK, which exports them every ``interval_s``.
 
@@ -88,6 +111,11 @@ class OtlpExporter:
             endpoint=cfg.endpoint.rstrip("/") + METRICS_PATH,
             headers=_headers(cfg),
             timeout=cfg.timeout_s,
+            # The SDK takes file paths, not an SSL context.
+            certificate_file=_path(cfg.tls.ca_file),
+            client_certificate_file=_path(cfg.tls.cert_file),
+            client_key_file=_path(cfg.tls.key_file),
+            session=_session(cfg),
         )
         self.reader = PeriodicExportingMetricReader(
             exporter,
@@ -166,6 +194,10 @@ def tracer_provider(
         endpoint=cfg.endpoint.rstrip("/") + TRACES_PATH,
         headers=_headers(cfg),
         timeout=cfg.timeout_s,
+        certificate_file=_path(cfg.tls.ca_file),
+        client_certificate_file=_path(cfg.tls.cert_file),
+        client_key_file=_path(cfg.tls.key_file),
+        session=_session(cfg),
     )
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider

@@ -23,13 +23,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from gpuslo.pipeline.errors import InputError
+
 ENV_PREFIX = "GPUSLO_"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration that cannot be used; ``problems`` holds one line per mistake."""
-
-    retriable = False
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
@@ -162,7 +162,7 @@ class PrometheusTarget(_Model):
 
 
 class DiscoveryConfig(_Model):
-    """Targets found at run time instead of listed (see collectors.discovery)."""
+    """Targets found at run time instead of listed (see gpuslo.collectors.scrape.discovery)."""
 
     mode: Literal["kubernetes", "sidecar"] = Field(
         ...,
@@ -570,11 +570,45 @@ class OtlpExporterConfig(_Model):
     )
     traces: bool = Field(True, description="Also export pipeline stage spans.")
     service_name: str = Field("gpuslo", description="Resource attribute service.name.")
+    tls: TlsConfig = Field(
+        default_factory=TlsConfig,
+        description="TLS for an https endpoint: ca_file to verify it, cert_file/key_file for "
+        "mutual TLS. Verification is always on (the OpenTelemetry exporter has no opt-out).",
+    )
+
+    @model_validator(mode="after")
+    def _verified(self) -> OtlpExporterConfig:
+        if self.tls.insecure_skip_verify:
+            raise ValueError("tls.insecure_skip_verify is not supported for OTLP: "
+                             "give the collector's CA in tls.ca_file")
+        return self
+
+
+class WebExporterConfig(_Model):
+    enabled: bool = Field(
+        True,
+        description="Serve the status page (/ , /slo/<id>, /fleet, /api/v1/...) on the "
+        "Prometheus exporter's port; there is none when exporters.prometheus is off.",
+    )
+    history_points: int = Field(
+        720, ge=2, le=100_000,
+        description="Evaluations kept per SLO scope for the page's charts (memory bound).",
+    )
+    refresh_s: float = Field(5.0, gt=0, description="How often an open page refreshes itself.")
+    grafana_url: str = Field(
+        "",
+        pattern=r"^(https?://.*)?$",
+        description="Grafana base URL; when set, SLO pages link to gpuslo's dashboards there.",
+    )
 
 
 class ExportersConfig(_Model):
     prometheus: PrometheusExporterConfig = Field(
         default_factory=PrometheusExporterConfig, description="Prometheus /metrics endpoint."
+    )
+    web: WebExporterConfig = Field(
+        default_factory=WebExporterConfig,
+        description="The status page, served beside /metrics.",
     )
     otlp: OtlpExporterConfig = Field(
         default_factory=OtlpExporterConfig, description="OTLP/HTTP push."

@@ -20,6 +20,8 @@ from enum import StrEnum
 
 import polars as pl
 
+from gpuslo.pipeline.errors import InputError
+
 SCHEMA_VERSION = 1
 MAGIC = b"GSLO"
 
@@ -62,10 +64,8 @@ COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA.names())
 SERIES_KEY: tuple[str, ...] = ("node", "source", "metric", "entity", "labels")
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """Bytes or a frame that are not a valid sample frame of a known version."""
-
-    retriable = False
 
 
 def empty_frame() -> pl.DataFrame:

@@ -13,6 +13,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from gpuslo.pipeline.errors import InputError
+
 TargetKind = Literal["gpu", "port", "disk", "node", "osd", "service", "replica", "fleet"]
 
 _TARGET_PATTERNS: dict[str, re.Pattern[str]] = {
@@ -204,10 +206,8 @@ class FaultSpec:
         return d
 
 
-class FaultError(ValueError):
+class FaultError(InputError):
     """A fault that names an unknown kind or a target that does not exist."""
-
-    retriable = False
 
 
 def parse_target(kind: FaultKind, target: str) -> tuple[TargetKind, dict[str, str]]:

@@ -35,14 +35,18 @@ _COUNTERS = [
 ]
 
 
-def dcgm_payload(nodes: int = 8, gpus: int = 8) -> str:
-    """A dcgm-exporter-shaped payload: every family for every GPU of every node."""
+def dcgm_payload(nodes: int = 8, gpus: int = 8, first_node: int = 0) -> str:
+    """A dcgm-exporter-shaped payload: every family for every GPU of every node.
+
+    ``first_node`` numbers the nodes from there, so payloads of different nodes differ
+    in their labels (hostnames, UUIDs, pods) as real targets do.
+    """
     out: list[str] = []
     families = [(n, "gauge") for n in _GAUGES] + [(n, "counter") for n in _COUNTERS]
     for fi, (name, typ) in enumerate(families):
         out.append(f"# HELP {name} {name.lower().replace('_', ' ')}.")
         out.append(f"# TYPE {name} {typ}")
-        for node in range(nodes):
+        for node in range(first_node, first_node + nodes):
             for gpu in range(gpus):
                 uuid = f"GPU-{node:04x}{gpu:04x}-7f3c-4c2a-9a51-0c1d2e3f{fi % 7:04x}"
                 labels = (

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuslo.pipeline.broker import EmbeddedBroker
 from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
+from gpuslo.pipeline.kafka.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,13 @@ project's own build backend and no network (no build isolation), and read.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import zipfile
+import ast
 from pathlib import Path, PurePosixPath
 
 import pytest
+from wheels import repository_wheel_names
 
+from gpuslo.dashboards.catalog import JSON_DIR
 from gpuslo.slo.catalog import CATALOG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,15 +26,7 @@ AREAS = ("alerts", "anomaly", "collectors", "dashboards", "exporters", "pipeline
 
 @pytest.fixture(scope="module")
 def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(out), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
-    )
-    (wheel,) = out.glob("gpuslo-*.whl")
-    with zipfile.ZipFile(wheel) as z:
-        return z.namelist()
+    return repository_wheel_names(tmp_path_factory.mktemp("wheel"))
 
 
 def test_the_area_folders_stay_at_the_top_and_gpuslo_links_to_each() -> None:
@@ -69,3 +61,40 @@ def test_the_default_catalog_and_examples_are_package_data(wheel_names: list[str
     for name in catalog:
         assert f"gpuslo/slo/catalog/{name}" in wheel_names, name
     assert "gpuslo/alerts/examples/alertmanager.yml" in wheel_names
+
+
+def test_no_import_hides_in_a_function_but_optional_dependencies() -> None:
+    """A deferred import can hide a cycle or a layer breach from a reader; only an optional
+    dependency may be imported late, with a comment saying so just above it."""
+    offenders = []
+    for area in AREAS:
+        for path in sorted((ROOT / area).rglob("*.py")):
+            lines = path.read_text().splitlines()
+            for node in ast.walk(ast.parse("\n".join(lines))):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Import | ast.ImportFrom):
+                        above = "\n".join(lines[max(0, sub.lineno - 4):sub.lineno - 1])
+                        if "Optional dependency" not in above:
+                            offenders.append(f"{path.relative_to(ROOT)}:{sub.lineno}")
+    assert not offenders, f"imports inside functions: {offenders}"
+
+
+def test_the_dashboards_json_is_package_data(wheel_names: list[str]) -> None:
+    # `gpuslo dashboards export` writes these from an installed wheel, with no clone.
+    committed = sorted(p.name for p in JSON_DIR.glob("*.json"))
+    assert len(committed) >= 9
+    for name in committed:
+        assert f"gpuslo/dashboards/json/{name}" in wheel_names, name
+
+
+def test_the_status_page_assets_are_package_data(wheel_names: list[str]) -> None:
+    # The page must work air-gapped from an installed wheel: templates, stylesheet, script.
+    web = ROOT / "exporters" / "web"
+    shipped = sorted(p.relative_to(web).as_posix() for sub in ("templates", "static")
+                     for p in (web / sub).iterdir() if p.is_file())
+    assert {"templates/base.html.j2", "templates/report.html.j2", "static/app.css",
+            "static/app.js"} <= set(shipped)
+    for name in shipped:
+        assert f"gpuslo/exporters/web/{name}" in wheel_names, name

@@ -26,9 +26,9 @@ from gpuslo.alerts.alertmanager import (
     build_alert,
     build_alerts,
     rfc3339,
-    ssl_context,
 )
 from gpuslo.exporters.base import ExportResult, Snapshot
+from gpuslo.pipeline.auth import tls_context_from
 from gpuslo.pipeline.config import AlertmanagerConfig, BasicAuthConfig, TlsConfig
 from gpuslo.slo.alerting import AlertEvaluator, AlertStatus
 from gpuslo.slo.windows import Severity
@@ -256,8 +256,8 @@ def test_basic_and_bearer_auth_are_exclusive() -> None:
 def test_tls_context_verifies_by_default_and_can_be_told_not_to() -> None:
     import ssl
 
-    assert ssl_context(TlsConfig()).verify_mode is ssl.CERT_REQUIRED
-    insecure = ssl_context(TlsConfig(insecure_skip_verify=True))
+    assert tls_context_from(TlsConfig()).verify_mode is ssl.CERT_REQUIRED
+    insecure = tls_context_from(TlsConfig(insecure_skip_verify=True))
     assert insecure.verify_mode is ssl.CERT_NONE and not insecure.check_hostname
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from gpuslo.pipeline.cli import app
+from gpuslo.pipeline.app.cli.main import app
 from gpuslo.pipeline.config import ConfigError, load_config
 
 

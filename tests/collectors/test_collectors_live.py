@@ -13,9 +13,8 @@ import polars as pl
 import pytest
 import yaml
 
-from gpuslo.collectors.dcgm import XID_EVENT_METRIC, DcgmCollector
-from gpuslo.collectors.kvcache import KvCacheCollector
-from gpuslo.collectors.registry import build_collectors
+from gpuslo.collectors.mappings.dcgm import XID_EVENT_METRIC
+from gpuslo.collectors.registry import build_collector, build_collectors
 from gpuslo.pipeline.config import (
     ConsumerConfig,
     DcgmCollectorConfig,
@@ -23,9 +22,9 @@ from gpuslo.pipeline.config import (
     KafkaConfig,
     KvCacheCollectorConfig,
 )
-from gpuslo.pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
-from gpuslo.pipeline.runtime import CollectRunner
+from gpuslo.pipeline.kafka.client import SampleConsumer, SampleProducer, ensure_topics
 from gpuslo.pipeline.schema import label
+from gpuslo.pipeline.stages.collect import CollectRunner
 from gpuslo.simulator import Fleet, FleetServer, FleetSpec, ManualClock, ServiceSpec
 
 pytestmark = pytest.mark.integration
@@ -68,7 +67,7 @@ def one(frame: pl.DataFrame, metric: str, entity: str) -> float:
 
 async def test_dcgm_collector_signals_match_the_model(fleet_server: FleetServer) -> None:
     fleet = fleet_server.fleet
-    async with DcgmCollector(dcgm_config(fleet_server), default_node="agent") as collector:
+    async with build_collector(dcgm_config(fleet_server), default_node="agent") as collector:
         results = await collector.collect(NOW)
     assert all(r.ok for r in results), [r.error for r in results]
     frame = pl.concat([r.frame for r in results if r.frame is not None])
@@ -89,7 +88,7 @@ async def test_dcgm_collector_signals_match_the_model(fleet_server: FleetServer)
 
 
 async def test_dcgm_collector_turns_xid_changes_into_events(fleet_server: FleetServer) -> None:
-    collector = DcgmCollector(dcgm_config(fleet_server), default_node="agent")
+    collector = build_collector(dcgm_config(fleet_server), default_node="agent")
     async with collector:
         await collector.collect(NOW)  # baseline
         gpu = fleet_server.fleet.nodes[0].gpus[1]
@@ -107,7 +106,7 @@ async def test_dcgm_collector_turns_xid_changes_into_events(fleet_server: FleetS
 
 async def test_kvcache_collector_signals_match_the_model(fleet_server: FleetServer) -> None:
     fleet = fleet_server.fleet
-    async with KvCacheCollector(kv_config(fleet_server), default_node="agent") as collector:
+    async with build_collector(kv_config(fleet_server), default_node="agent") as collector:
         results = await collector.collect(NOW)
     assert all(r.ok for r in results), [r.error for r in results]
     frame = pl.concat([r.frame for r in results if r.frame is not None])
@@ -168,7 +167,7 @@ async def test_dcgm_and_kvcache_batches_land_in_kafka(
                        kv_config(fleet_server, interval_s=0.5, timeout_s=0.5).model_dump()],
     })
     collectors = build_collectors(cfg)
-    assert [type(c).__name__ for c, _ in collectors] == ["DcgmCollector", "KvCacheCollector"]
+    assert [type(c.mapping).__name__ for c, _ in collectors] == ["DcgmMapping", "KvCacheMapping"]
     stop = asyncio.Event()
     async with SampleProducer(kafka_cfg) as producer:
         runner = CollectRunner(collectors, producer, kafka_cfg.topics.samples)
@@ -210,7 +209,7 @@ async def test_gpuslo_collect_with_dcgm_and_kvcache_lands_batches(
         path.write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUSLO_")}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gpuslo.pipeline.cli", "collect", "--config", str(path),
+            sys.executable, "-m", "gpuslo.pipeline.app.cli.main", "collect", "--config", str(path),
             "--duration", "2.5", stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env)
         out, err = await asyncio.wait_for(proc.communicate(), timeout=60)

@@ -15,9 +15,10 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as om_families,
 )
 
-from gpuslo.collectors import prometheus as reference
+from gpuslo.collectors import reference
 from gpuslo.collectors.exposition import (
     ExpositionError,
+    ShapeCache,
     _om_ts_ms,
     detect_openmetrics,
     parse_exposition,
@@ -309,3 +310,33 @@ def test_shape_cache_never_returns_another_payloads_labels_or_values() -> None:
     for text in (first, values_changed, label_changed, first):
         assert_frame_equal(parse_exposition(text, openmetrics=False, **kw),
                            reference.parse_text_reference(text, **kw))
+
+
+def test_a_shape_cache_is_per_caller_and_bounded() -> None:
+    one = '# TYPE a gauge\na{x="1"} 1\n'
+    two = '# TYPE b gauge\nb{y="2"} 2\n'
+    cache = ShapeCache(capacity=1)
+    first = parse_exposition(one, openmetrics=False, shape_cache=cache, **KW)
+    again = parse_exposition(one.replace(" 1\n", " 5\n"), openmetrics=False,
+                             shape_cache=cache, **KW)
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert again["value"].to_list() == [5.0] and again.drop("value").equals(first.drop("value"))
+    parse_exposition(two, openmetrics=False, shape_cache=cache, **KW)
+    parse_exposition(one, openmetrics=False, shape_cache=cache, **KW)
+    assert len(cache) == 1 and cache.misses == 3  # capacity 1: "two" evicted "one"
+    # Without a cache nothing is kept between calls (no process-wide state).
+    other = ShapeCache()
+    parse_exposition(one, openmetrics=False, **KW)
+    parse_exposition(one, openmetrics=False, shape_cache=other, **KW)
+    assert other.misses == 1 and other.hits == 0
+
+
+@pytest.mark.parametrize("line", [
+    "h {sum:2,schema:0}",  # a native-histogram-like value missing its count (fuzz finding)
+    "h {count:3,sum:2,schema:0}",
+    'h{le="1"} {sum:2}',
+])
+def test_a_malformed_openmetrics_histogram_value_is_an_exposition_error(line: str) -> None:
+    text = f"# TYPE h histogram\n{line}\n# EOF\n"
+    with pytest.raises(ExpositionError, match="line 2"):
+        parse_exposition(text, openmetrics=True, **KW)

@@ -26,7 +26,7 @@ from gpuslo.collectors.history import (
     is_exposition_file,
     read_exposition,
 )
-from gpuslo.pipeline.cli import app
+from gpuslo.pipeline.app.cli.main import app
 from gpuslo.pipeline.schema import frame_from_rows
 from gpuslo.slo.catalog import CATALOG_DIR
 

@@ -10,7 +10,9 @@ import polars as pl
 import pytest
 from aiohttp import web
 
-from gpuslo.collectors.prometheus import PrometheusCollector, parse_text, parse_text_reference
+from gpuslo.collectors.exposition import parse_text
+from gpuslo.collectors.reference import parse_text_reference
+from gpuslo.collectors.registry import build_collector
 from gpuslo.pipeline.config import PrometheusCollectorConfig
 from gpuslo.pipeline.schema import SAMPLE_SCHEMA, Kind
 
@@ -94,7 +96,7 @@ async def targets() -> AsyncIterator[str]:
 
 
 async def test_bad_targets_fail_alone_with_a_reason(targets: str) -> None:
-    from gpuslo.pipeline.broker import free_port
+    from gpuslo.pipeline.kafka.broker import free_port
 
     dead = f"http://127.0.0.1:{free_port()}/metrics"
     cfg = PrometheusCollectorConfig(
@@ -103,7 +105,7 @@ async def test_bad_targets_fail_alone_with_a_reason(targets: str) -> None:
         interval_s=5,
         timeout_s=0.5,
     )
-    async with PrometheusCollector(cfg, default_node="n1") as collector:
+    async with build_collector(cfg, default_node="n1") as collector:
         started = asyncio.get_running_loop().time()
         results = await collector.collect(NOW)
         elapsed = asyncio.get_running_loop().time() - started

@@ -19,10 +19,8 @@ import yaml
 from aiohttp import web
 
 from gpuslo.collectors.base import Collector
-from gpuslo.collectors.engine import ERRORS, SERIES_ERRORS, UP
-from gpuslo.collectors.kubelet import KubeletCollector
-from gpuslo.collectors.rdma import RdmaCollector
-from gpuslo.collectors.registry import build_collectors
+from gpuslo.collectors.registry import build_collector, build_collectors
+from gpuslo.collectors.scrape.engine import ERRORS, SERIES_ERRORS, UP
 from gpuslo.pipeline.config import (
     ConfigError,
     ConsumerConfig,
@@ -33,9 +31,9 @@ from gpuslo.pipeline.config import (
     StorageCollectorConfig,
     load_config,
 )
-from gpuslo.pipeline.kafka import SampleConsumer, SampleProducer, ensure_topics
-from gpuslo.pipeline.runtime import CollectRunner
+from gpuslo.pipeline.kafka.client import SampleConsumer, SampleProducer, ensure_topics
 from gpuslo.pipeline.schema import label
+from gpuslo.pipeline.stages.collect import CollectRunner
 from gpuslo.simulator import Fleet, FleetServer, FleetSpec, ManualClock, ServiceSpec
 
 pytestmark = pytest.mark.integration
@@ -124,9 +122,8 @@ async def test_rdma_kubelet_storage_batches_reach_kafka_mapped(
 ) -> None:
     cfg = GpusloConfig.model_validate({"node": "agent", "collectors": collectors_for(fleet_server)})
     collectors = build_collectors(cfg)
-    assert [type(c).__name__ for c, _ in collectors] == [
-        "RdmaCollector", "RdmaCollector", "KubeletCollector", "StorageCollector",
-        "StorageCollector"]
+    assert [type(c.mapping).__name__ for c, _ in collectors] == [
+        "RdmaMapping", "RdmaMapping", "KubeletMapping", "StorageMapping", "StorageMapping"]
     runner = await run_collectors(collectors, kafka_cfg, 1.6)
     assert runner.stats.samples_produced > 0 and not runner.stats.errors, runner.stats.errors
     frame = await consume_all(kafka_cfg, consumer_cfg, "sources", runner.stats.samples_produced)
@@ -205,7 +202,7 @@ async def test_gpuslo_collect_runs_rdma_kubelet_storage(
         path.write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUSLO_")}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gpuslo.pipeline.cli", "collect", "--config", str(path),
+            sys.executable, "-m", "gpuslo.pipeline.app.cli.main", "collect", "--config", str(path),
             "--duration", "2.5", stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env)
         out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
@@ -235,7 +232,7 @@ async def test_missing_sysfs_root_and_broken_files_are_reported_not_fatal(
         "interval_s": 0.3, "timeout_s": 0.3,
         "sysfs": [{"path": str(missing), "node": "n-missing"},
                   {"path": str(broken), "node": "n-broken"}]})
-    async with RdmaCollector(cfg, default_node="agent") as collector:
+    async with build_collector(cfg, default_node="agent") as collector:
         results = {r.node: r for r in await collector.collect(NOW)}
     gone = results["n-missing"]
     assert not gone.ok and gone.error_reason == "missing" and str(missing) in (gone.error or "")
@@ -256,7 +253,7 @@ async def test_missing_sysfs_root_and_broken_files_are_reported_not_fatal(
     assert "infiniband_port_rate_gbps" not in names and "infiniband_port_state" in names
 
     # Through the runner: the dead root is counted, the process carries on.
-    runner = await run_collectors([(RdmaCollector(cfg, default_node="agent"), 0.3)],
+    runner = await run_collectors([(build_collector(cfg, default_node="agent"), 0.3)],
                                   kafka_cfg, 0.8)
     assert any(reason == "missing" for (_t, reason) in runner.stats.errors)
     assert runner.stats.samples_produced > 0
@@ -317,7 +314,7 @@ async def test_kubelet_https_with_token_and_ca(
     caplog.set_level(logging.DEBUG)
 
     cfg = KubeletCollectorConfig.model_validate({**common, "ca_file": str(cert)})
-    async with KubeletCollector(cfg, default_node="n1") as collector:
+    async with build_collector(cfg, default_node="n1") as collector:
         results = {r.target.rsplit("/", 1)[-1]: r for r in await collector.collect(NOW)}
         assert all(r.ok for r in results.values()), [r.error for r in results.values()]
         assert seen[-1] == f"Bearer {TOKEN_A}"
@@ -338,17 +335,17 @@ async def test_kubelet_https_with_token_and_ca(
         assert seen[-1] == f"Bearer {TOKEN_B}"
 
     no_ca = KubeletCollectorConfig.model_validate(common)
-    async with KubeletCollector(no_ca, default_node="n1") as collector:
+    async with build_collector(no_ca, default_node="n1") as collector:
         failed = await collector.collect(NOW)
     assert {r.error_reason for r in failed} == {"tls"}
     assert all("verif" in (r.error or "") for r in failed)
 
     insecure = KubeletCollectorConfig.model_validate({**common, "insecure_skip_verify": True})
-    async with KubeletCollector(insecure, default_node="n1") as collector:
+    async with build_collector(insecure, default_node="n1") as collector:
         assert all(r.ok for r in await collector.collect(NOW))
 
     token.unlink()  # no token at all: the scrape fails with reason token, naming the path
-    async with KubeletCollector(cfg, default_node="n1") as collector:
+    async with build_collector(cfg, default_node="n1") as collector:
         gone = await collector.collect(NOW)
     assert {r.error_reason for r in gone} == {"token"}
     assert all(str(token) in (r.error or "") for r in gone)

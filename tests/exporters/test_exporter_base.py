@@ -3,7 +3,6 @@ and self-health taken from the collect loop's live counters."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Literal
@@ -13,10 +12,8 @@ from report_builders import snapshot
 
 from gpuslo.alerts.alertmanager import AlertmanagerClient
 from gpuslo.exporters.base import (
-    DeliveryStats,
     ExportHub,
     ExportResult,
-    HealthSnapshot,
     InMemoryExporter,
     PullExporter,
     PushExporter,
@@ -24,9 +21,9 @@ from gpuslo.exporters.base import (
 )
 from gpuslo.exporters.otlp import OtlpExporter
 from gpuslo.exporters.prometheus import PrometheusExporter
-from gpuslo.exporters.registry import EXPORTERS, build_exporters
+from gpuslo.exporters.web.page import StatusPage
+from gpuslo.pipeline.app.wiring import EXPORTERS, build_exporters
 from gpuslo.pipeline.config import load_config
-from gpuslo.pipeline.runtime import CollectStats
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -80,9 +77,12 @@ def test_the_kinds_are_protocols_the_real_exporters_satisfy() -> None:
 
 
 def test_the_registry_builds_what_the_config_switches_on() -> None:
-    assert set(EXPORTERS) == {"prometheus", "otlp", "alertmanager"}
+    assert set(EXPORTERS) == {"prometheus", "web", "otlp", "alertmanager"}
     cfg = load_config(environ={})
-    assert [type(e) for e in build_exporters(cfg)] == [PrometheusExporter]
+    # The status page rides on the Prometheus exporter's port: on with it, off without it.
+    default = build_exporters(cfg)
+    assert [type(e) for e in default] == [PrometheusExporter, StatusPage]
+    assert isinstance(default[1], StatusPage) and default[1].mounted
     cfg = load_config(environ={
         "GPUSLO_EXPORTERS__OTLP__ENABLED": "true",
         "GPUSLO_EXPORTERS__PROMETHEUS__ENABLED": "false",
@@ -95,20 +95,3 @@ def test_the_registry_builds_what_the_config_switches_on() -> None:
     otlp.provider.shutdown()
 
 
-def test_health_is_frozen_from_the_runtime_counters() -> None:
-    stats = CollectStats()
-    stats.target_up["t1"] = True
-    stats.target_duration_s["t1"] = 0.5
-    stats.samples_produced = 10
-    stats.dropped.update({"queue_full": 2})
-    stats.errors[("t2", "timeout")] += 1
-    h = HealthSnapshot.from_runtime(
-        stats, consumer_lag_records={"gpuslo-sli": 3}, dead_letters_total=1,
-        deliveries={"http://am": DeliveryStats(1, 0, 0, 0)}, extra_dropped={"late": 4})
-    stats.samples_produced = 99  # later changes do not leak into the snapshot
-    stats.dropped["queue_full"] = 50
-    assert h.samples_produced_total == 10
-    assert h.dropped_total == Counter({"queue_full": 2, "late": 4})
-    assert h.scrape_errors_total == {("t2", "timeout"): 1}
-    assert h.consumer_lag_records == {"gpuslo-sli": 3}
-    assert HealthSnapshot.from_runtime(None, dead_letters_total=2).dead_letters_total == 2

@@ -3,9 +3,12 @@ SLO figures with the values the engine computed; stage spans link across Kafka h
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -176,3 +179,42 @@ async def test_spans_reach_the_otlp_endpoint(collector: Collector) -> None:
     names = [s.name for req in collector.traces for rs in req.resource_spans
              for ss in rs.scope_spans for s in ss.spans]
     assert names == [cv.SPAN_STAGE2]
+
+
+async def test_https_endpoint_is_verified_against_the_configured_ca(
+    tls_files: tuple[Path, Path],
+) -> None:
+    cert, key = tls_files
+    c = Collector()
+    app = web.Application()
+    app.router.add_post("/v1/metrics", c.on_metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx).start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        trusted = OtlpExporter(OtlpExporterConfig(
+            enabled=True, endpoint=url, interval_s=60, timeout_s=5, traces=False,
+            service_name="trusted", tls={"ca_file": cert}))
+        untrusted = OtlpExporter(OtlpExporterConfig(
+            enabled=True, endpoint=url, interval_s=60, timeout_s=2, traces=False,
+            service_name="untrusted"))
+        snap = snapshot(datetime.now(UTC), burn_rate=2.0)
+        for exporter in (trusted, untrusted):
+            await exporter.export(snap)
+            await asyncio.to_thread(exporter.reader.force_flush, 5000)
+            await exporter.shutdown()
+        # Only the exporter that trusted the server's CA got through (even with
+        # REQUESTS_CA_BUNDLE pointing elsewhere, as in many base images).
+        senders = {_attrs(m.resource_metrics[0].resource.attributes)["service.name"]
+                   for m in c.metrics}
+        assert senders == {"trusted"}
+    finally:
+        await runner.cleanup()
+
+
+def test_tls_verification_cannot_be_switched_off_for_otlp() -> None:
+    with pytest.raises(ValueError, match="insecure_skip_verify is not supported for OTLP"):
+        OtlpExporterConfig(enabled=True, endpoint="https://x", tls={"insecure_skip_verify": True})

@@ -9,8 +9,8 @@ import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from gpuslo.collectors.prometheus import parse_text
-from gpuslo.pipeline.demo import PROMETHEUS_KINDS
+from gpuslo.collectors.exposition import parse_text
+from gpuslo.pipeline.app.fleet_targets import PROMETHEUS_KINDS
 from gpuslo.simulator import Fleet, FleetSpec, ServiceSpec, TrainingSpec
 from gpuslo.simulator.endpoints import Endpoint, endpoints
 

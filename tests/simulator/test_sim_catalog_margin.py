@@ -26,7 +26,10 @@ import polars as pl
 import pytest
 from sim_helpers import catalog_endpoints, scrape
 
-from gpuslo.pipeline.demo import collectors_for_targets, demo_spec_paths
+from gpuslo.collectors.registry import build_collectors
+from gpuslo.pipeline.app.demo import demo_spec_paths
+from gpuslo.pipeline.app.fleet_targets import collector_configs
+from gpuslo.pipeline.config import GpusloConfig
 from gpuslo.simulator import Fleet, FleetServer, FleetSpec, ManualClock
 from gpuslo.slo.budget import SliState, Stage2State
 from gpuslo.slo.sli import Stage1State
@@ -99,7 +102,8 @@ async def test_collectors_pass_the_catalog_series_through(specs: list[SloSpec]) 
 
     clock = ManualClock(fleet.t)
     async with FleetServer(fleet, clock) as srv, contextlib.AsyncExitStack() as stack:
-        collectors = collectors_for_targets(srv.targets(), SCRAPE_S)
+        collectors = build_collectors(GpusloConfig(
+            node="demo", collectors=collector_configs(srv.targets(), SCRAPE_S)))
         for c, _ in collectors:
             if isinstance(c, contextlib.AbstractAsyncContextManager):
                 await stack.enter_async_context(c)

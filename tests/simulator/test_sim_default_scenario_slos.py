@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sim_helpers import catalog_endpoints, scrape
 
-from gpuslo.pipeline.demo import demo_spec_paths
+from gpuslo.pipeline.app.demo import demo_spec_paths
 from gpuslo.simulator.entities import CLOCK_SW_THERMAL
 from gpuslo.simulator.faults import FaultSpec
 from gpuslo.simulator.fleet import HW_THERMAL_C, SW_THERMAL_C

@@ -1,0 +1,321 @@
+"""SLO commands: ``aggregate``, ``rules``, ``replay`` and ``validate-specs``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import polars as pl
+import typer
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from gpuslo.collectors.history import OpenMetricsInputError, read_history
+from gpuslo.exporters.base import ExportHub, Snapshot
+from gpuslo.exporters.prometheus import PrometheusExporter
+from gpuslo.exporters.web import render
+from gpuslo.exporters.web.page import StatusPage
+from gpuslo.exporters.web.replay import replay_source
+from gpuslo.pipeline.aio import run_until
+from gpuslo.pipeline.app.cli.common import (
+    ConfigOption,
+    DurationOption,
+    console,
+    err_console,
+    fail,
+    load_or_exit,
+    run_async,
+)
+from gpuslo.pipeline.app.keys import key_presses
+from gpuslo.pipeline.app.views.fit import FitStack
+from gpuslo.pipeline.app.views.slo import SloExpander, SloStatusView, report_table
+from gpuslo.pipeline.app.wiring import aggregation, dashboard_links, status_page_url
+from gpuslo.pipeline.config import PrometheusExporterConfig, WebExporterConfig
+from gpuslo.pipeline.kafka.servers import kafka_servers
+from gpuslo.pipeline.schema import SchemaError
+from gpuslo.pipeline.stages.board import BoardSnapshot
+from gpuslo.slo.backtest import BacktestReport, backtest
+from gpuslo.slo.rules import generate, render_prometheus_rule, render_rules_file
+from gpuslo.slo.spec import SloSpec, SpecError, load_specs, parse_duration
+
+SpecsArg = Annotated[
+    list[Path], typer.Argument(help="OpenSLO spec files or directories of *.yaml files.")
+]
+
+
+def _specs(paths: Sequence[Path]) -> list[SloSpec]:
+    """Load specs or exit 2 listing every problem with its path."""
+    try:
+        specs = load_specs(paths)
+    except SpecError as exc:
+        err_console.print(f"[red]invalid SLO specs[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    if not specs:
+        err_console.print(f"[red]no SLOs found in[/] {', '.join(map(str, paths))}")
+        raise typer.Exit(2)
+    return specs
+
+
+def _read_replay_input(path: Path) -> pl.DataFrame:
+    """The replay's samples, with a progress bar over the bytes read."""
+    with Progress(
+        TextColumn("reading"), BarColumn(), DownloadColumn(), console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("read", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        return read_history(path, progress=advance)
+
+
+def write_board_json(path: Path, snap: BoardSnapshot) -> None:
+    """Write one evaluation as JSON, atomically (a reader never sees a torn file).
+
+    For scripts and tests that watch a running ``gpuslo aggregate`` without
+    scraping its exporters: the file always holds one whole evaluation.
+    """
+    doc = {
+        "version": snap.version,
+        "evaluated_at": snap.evaluated_at.isoformat() if snap.evaluated_at else None,
+        "reports": [r.to_dict() for r in snap.reports],
+        "alerts": [a.to_dict() for a in snap.alerts],
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def validate_specs(paths: SpecsArg) -> None:
+    """Check OpenSLO spec files; list every problem with its path and exit non-zero if any."""
+    try:
+        specs = load_specs(paths)
+    except SpecError as exc:
+        err_console.print(f"[red]invalid[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    console.print(f"ok: {len(specs)} SLO(s): {', '.join(s.id for s in specs)}")
+
+
+def rules(
+    specs: SpecsArg,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+    prometheus_rule: Annotated[
+        bool, typer.Option("--prometheus-rule", help="Emit a PrometheusRule resource.")
+    ] = False,
+    namespace: Annotated[
+        str | None, typer.Option(help="Namespace of the PrometheusRule.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Name of the PrometheusRule.")] = "gpuslo-slos",
+) -> None:
+    """Generate Sloth-compatible Prometheus recording and alerting rules."""
+    report = generate(_specs(specs))
+    for skip in report.skipped:
+        err_console.print(f"skipped {skip.slo_id}: {skip.reason}", highlight=False)
+    if not report.groups:
+        err_console.print("[red]no SLO has a PromQL form[/]: nothing to write")
+        raise typer.Exit(1)
+    text = (
+        render_prometheus_rule(report, name, namespace)
+        if prometheus_rule
+        else render_rules_file(report)
+    )
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        err_console.print(
+            f"wrote {len(report.groups)} rule groups for {len(report.slo_ids)} SLO(s) "
+            f"to {output}", highlight=False,
+        )
+
+
+def replay(
+    specs: SpecsArg,
+    samples: Annotated[
+        Path, typer.Option(
+            "--samples", "-s",
+            help="Parquet or Arrow IPC sample frames, or OpenMetrics / Prometheus text "
+                 "with timestamps (.om, .txt; detected by extension or content).",
+        )
+    ],
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the full JSON report here ('-': stdout)."),
+    ] = None,
+    step: Annotated[str, typer.Option(help="Evaluation step (e.g. 1m, 5m).")] = "1m",
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write a self-contained HTML report (charts of every SLO "
+                                    "scope with its alert episodes) to this file."),
+    ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Then serve the result as a status page "
+                                           "(and /metrics) until Ctrl-C.")
+    ] = False,
+    host: Annotated[str, typer.Option(help="Address --serve listens on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="Port --serve listens on (0: any free port).", min=0, max=65535)
+    ] = 9464,
+) -> None:
+    """Backtest specs over recorded samples: SLIs, budgets, and when alerts would fire."""
+    slos = _specs(specs)
+    try:
+        step_td = parse_duration(step)
+    except ValueError as exc:
+        err_console.print(f"[red]bad --step[/] {exc}")
+        raise typer.Exit(2) from exc
+    try:
+        frame = _read_replay_input(samples)
+    except (SchemaError, OpenMetricsInputError) as exc:
+        err_console.print(f"[red]cannot replay[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    if frame.height == 0:
+        err_console.print(f"[red]no samples in[/] {samples}")
+        raise typer.Exit(2)
+    with Progress(
+        TextColumn("replaying"), BarColumn(), TextColumn("{task.fields[at]}"),
+        TimeRemainingColumn(), console=err_console, transient=True,
+    ) as progress:
+        first: datetime = frame["ts"].min()  # type: ignore[assignment]
+        last: datetime = frame["ts"].max()  # type: ignore[assignment]
+        span = max((last - first).total_seconds(), 1.0)
+        task = progress.add_task("replay", total=span, at="")
+
+        def advance(t: datetime, end: datetime) -> None:
+            progress.update(task, completed=min(span, (t - first).total_seconds()),
+                            at=t.strftime("%Y-%m-%d %H:%M"))
+
+        result = backtest(slos, frame, step=step_td, progress=advance)
+    out = console if json_out is None or str(json_out) != "-" else err_console
+    out.print(report_table(result.final, (), result.end))
+    for a in result.alerts:
+        scope = ",".join(f"{k}={v}" for k, v in sorted(a.scope.items()))
+        out.print(
+            f"{a.severity.value} {a.slo_id} {{{scope}}} fired {a.fired_at:%Y-%m-%d %H:%M}, "
+            + (f"resolved {a.resolved_at:%Y-%m-%d %H:%M}" if a.resolved_at
+               else "still firing at the end"),
+            highlight=False,
+        )
+    if json_out is not None:
+        text = json.dumps(result.to_dict(), indent=2)
+        if str(json_out) == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            json_out.write_text(text + "\n", encoding="utf-8")
+    title = f"{samples.name}, {len(slos)} SLO(s)"
+    if html is not None:
+        write_replay_html(html, result, slos, title,
+                          {"samples": str(samples), "specs": " ".join(map(str, specs)),
+                           "step": step})
+        out.print(f"HTML report: {html}", highlight=False)
+    if serve:
+        run_async(lambda stop: serve_replay(result, slos, title, host, port, stop))
+
+
+def write_replay_html(path: Path, result: BacktestReport, specs: Sequence[SloSpec], title: str,
+                      inputs: dict[str, str]) -> None:
+    """One self-contained HTML file of the backtest, written atomically."""
+    text = render.report(replay_source(result, specs, title), command="gpuslo replay",
+                         inputs=inputs)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+async def serve_replay(result: BacktestReport, specs: Sequence[SloSpec], title: str, host: str,
+                       port: int, stop: asyncio.Event) -> None:
+    """Serve a finished backtest: the status page over its series, /metrics of its end."""
+    http = PrometheusExporter(PrometheusExporterConfig(host=host, port=port))
+    page = StatusPage(WebExporterConfig(), title=title, dashboards=dashboard_links(),
+                      source=replay_source(result, specs, title))
+    page.mount(http.app)
+    try:
+        hub = await ExportHub([http, page]).start()
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port} (use --port 0 for any free port):",
+                   exc) from None
+    try:
+        await hub.publish(Snapshot.build(reports=result.final, taken_at=result.end,
+                                         specs=specs))
+        console.print(f"serving the replay at [bold]{status_page_url(hub)}[/]; Ctrl-C stops",
+                      highlight=False)
+        await stop.wait()
+    finally:
+        await hub.shutdown()
+
+
+def aggregate(
+    config: ConfigOption = None,
+    specs: Annotated[
+        list[Path] | None,
+        typer.Option("--specs", help="Spec files or directories (default: slo.specs)."),
+    ] = None,
+    duration: DurationOption = None,
+    report_json: Annotated[
+        Path | None,
+        typer.Option("--report-json",
+                     help="Keep the latest reports and alerts in this JSON file "
+                          "(replaced atomically on every tick)."),
+    ] = None,
+) -> None:
+    """Run SLO stage 1 and stage 2 in one process and show a live table of SLO reports."""
+    cfg = load_or_exit(config)
+    paths = specs or cfg.slo.specs
+    if not paths:
+        err_console.print("[red]no SLO specs[/]: set slo.specs or pass --specs")
+        raise typer.Exit(2)
+    slos = _specs(paths)
+
+    async def main(stop: asyncio.Event) -> None:
+        t = cfg.kafka.topics
+        async with kafka_servers(cfg.kafka, [t.samples, t.sli, t.dlq]) as servers, \
+                aggregation(cfg, slos, servers) as agg:
+            console.print(f"aggregating {len(slos)} SLO(s) from {t.samples} on {servers}; "
+                          f"exporters: {', '.join(e.name for e in agg.hub.exporters) or 'none'}")
+            if agg.page_url is not None:
+                console.print(f"status page: [bold]{agg.page_url}[/]", highlight=False)
+            expander = SloExpander()
+            specs_by_id = {s.id: s for s in slos}
+
+            def view() -> FitStack:
+                latest = agg.hub.latest  # the published snapshot carries causes
+                if latest is not None:
+                    when = max((r.evaluated_at for r in latest.reports), default=None)
+                    return FitStack([SloStatusView.of(
+                        latest.reports, latest.alerts, when, specs=latest.specs,
+                        rca=latest.rca, expander=expander)])
+                b = agg.engine.board.latest()
+                return FitStack([SloStatusView.of(b.reports, b.alerts, b.evaluated_at,
+                                                  specs=specs_by_id, expander=expander)])
+
+            with Live(view(), console=console, refresh_per_second=2) as live, \
+                    key_presses(expander.press):
+
+                async def show() -> None:
+                    version = 0
+                    while not stop.is_set():
+                        snap = await agg.engine.board.wait(version, 0.5)
+                        live.update(view())  # also after a key press
+                        if snap.version != version:
+                            version = snap.version
+                            if report_json is not None:
+                                write_board_json(report_json, snap)
+
+                await run_until(stop, duration, agg.run(stop), show())
+
+    run_async(main)

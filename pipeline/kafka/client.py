@@ -1,0 +1,514 @@
+"""Kafka transport for sample frames (aiokafka).
+
+Producer: one Kafka record per batch, never one per sample (per-record Python
+overhead dominates aiokafka throughput), split so no record exceeds
+``kafka.max_record_bytes``, compressed, ``acks=all``, idempotence as
+configured.
+
+Consumer: a consumer group with auto-commit off.  :meth:`SampleConsumer.poll`
+returns decoded batches; the caller applies them durably and only then calls
+:meth:`SampleConsumer.commit`.  A crash in between re-delivers the batches
+(at-least-once); downstream application is idempotent.  A record that cannot
+be decoded goes to the dead-letter topic with the reason in a header, and is
+returned marked dead so that committing moves past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol
+
+import polars as pl
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
+from aiokafka.helpers import create_ssl_context
+
+from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
+from gpuslo.pipeline.errors import GpusloError
+from gpuslo.pipeline.schema import SCHEMA_VERSION, SchemaError, decode, encode, split
+
+log = logging.getLogger(__name__)
+
+HEADER_SCHEMA = "gpuslo-schema-version"
+HEADER_BATCH = "gpuslo-batch-id"
+HEADER_PART = "gpuslo-part"
+HEADER_DLQ_REASON = "gpuslo-dlq-reason"
+HEADER_DLQ_ORIGIN = "gpuslo-dlq-origin"
+
+# Key, headers and record framing on top of the value, with room to spare.
+_RECORD_OVERHEAD = 1024
+
+
+class TransportError(GpusloError):
+    """A Kafka operation failed; ``retriable`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retriable: bool) -> None:
+        super().__init__(message, retriable=retriable)
+
+
+def client_options(cfg: KafkaConfig, bootstrap_servers: str | None = None) -> dict[str, Any]:
+    """Connection settings shared by producer, consumer and admin client."""
+    servers = bootstrap_servers or cfg.bootstrap_servers
+    if not servers:
+        raise TransportError(
+            "no Kafka bootstrap servers: set kafka.bootstrap_servers or start the embedded broker",
+            retriable=False,
+        )
+    opts: dict[str, Any] = {
+        "bootstrap_servers": servers,
+        "client_id": cfg.client_id,
+        "request_timeout_ms": cfg.request_timeout_ms,
+        "security_protocol": cfg.security_protocol,
+    }
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_context"] = create_ssl_context(
+            cafile=str(cfg.ssl_cafile) if cfg.ssl_cafile else None
+        )
+    if cfg.security_protocol.startswith("SASL"):
+        opts["sasl_mechanism"] = cfg.sasl_mechanism
+        opts["sasl_plain_username"] = cfg.sasl_username
+        opts["sasl_plain_password"] = (
+            cfg.sasl_password.get_secret_value() if cfg.sasl_password else None
+        )
+    return opts
+
+
+async def ensure_topics(
+    cfg: KafkaConfig,
+    names: Iterable[str],
+    *,
+    bootstrap_servers: str | None = None,
+    partitions: int | None = None,
+) -> list[str]:
+    """Create the topics that do not exist yet; return the ones created."""
+    admin = AIOKafkaAdminClient(**client_options(cfg, bootstrap_servers))
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        wanted = [n for n in dict.fromkeys(names) if n not in existing]
+        if not wanted:
+            return []
+        new = [
+            NewTopic(
+                n,
+                num_partitions=partitions or cfg.partitions,
+                replication_factor=cfg.replication_factor,
+            )
+            for n in wanted
+        ]
+        with contextlib.suppress(TopicAlreadyExistsError):  # lost a race with another creator
+            await admin.create_topics(new)
+        log.info("created topics %s", wanted)
+        return wanted
+    except KafkaError as exc:
+        raise TransportError(
+            f"cannot create topics {list(names)}: {type(exc).__name__}: {exc}",
+            retriable=getattr(exc, "retriable", False),
+        ) from exc
+    finally:
+        await admin.close()
+
+
+def split_encoded(frame: pl.DataFrame, max_bytes: int) -> list[bytes]:
+    """Encode ``frame`` as one or more values, each at most ``max_bytes`` long.
+
+    The row count per piece is estimated from the encoded size and halved
+    until every piece fits, so a frame with a few very wide rows still splits.
+
+    Raises:
+        SchemaError: a single row alone exceeds ``max_bytes``.
+    """
+    whole = encode(frame)
+    if len(whole) <= max_bytes:
+        return [whole]
+    rows = max(1, math.floor(frame.height * (max_bytes / len(whole)) * 0.9))
+    while True:
+        pieces = [encode(p) for p in split(frame, rows)]
+        if all(len(p) <= max_bytes for p in pieces):
+            return pieces
+        if rows == 1:
+            raise SchemaError(f"one sample row encodes to more than {max_bytes} bytes")
+        rows = max(1, rows // 2)
+
+
+@dataclass(frozen=True)
+class SentRecord:
+    topic: str
+    partition: int
+    offset: int
+    value_bytes: int
+
+
+class SampleProducer:
+    """Produce sample frames (and raw records) with the configured durability."""
+
+    def __init__(self, cfg: KafkaConfig, *, bootstrap_servers: str | None = None) -> None:
+        self.cfg = cfg
+        self._bootstrap = bootstrap_servers
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> SampleProducer:
+        if self._producer is not None:
+            return self
+        cfg = self.cfg
+        producer = AIOKafkaProducer(
+            **client_options(cfg, self._bootstrap),
+            acks="all",
+            enable_idempotence=cfg.enable_idempotence,
+            compression_type=None if cfg.compression_type == "none" else cfg.compression_type,
+            linger_ms=cfg.linger_ms,
+            max_request_size=cfg.max_record_bytes + _RECORD_OVERHEAD,
+            max_batch_size=max(16384, cfg.max_record_bytes + _RECORD_OVERHEAD),
+        )
+        await _start_client(
+            producer, f"connect producer to {self._bootstrap or cfg.bootstrap_servers}"
+        )
+        self._producer = producer
+        return self
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def __aenter__(self) -> SampleProducer:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def send_frame(self, topic: str, key: str, frame: pl.DataFrame) -> list[SentRecord]:
+        """Send one frame as one record, or as several when it exceeds the record limit.
+
+        All pieces share a batch id header and go to one partition (same key),
+        in order.  Returns once every piece is acknowledged by all in-sync
+        replicas.
+        """
+        pieces = split_encoded(frame, self.cfg.max_record_bytes)
+        batch_id = uuid.uuid4().hex.encode()
+        total = len(pieces)
+        records = [
+            (
+                value,
+                [
+                    (HEADER_SCHEMA, str(SCHEMA_VERSION).encode()),
+                    (HEADER_BATCH, batch_id),
+                    (HEADER_PART, f"{i + 1}/{total}".encode()),
+                ],
+            )
+            for i, value in enumerate(pieces)
+        ]
+        return await self.send_many(topic, key, records)
+
+    async def send_many(
+        self,
+        topic: str,
+        key: str,
+        records: Sequence[tuple[bytes, list[tuple[str, bytes]]]],
+    ) -> list[SentRecord]:
+        """Send raw ``(value, headers)`` records under one key; wait for all acks."""
+        if self._producer is None:
+            raise TransportError("producer is not started", retriable=False)
+        key_bytes = key.encode()
+        producer = self._producer
+
+        async def send_all() -> list[Any]:
+            futures = [
+                await producer.send(topic, value, key=key_bytes, headers=headers)
+                for value, headers in records
+            ]
+            return list(await asyncio.gather(*futures))
+
+        # aiokafka has no max.block.ms: bound the whole send so a dead broker
+        # surfaces as a retriable error instead of a hang.
+        # The task is abandoned (cancelled, not awaited) on timeout because
+        # aiokafka's metadata wait can outlive a cancellation request.
+        limit_s = 2 * self.cfg.request_timeout_ms / 1000
+        task = asyncio.ensure_future(send_all())
+        done, _ = await asyncio.wait({task}, timeout=limit_s)
+        if not done:
+            task.cancel()
+            task.add_done_callback(_consume_result)
+            raise TransportError(
+                f"produce to {topic!r} not acknowledged within {limit_s:g}s", retriable=True
+            )
+        try:
+            metas = task.result()
+        except KafkaError as exc:
+            raise TransportError(
+                f"produce to {topic!r} failed: {type(exc).__name__}: {exc}",
+                retriable=bool(getattr(exc, "retriable", False))
+                or isinstance(exc, (KafkaConnectionError, KafkaTimeoutError)),
+            ) from exc
+        return [
+            SentRecord(m.topic, m.partition, m.offset, len(v))
+            for m, (v, _) in zip(metas, records, strict=True)
+        ]
+
+
+async def _start_client(client: AIOKafkaProducer | AIOKafkaConsumer, what: str) -> None:
+    """Start an aiokafka client; on failure release it and raise a retriable error."""
+    try:
+        await client.start()
+    except KafkaError as exc:
+        await client.stop()
+        raise TransportError(f"cannot {what}: {type(exc).__name__}: {exc}", retriable=True) from exc
+
+
+def _consume_result(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome so asyncio does not log it as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
+@dataclass(frozen=True)
+class ConsumedBatch:
+    """One Kafka record: a decoded frame, or a dead record already sent to the DLQ."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    timestamp_ms: int
+    headers: dict[str, bytes] = field(default_factory=dict)
+    frame: pl.DataFrame | None = None
+    error: str | None = None
+
+    @property
+    def dead(self) -> bool:
+        return self.frame is None
+
+    @property
+    def batch_id(self) -> str | None:
+        raw = self.headers.get(HEADER_BATCH)
+        return raw.decode() if raw is not None else None
+
+
+class RebalanceHandler(Protocol):
+    """Told when partitions change hands, for callers that keep per-partition state."""
+
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Partitions leaving this member: flush their state now."""
+
+    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Partitions joining this member: restore their state now."""
+
+
+class _Listener(ConsumerRebalanceListener):
+    """aiokafka's listener over a :class:`RebalanceHandler` (keeps aiokafka here)."""
+
+    def __init__(self, handler: RebalanceHandler) -> None:
+        self._handler = handler
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._handler.on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._handler.on_assigned(list(assigned))
+
+
+class SampleConsumer:
+    """A group member reading sample frames with explicit, caller-driven commits."""
+
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        consumer_cfg: ConsumerConfig,
+        topics: Sequence[str],
+        *,
+        group_id: str | None = None,
+        bootstrap_servers: str | None = None,
+        dlq: SampleProducer | None = None,
+        decoder: Callable[[bytes], pl.DataFrame] = decode,
+        rebalance: RebalanceHandler | None = None,
+    ) -> None:
+        """``decoder`` turns a record value into a frame (raising :class:`SchemaError`
+        dead-letters it): other frame types than samples travel the same way.
+        ``rebalance`` is told of partition assignments and revocations, for
+        callers that keep per-partition state."""
+        self.cfg = cfg
+        self.consumer_cfg = consumer_cfg
+        self.topics = list(topics)
+        self.group_id = group_id or consumer_cfg.group_id
+        self._bootstrap = bootstrap_servers
+        self._dlq = dlq
+        self._owns_dlq = dlq is None
+        self._decoder = decoder
+        self._listener = _Listener(rebalance) if rebalance is not None else None
+        self._consumer: AIOKafkaConsumer | None = None
+        self.dead_letters = 0
+
+    async def start(self) -> SampleConsumer:
+        if self._consumer is not None:
+            return self
+        if self._dlq is None:
+            self._dlq = SampleProducer(self.cfg, bootstrap_servers=self._bootstrap)
+        await self._dlq.start()
+        c = self.consumer_cfg
+        options = client_options(self.cfg, self._bootstrap)
+        # A JoinGroup request is held by the coordinator for up to the session
+        # timeout; a shorter client timeout would retry the join forever.
+        options["request_timeout_ms"] = max(
+            options["request_timeout_ms"], c.session_timeout_ms + 5000
+        )
+        consumer = AIOKafkaConsumer(
+            *(self.topics if self._listener is None else ()),
+            **options,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=c.auto_offset_reset,
+            session_timeout_ms=c.session_timeout_ms,
+            max_partition_fetch_bytes=max(1_048_576, self.cfg.max_record_bytes * 2),
+        )
+        if self._listener is not None:
+            consumer.subscribe(topics=self.topics, listener=self._listener)
+        await _start_client(consumer, f"start consumer for {self.topics}")
+        self._consumer = consumer
+        return self
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+        if self._owns_dlq and self._dlq is not None:
+            await self._dlq.stop()
+            self._dlq = None
+
+    async def __aenter__(self) -> SampleConsumer:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment()) if self._consumer else set()
+
+    async def poll(self, timeout_ms: int | None = None) -> list[ConsumedBatch]:
+        """Fetch the next records, decoded, in partition order.
+
+        Undecodable records are written to the DLQ (acknowledged before this
+        returns) and returned with ``dead`` set, so that committing the poll's
+        result moves past them without losing them.
+        """
+        if self._consumer is None:
+            raise TransportError("consumer is not started", retriable=False)
+        try:
+            fetched = await self._consumer.getmany(
+                timeout_ms=timeout_ms
+                if timeout_ms is not None
+                else self.consumer_cfg.poll_timeout_ms,
+                max_records=self.consumer_cfg.max_records,
+            )
+        except KafkaError as exc:
+            raise TransportError(
+                f"fetch failed: {type(exc).__name__}: {exc}", retriable=True
+            ) from exc
+        out: list[ConsumedBatch] = []
+        for tp in sorted(fetched, key=lambda t: (t.topic, t.partition)):
+            for msg in fetched[tp]:
+                out.append(await self._to_batch(msg))
+        return out
+
+    async def _to_batch(self, msg: Any) -> ConsumedBatch:
+        headers = {k: bytes(v) for k, v in (msg.headers or ())}
+        key = msg.key.decode(errors="replace") if msg.key is not None else None
+        frame: pl.DataFrame | None = None
+        reason: str | None = None
+        try:
+            if msg.value is None:
+                raise SchemaError("record has no value")
+            frame = self._decoder(msg.value)
+        except SchemaError as exc:
+            reason = str(exc)
+            await self._dead_letter(msg, reason)
+        return ConsumedBatch(
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key=key,
+            timestamp_ms=msg.timestamp,
+            headers=headers,
+            frame=frame,
+            error=reason,
+        )
+
+    async def _dead_letter(self, msg: Any, reason: str) -> None:
+        assert self._dlq is not None
+        origin = f"{msg.topic}/{msg.partition}/{msg.offset}"
+        headers = [(k, bytes(v)) for k, v in (msg.headers or ())]
+        headers += [
+            (HEADER_DLQ_REASON, reason.encode()[:4000]),
+            (HEADER_DLQ_ORIGIN, origin.encode()),
+        ]
+        key = msg.key.decode(errors="replace") if msg.key is not None else ""
+        await self._dlq.send_many(self.cfg.topics.dlq, key, [(msg.value or b"", headers)])
+        self.dead_letters += 1
+        log.warning("record %s sent to %s: %s", origin, self.cfg.topics.dlq, reason)
+
+    async def commit(self, batches: Iterable[ConsumedBatch]) -> bool:
+        """Commit past the given batches (per partition: highest offset + 1).
+
+        Call only once the state they fed is durable.  Returns False when the
+        group rebalanced meanwhile: those records will be re-delivered to
+        their new owner, which is the at-least-once contract, not a loss.
+        """
+        if self._consumer is None:
+            raise TransportError("consumer is not started", retriable=False)
+        offsets: dict[TopicPartition, int] = {}
+        for b in batches:
+            tp = TopicPartition(b.topic, b.partition)
+            offsets[tp] = max(offsets.get(tp, 0), b.offset + 1)
+        if not offsets:
+            return True
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.warning("commit of %s skipped after rebalance: %s", offsets, exc)
+            return False
+        except KafkaError as exc:
+            raise TransportError(
+                f"commit failed: {type(exc).__name__}: {exc}", retriable=True
+            ) from exc
+        return True
+
+    async def lag(self) -> int:
+        """Records behind the end of the assigned partitions (for self-metrics)."""
+        if self._consumer is None:
+            return 0
+        parts = list(self._consumer.assignment())
+        if not parts:
+            return 0
+        ends = await self._consumer.end_offsets(parts)
+        total = 0
+        for tp in parts:
+            try:
+                pos = await self._consumer.position(tp)
+            except (KafkaError, IllegalStateError):
+                continue
+            total += max(0, ends.get(tp, pos) - pos)
+        return total

@@ -1,0 +1,310 @@
+"""The SLO engine's Kafka stages: thin async shells around the pure state in :mod:`gpuslo.slo`.
+
+* :class:`Stage1Runner` (group ``slo.stage1_group_id``) consumes
+  ``gpuslo.samples``, feeds each record to :class:`~gpuslo.slo.sli.Stage1State`
+  under its source partition, and produces the partial counts to ``gpuslo.sli``:
+  per poll, one record per SLO, keyed by the SLO id (so every partial of one
+  SLO lands in one ``sli`` partition, in order).
+* :class:`Stage2Runner` (group ``slo.stage2_group_id``) consumes
+  ``gpuslo.sli`` into one :class:`~gpuslo.slo.budget.Stage2State` and one
+  :class:`~gpuslo.slo.alerting.AlertEvaluator` per ``sli`` partition and, on
+  every tick, publishes the reports and alerts to a
+  :class:`~gpuslo.pipeline.stages.board.ReportBoard`, which the demo, the
+  exporters and the alert sender read.
+* :class:`SloEngine` runs both in one process.
+
+Both are :class:`~gpuslo.pipeline.stages.runner.StageRunner` s, which gives the
+durability and rebalance guarantees.  Partials are cumulative upserts keyed by
+(source partition, SLO, scope, minute), so partials produced twice replace each
+other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+
+from gpuslo.pipeline.aio import Clock, utc_now
+from gpuslo.pipeline.config import ConsumerConfig, GpusloConfig, KafkaConfig
+from gpuslo.pipeline.kafka.client import HEADER_SCHEMA, ConsumedBatch
+from gpuslo.pipeline.stages.board import ReportBoard
+from gpuslo.pipeline.stages.checkpoint import CheckpointStore
+from gpuslo.pipeline.stages.runner import StageRunner
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.alerting import AlertEvaluator, AlertReport, AlertState, AlertStatus
+from gpuslo.slo.budget import SloReport, Stage2State
+from gpuslo.slo.sli import Stage1State
+from gpuslo.slo.spec import SloSpec
+from gpuslo.slo.windows import Severity
+from gpuslo.slo.wire import PARTIALS_VERSION, decode_partials, encode_partials
+
+# --------------------------------------------------------------------------------------------
+# Stage 1
+# --------------------------------------------------------------------------------------------
+
+
+class Stage1Runner(StageRunner):
+    """``gpuslo.samples`` → :class:`~slo.sli.Stage1State` → partial records on ``gpuslo.sli``."""
+
+    stage = "stage1"
+
+    def __init__(
+        self,
+        specs: Sequence[SloSpec],
+        kafka_cfg: KafkaConfig,
+        consumer_cfg: ConsumerConfig,
+        store: CheckpointStore,
+        *,
+        group_id: str = "gpuslo-sli",
+        open_minutes: int = 10,
+        bootstrap_servers: str | None = None,
+        checkpoint_interval_s: float = 0.0,
+    ) -> None:
+        super().__init__(
+            kafka_cfg, consumer_cfg, store, kafka_cfg.topics.samples, group_id,
+            bootstrap_servers=bootstrap_servers, checkpoint_interval_s=checkpoint_interval_s,
+        )
+        self.state = Stage1State(specs, open_minutes=open_minutes)
+
+    async def _apply(self, batches: list[ConsumedBatch]) -> None:
+        # One apply per Kafka record (one scrape batch), in offset order: how the state
+        # judges late samples then depends on the records only, not on how polls cut them.
+        outs = []
+        for b in batches:
+            if b.frame is None:
+                continue
+            self.stats.rows_in += b.frame.height
+            out = self.state.apply(b.frame, b.partition)
+            if out.height:
+                outs.append(out)
+        if not outs:
+            return
+        # Several applies' partials in one record per SLO are still in order, and stage 2
+        # keeps the last row per key, so nothing it would have accepted separately is lost.
+        partials = pl.concat(outs)
+        headers = [(HEADER_SCHEMA, str(PARTIALS_VERSION).encode())]
+        sends = [
+            self._producer.send_many(
+                self.kafka_cfg.topics.sli, str(slo_id), [(encode_partials(part), headers)]
+            )
+            for (slo_id,), part in partials.partition_by(
+                cv.COL_SLO, as_dict=True, maintain_order=True
+            ).items()
+        ]
+        self._crash_point("applied")
+        sent = await asyncio.gather(*sends)
+        self.stats.records_out += sum(len(s) for s in sent)
+        self._crash_point("produced")
+
+    def _write_checkpoint(self, partition: int) -> None:
+        self.store.write(self.scope, partition, self._next_offset[partition],
+                         self.state.snapshot(partition))
+
+    def _restore(
+        self, partition: int, frames: dict[str, pl.DataFrame] | None, meta: dict[str, Any]
+    ) -> None:
+        if frames is None:
+            self.state.drop_partition(partition)
+        else:
+            self.state.restore(partition, frames)
+
+    def _drop(self, partition: int) -> None:
+        self.state.drop_partition(partition)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2
+# --------------------------------------------------------------------------------------------
+
+
+def _iso(d: datetime | None) -> str | None:
+    return d.isoformat() if d is not None else None
+
+
+def _dt(s: str | None) -> datetime | None:
+    return datetime.fromisoformat(s) if s is not None else None
+
+
+def alert_states_to_json(states: dict[tuple[str, str, Severity], AlertState]) -> list[Any]:
+    """Alert states as JSON (for checkpoints), in a stable order."""
+    return [
+        [slo_id, scope, sev.value, st.status.value, _iso(st.active_since), _iso(st.fired_at),
+         _iso(st.resolved_at)]
+        for (slo_id, scope, sev), st in sorted(states.items())
+    ]
+
+
+def alert_states_from_json(rows: Iterable[Any]) -> dict[tuple[str, str, Severity], AlertState]:
+    """Inverse of :func:`alert_states_to_json`."""
+    return {
+        (str(r[0]), str(r[1]), Severity(r[2])): AlertState(
+            AlertStatus(r[3]), _dt(r[4]), _dt(r[5]), _dt(r[6])
+        )
+        for r in rows
+    }
+
+
+class Stage2Runner(StageRunner):
+    """``gpuslo.sli`` → per-partition :class:`~slo.budget.Stage2State` → reports and alerts.
+
+    Every SLO's partials arrive on one ``sli`` partition (the key is the SLO
+    id), so one state and one alert evaluator per partition see whole SLOs and
+    two members of the group together report exactly what one would.
+    """
+
+    stage = "stage2"
+
+    def __init__(
+        self,
+        specs: Sequence[SloSpec],
+        kafka_cfg: KafkaConfig,
+        consumer_cfg: ConsumerConfig,
+        store: CheckpointStore,
+        *,
+        board: ReportBoard | None = None,
+        group_id: str = "gpuslo-slo",
+        open_minutes: int = 10,
+        bootstrap_servers: str | None = None,
+        checkpoint_interval_s: float = 0.0,
+        clock: Clock = utc_now,
+    ) -> None:
+        super().__init__(
+            kafka_cfg, consumer_cfg, store, kafka_cfg.topics.sli, group_id,
+            bootstrap_servers=bootstrap_servers, checkpoint_interval_s=checkpoint_interval_s,
+            decoder=decode_partials,
+        )
+        self.specs = list(specs)
+        self.open_minutes = open_minutes
+        self.board = board if board is not None else ReportBoard()
+        self.clock = clock
+        self.states: dict[int, Stage2State] = {}
+        self.alerts: dict[int, AlertEvaluator] = {}
+
+    def _state(self, partition: int) -> Stage2State:
+        st = self.states.get(partition)
+        if st is None:
+            st = self.states[partition] = Stage2State(self.specs, open_minutes=self.open_minutes)
+            self.alerts[partition] = AlertEvaluator(self.specs)
+        return st
+
+    async def _apply(self, batches: list[ConsumedBatch]) -> None:
+        for b in batches:
+            if b.frame is not None:
+                self.stats.rows_in += b.frame.height
+                self._state(b.partition).apply(b.frame)
+
+    def reports(self, now: datetime) -> list[SloReport]:
+        """Every SLO scope's report at ``now``, over the partitions this member owns."""
+        out = [r for p in sorted(self.states) for r in self.states[p].report(now)]
+        return sorted(out, key=lambda r: (r.slo_id, r.scope_key))
+
+    async def evaluate(self, now: datetime | None = None) -> tuple[SloReport, ...]:
+        """Evaluate reports and alerts at ``now`` (default: the clock) and publish them."""
+        now = now or self.clock()
+        async with self._lock:
+            reports: list[SloReport] = []
+            alerts: list[AlertReport] = []
+            for p in sorted(self.states):
+                mine = self.states[p].report(now)
+                reports += mine
+                alerts += self.alerts[p].evaluate(mine, now)
+                self._dirty.add(p)  # alert states changed: part of the next checkpoint
+        reports.sort(key=lambda r: (r.slo_id, r.scope_key))
+        alerts.sort(key=lambda a: (a.slo_id, cv.scope_key(dict(a.scope)), a.severity.value))
+        return self.board.publish(reports, alerts, now).reports
+
+    async def run(self, stop: asyncio.Event, tick_interval_s: float = 10.0) -> None:
+        """Consume until ``stop`` is set; evaluate and publish every ``tick_interval_s``."""
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            if time.monotonic() >= next_tick:
+                await self.evaluate()
+                next_tick = time.monotonic() + tick_interval_s
+            await self.step(
+                min(self.consumer.consumer_cfg.poll_timeout_ms,
+                    max(1, int((next_tick - time.monotonic()) * 1000)))
+            )
+
+    def _write_checkpoint(self, partition: int) -> None:
+        st = self._state(partition)
+        meta = {"alerts": alert_states_to_json(self.alerts[partition].states())}
+        self.store.write(self.scope, partition, self._next_offset.get(partition, 0),
+                         st.snapshot(), meta)
+
+    def _restore(
+        self, partition: int, frames: dict[str, pl.DataFrame] | None, meta: dict[str, Any]
+    ) -> None:
+        self._drop(partition)
+        st = self._state(partition)
+        if frames is not None:
+            st.restore(frames)
+            self.alerts[partition].restore(alert_states_from_json(meta.get("alerts", [])))
+
+    def _drop(self, partition: int) -> None:
+        self.states.pop(partition, None)
+        self.alerts.pop(partition, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Both stages in one process
+# --------------------------------------------------------------------------------------------
+
+
+class SloEngine:
+    """Stage 1 and stage 2 in one process, configured from ``cfg.slo``.
+
+    Usage (what ``gpuslo aggregate`` and the demo do)::
+
+        engine = SloEngine(cfg, specs, bootstrap_servers=servers)
+        await engine.start()
+        try:
+            await engine.run(stop)   # until stop is set
+        finally:
+            await engine.stop()
+        engine.board.latest().reports / .alerts
+    """
+
+    def __init__(
+        self,
+        cfg: GpusloConfig,
+        specs: Sequence[SloSpec],
+        *,
+        bootstrap_servers: str | None = None,
+        board: ReportBoard | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        s = cfg.slo
+        store = CheckpointStore(s.checkpoint_dir)
+        self.board = board if board is not None else ReportBoard()
+        self.tick_interval_s = s.tick_interval_s
+        self.stage1 = Stage1Runner(
+            specs, cfg.kafka, cfg.consumer, store, group_id=s.stage1_group_id,
+            open_minutes=s.open_minutes, bootstrap_servers=bootstrap_servers,
+            checkpoint_interval_s=s.checkpoint_interval_s,
+        )
+        self.stage2 = Stage2Runner(
+            specs, cfg.kafka, cfg.consumer, store, board=self.board,
+            group_id=s.stage2_group_id, open_minutes=s.open_minutes,
+            bootstrap_servers=bootstrap_servers, checkpoint_interval_s=s.checkpoint_interval_s,
+            clock=clock,
+        )
+
+    async def start(self) -> SloEngine:
+        """Join both consumer groups (the first poll completes the join)."""
+        await asyncio.gather(self.stage1.start(), self.stage2.start())
+        return self
+
+    async def stop(self) -> None:
+        """Checkpoint, commit and leave both groups."""
+        await asyncio.gather(self.stage1.stop(), self.stage2.stop())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run both stages until ``stop`` is set; the board updates every tick."""
+        await asyncio.gather(
+            self.stage1.run(stop), self.stage2.run(stop, self.tick_interval_s)
+        )
