@@ -35,7 +35,14 @@ from urllib.parse import quote
 import aiohttp
 
 from gpuslo.exporters.base import DeliveryStats, ExportResult, Snapshot
-from gpuslo.pipeline.auth import basic_auth_header, tls_context_from
+from gpuslo.pipeline.auth import (
+    BasicAuth,
+    BearerAuth,
+    TokenError,
+    redact,
+    secret_source,
+    tls_context_from,
+)
 from gpuslo.pipeline.config import AlertmanagerConfig
 from gpuslo.pipeline.errors import GpusloError
 from gpuslo.slo import conventions as cv
@@ -318,12 +325,18 @@ class AlertmanagerClient:
         self._tracked: dict[LabelKey, _Tracked] = {}
         self._dests = [_Destination(u.rstrip("/"), cfg.queue_capacity) for u in cfg.urls]
         self._resender: asyncio.Task[None] | None = None
-        self._headers = {"Content-Type": "application/json"}
+        # Secrets from the config or from files (read now, so a missing file fails at
+        # start-up; re-read when they change, so a rotated Secret is picked up).
+        self._auth: BasicAuth | BearerAuth | None = None
         if cfg.basic_auth is not None:
-            self._headers.update(basic_auth_header(
-                cfg.basic_auth.username, cfg.basic_auth.password.get_secret_value()))
-        if cfg.bearer_token is not None:
-            self._headers["Authorization"] = f"Bearer {cfg.bearer_token.get_secret_value()}"
+            password = secret_source(cfg.basic_auth.password, cfg.basic_auth.password_file,
+                                     what="Alertmanager password")
+            assert password is not None  # the config requires one of the two
+            self._auth = BasicAuth(cfg.basic_auth.username, password)
+        token = secret_source(cfg.bearer_token, cfg.bearer_token_file,
+                              what="Alertmanager bearer token")
+        if token is not None:
+            self._auth = BearerAuth(token)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -531,18 +544,28 @@ class AlertmanagerClient:
     async def _post(self, base: str, alerts: list[dict[str, Any]]) -> None:
         assert self._session is not None, "start() the client first"
         url = base + API_PATH
+        headers = {"Content-Type": "application/json"}
+        try:
+            if self._auth is not None:
+                headers.update(self._auth.headers())
+        except TokenError as exc:  # a secret file gone missing: retried, like a network error
+            raise AlertmanagerError(f"POST {url}: {exc}", retriable=True) from exc
         try:
             async with self._session.post(
-                url, json=alerts, headers=self._headers,
+                url, json=alerts, headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
             ) as resp:
                 if resp.status // 100 == 2:
                     return
                 body = (await resp.text())[:500]
                 retriable = resp.status >= 500 or resp.status in (408, 429)
-                raise AlertmanagerError(f"POST {url}: HTTP {resp.status}: {body}",
-                                        retriable=retriable)
+                raise AlertmanagerError(
+                    self._redact(f"POST {url}: HTTP {resp.status}: {body}"), retriable=retriable)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise AlertmanagerError(
-                f"POST {url} failed within {self.cfg.timeout_s}s: {exc!r}", retriable=True
+            raise AlertmanagerError(self._redact(
+                f"POST {url} failed within {self.cfg.timeout_s}s: {exc!r}"), retriable=True
             ) from exc
+
+    def _redact(self, text: str) -> str:
+        """``text`` with the credentials sent scrubbed (an error may quote the request)."""
+        return self._auth.redact(text) if self._auth is not None else redact(text, ())

@@ -6,8 +6,10 @@ Alertmanager POSTs a JSON body (webhook payload version "4",
 * requires ``Authorization: Bearer <token>`` (Alertmanager's
   ``http_config.authorization``), checked before the body is read, so an
   unauthenticated client cannot make it buffer anything;
-* refuses bodies over ``max_body_bytes`` with 413, malformed JSON or a payload
-  that is not version 4 with 400, and stores nothing in those cases;
+* refuses bodies over ``max_body_bytes`` with 413, a body that has not
+  arrived within ``body_timeout_s`` with 408 (a stalled or malformed chunked
+  upload would otherwise hold its connection forever), malformed JSON or a
+  payload that is not version 4 with 400, and stores nothing in those cases;
 * keeps the last ``keep`` notifications in memory, readable with ``GET`` (same
   token);
 * runs an ``on_alert`` hook for firing alerts that came from gpuslo's generated
@@ -33,6 +35,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gpuslo.pipeline.auth import secret_source
 from gpuslo.pipeline.config import ReceiverConfig
 from gpuslo.slo import conventions as cv
 
@@ -111,12 +114,15 @@ class WebhookReceiver:
         on_alert: OnAlert | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        if cfg.token is None or not cfg.token.get_secret_value():
-            raise ValueError("alerts.receiver.token is required: the receiver never runs open")
+        token = secret_source(cfg.token, cfg.token_file, what="receiver token")
+        if token is None or not token.get().reveal():
+            raise ValueError("alerts.receiver.token or alerts.receiver.token_file is required: "
+                             "the receiver never runs open")
         self.cfg = cfg
         self.on_alert = on_alert
         self._clock = clock
-        self._token = cfg.token.get_secret_value().encode()
+        # Read per request: a token file is re-read when its Secret rotates (one stat).
+        self._token = token
         self.notifications: deque[Notification] = deque(maxlen=cfg.keep)
         self.rejected: Counter[int] = Counter()  # by HTTP status
         self.hook_errors = 0
@@ -162,8 +168,12 @@ class WebhookReceiver:
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
-                                                                  self._token)
+        # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding the same
+        # way gives the bytes the client sent, whatever they were (a plain encode()
+        # raised on a non-UTF-8 token, which answered 500).
+        sent = token.strip().encode("utf-8", "surrogateescape")
+        expected = self._token.get().reveal().encode()
+        return scheme.lower() == "bearer" and hmac.compare_digest(sent, expected)
 
     def _refuse(self, status: int, message: str) -> web.Response:
         self.rejected[status] += 1
@@ -176,13 +186,19 @@ class WebhookReceiver:
         if request.content_length is not None and request.content_length > self.cfg.max_body_bytes:
             return self._refuse(413, f"body over {self.cfg.max_body_bytes} bytes")
         try:
-            body = await request.read()
+            body = await asyncio.wait_for(request.read(), self.cfg.body_timeout_s)
+        except TimeoutError:
+            return self._refuse(408, f"body not received within {self.cfg.body_timeout_s:g} s")
         except web.HTTPRequestEntityTooLarge:
             return self._refuse(413, f"body over {self.cfg.max_body_bytes} bytes")
+        except ConnectionResetError:  # the client went away mid-body: nothing to answer
+            return self._refuse(400, "connection lost before the whole body arrived")
         try:
             message = WebhookMessage.model_validate(json.loads(body))
         except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
             return self._refuse(400, f"not an Alertmanager webhook v4 payload: {exc}"[:2000])
+        except RecursionError:  # JSON nested deeper than the interpreter's stack
+            return self._refuse(400, "not an Alertmanager webhook v4 payload: nested too deep")
         rca = await self._run_hook(message)
         self.notifications.append(Notification(self._clock(), message, rca))
         return web.json_response({"status": "ok", "alerts": len(message.alerts)})

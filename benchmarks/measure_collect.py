@@ -82,6 +82,8 @@ def printed_config(nodes: int, port: int, interval: float) -> str:
 def collector_config(printed: str, interval: float, sim_index: bytes) -> dict[str, object]:
     """``simulate --print-config``'s collectors plus the file readers a DaemonSet runs."""
     cfg = yaml.safe_load(printed)
+    # gpuslo collect serves its health on /metrics: a free port, not the default 9464.
+    cfg["exporters"] = {"prometheus": {"host": "127.0.0.1", "port": 0}}
     files = json.loads(sim_index)["files"]
     cfg["collectors"] += [
         {"type": "rdma", "interval_s": interval, "timeout_s": min(interval, 5.0),

@@ -203,6 +203,9 @@ _NO_FAIL = 1 << 62
 _FirstAfter = Callable[[str, int], int]  # (name, line) -> first line >= it with that name
 
 
+_TS_MIN_MS, _TS_MAX_MS = -(2**63), 2**63 - 1
+
+
 def _text_ts_ms(ts: Any) -> int:
     """What the reference parser does with a text-format timestamp."""
     return int(ts * 1000)
@@ -230,6 +233,9 @@ def _slow_sample(line_no: int, line: str, openmetrics: bool, typ: str | None) ->
         else:
             sample = _prom_text._parse_sample(line)
             ts_ms = None if sample.timestamp is None else _text_ts_ms(sample.timestamp)
+        if ts_ms is not None and not _TS_MIN_MS <= ts_ms <= _TS_MAX_MS:
+            # The reference keeps any integer; the frame's ts is 64-bit milliseconds.
+            raise ExpositionError(line_no, line, "timestamp out of range (64-bit milliseconds)")
         return _Slow(line_no, sample.name, dict(sample.labels), float(sample.value), ts_ms)
     except ExpositionError:
         raise
@@ -243,9 +249,13 @@ def _is_legacy_name(name: str) -> bool:
 
 
 def _meta_name(line_no: int, line: str, token: str) -> str:
+    if not token.strip():
+        # Separators Python's split() and strip() take for blanks (e.g. \x1c) can leave
+        # no name, on which the reference's _unquote_unescape raised IndexError.
+        raise ExpositionError(line_no, line, "missing metric name")
     try:
         candidate, quoted = _prom_text._unquote_unescape(token)
-    except ValueError as exc:
+    except (ValueError, IndexError) as exc:
         raise ExpositionError(line_no, line, f"invalid metric name ({exc})") from exc
     if not quoted and not _is_legacy_name(candidate):
         raise ExpositionError(line_no, line, f"invalid metric name {candidate!r}")

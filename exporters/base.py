@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, runtime_checkable
 
 from gpuslo.slo.alerting import AlertReport
 from gpuslo.slo.budget import SloReport
@@ -64,6 +64,20 @@ class DeliveryStats:
     queued: int = 0
 
 
+class ScrapeTargetKey(NamedTuple):
+    """Which target a scrape figure is about: the labels of its health series.
+
+    The URL alone is not enough: two collectors may read one page (node_exporter
+    for RDMA and for storage), and a dashboard asks "which node, which source".
+    A failure of a whole collector (not of one target) has ``target == ""``.
+    """
+
+    collector: str
+    source: str
+    node: str
+    target: str
+
+
 @dataclass(frozen=True)
 class HealthSnapshot:
     """gpuslo's own health at snapshot time: one contract for every exporter.
@@ -71,16 +85,17 @@ class HealthSnapshot:
     Counters are totals since start (``*_total``); per-target figures are the last scrape's.
     """
 
-    target_up: Mapping[str, bool] = field(default_factory=dict)
-    target_duration_s: Mapping[str, float] = field(default_factory=dict)
-    target_samples: Mapping[str, int] = field(default_factory=dict)
+    target_up: Mapping[ScrapeTargetKey, bool] = field(default_factory=dict)
+    target_duration_s: Mapping[ScrapeTargetKey, float] = field(default_factory=dict)
+    target_samples: Mapping[ScrapeTargetKey, int] = field(default_factory=dict)
     scrapes_total: Mapping[str, int] = field(default_factory=dict)  # by collector
-    scrape_errors_total: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    scrape_errors_total: Mapping[tuple[ScrapeTargetKey, str], int] = field(
+        default_factory=dict)  # by (target, reason)
     samples_produced_total: int = 0
     records_produced_total: int = 0
     produce_failures_total: int = 0
     dropped_total: Mapping[str, int] = field(default_factory=dict)  # by reason
-    consumer_lag_records: Mapping[str, int] = field(default_factory=dict)  # by consumer
+    consumer_lag_records: Mapping[str, int] = field(default_factory=dict)  # by consumer group
     dead_letters_total: int = 0
     deliveries: Mapping[str, DeliveryStats] = field(default_factory=dict)  # by Alertmanager URL
 

@@ -6,7 +6,8 @@ values; only the names differ (``ExportedMetric.prometheus`` / ``.otel``).
 
 Labels per SLO scope: the scope's ``by:`` labels, then ``slo`` and ``service``
 (reserved names win, so a ``by: [slo]`` scope cannot shadow them); windows add
-``window``.  A value that does not exist (no data, not burning) yields no
+``window``.  Per scrape target: ``collector``, ``source``, ``node``,
+``target``.  A value that does not exist (no data, not burning) yields no
 point, never NaN: an absent series is what ``absent()`` and no-data alerts
 expect.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
-from gpuslo.exporters.base import Snapshot
+from gpuslo.exporters.base import ScrapeTargetKey, Snapshot
 from gpuslo.slo import conventions as cv
 from gpuslo.slo.budget import SliState, SloReport
 from gpuslo.slo.spec import SloSpec
@@ -68,19 +69,29 @@ def _slo(rep: SloReport, spec: SloSpec | None) -> Iterator[Figure]:
     yield Figure(cv.M_SLO_EVALUATED_AT, base, rep.evaluated_at.timestamp())
 
 
+def target_labels(key: ScrapeTargetKey) -> Labels:
+    """``{collector, source, node, target}`` of one scrape target's health series."""
+    return {
+        cv.EXPORT_LABEL_COLLECTOR: key.collector,
+        cv.EXPORT_LABEL_SOURCE: key.source,
+        cv.EXPORT_LABEL_NODE: key.node,
+        cv.EXPORT_LABEL_TARGET: key.target,
+    }
+
+
 def _health(snapshot: Snapshot) -> Iterator[Figure]:
     h = snapshot.health
-    t = cv.EXPORT_LABEL_TARGET
-    for target, up in sorted(h.target_up.items()):
-        yield Figure(cv.M_SCRAPE_UP, {t: target}, 1.0 if up else 0.0)
-    for target, dur in sorted(h.target_duration_s.items()):
-        yield Figure(cv.M_SCRAPE_DURATION, {t: target}, dur)
-    for target, n in sorted(h.target_samples.items()):
-        yield Figure(cv.M_SCRAPE_SAMPLES, {t: target}, n)
+    for key, up in sorted(h.target_up.items()):
+        yield Figure(cv.M_SCRAPE_UP, target_labels(key), 1.0 if up else 0.0)
+    for key, dur in sorted(h.target_duration_s.items()):
+        yield Figure(cv.M_SCRAPE_DURATION, target_labels(key), dur)
+    for key, n in sorted(h.target_samples.items()):
+        yield Figure(cv.M_SCRAPE_SAMPLES, target_labels(key), n)
     for collector, n in sorted(h.scrapes_total.items()):
         yield Figure(cv.M_SCRAPES, {cv.EXPORT_LABEL_COLLECTOR: collector}, n)
-    for (target, reason), n in sorted(h.scrape_errors_total.items()):
-        yield Figure(cv.M_SCRAPE_ERRORS, {t: target, cv.EXPORT_LABEL_REASON: reason}, n)
+    for (key, reason), n in sorted(h.scrape_errors_total.items()):
+        yield Figure(cv.M_SCRAPE_ERRORS,
+                     {**target_labels(key), cv.EXPORT_LABEL_REASON: reason}, n)
     yield Figure(cv.M_SAMPLES_PRODUCED, {}, h.samples_produced_total)
     yield Figure(cv.M_RECORDS_PRODUCED, {}, h.records_produced_total)
     yield Figure(cv.M_PRODUCE_FAILURES, {}, h.produce_failures_total)

@@ -33,6 +33,7 @@ from prometheus_client.metrics_core import Metric
 from gpuslo.exporters.base import Snapshot
 from gpuslo.exporters.figures import Labels, iter_figures, scope_labels
 from gpuslo.pipeline.config import PrometheusExporterConfig
+from gpuslo.pipeline.errors import GpusloError
 from gpuslo.slo import conventions as cv
 from gpuslo.slo.budget import SloReport
 from gpuslo.slo.spec import SloSpec
@@ -40,6 +41,10 @@ from gpuslo.slo.spec import SloSpec
 log = logging.getLogger(__name__)
 
 _TEXT_0_0_4 = "text/plain; version=0.0.4"
+
+
+class ListenError(GpusloError):
+    """The exporter's address cannot be listened on (in use, not this host's)."""
 
 
 class _Families:
@@ -189,7 +194,15 @@ class PrometheusExporter:
             return
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.cfg.host, self.cfg.port).start()
+        try:
+            await web.TCPSite(self._runner, self.cfg.host, self.cfg.port).start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ListenError(
+                f"cannot listen on {self.cfg.host}:{self.cfg.port} for /metrics, /healthz and "
+                f"/readyz (exporters.prometheus.host, .port): {exc.strerror or exc}"
+            ) from exc
         self.port = int(self._runner.addresses[0][1])
 
     async def shutdown(self) -> None:

@@ -10,7 +10,12 @@ verify TLS.  Two promises hold for all of them, so they live here:
   is passed through :func:`redact`.
 
 Service-account tokens rotate (the kubelet swaps a ``..data`` symlink), so a
-token file is re-read when it changes (:class:`BearerTokenFile`).
+token file is re-read when it changes (:class:`BearerTokenFile`).  Every other
+secret may come from a file the same way (a mounted Kubernetes Secret: the
+Alertmanager token or password, the receiver's token, the Kafka SASL
+password), so nothing secret has to sit in a config file or the environment;
+:func:`secret_source` turns a config's ``x`` / ``x_file`` pair into one
+:class:`SecretSource`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+from pydantic import SecretStr
 
 from gpuslo.pipeline.config import TlsConfig
 from gpuslo.pipeline.errors import GpusloError
@@ -45,6 +53,10 @@ class Secret:
     def reveal(self) -> str:
         """The secret itself; call only where it goes on the wire."""
         return self._value
+
+    def get(self) -> Secret:
+        """Itself: a fixed secret is a :class:`SecretSource` that never changes."""
+        return self
 
     def __repr__(self) -> str:
         return "Secret(<redacted>)"
@@ -71,8 +83,14 @@ def redact(text: str, secrets: Iterable[Secret | str]) -> str:
     return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
 
 
+class SecretSource(Protocol):
+    """Where a secret comes from: a fixed :class:`Secret` or a file re-read on change."""
+
+    def get(self) -> Secret: ...
+
+
 class TokenError(GpusloError):
-    """The bearer-token file cannot be used; the message names the path, never the token.
+    """A secret file cannot be used; the message names the path, never the secret.
 
     Retriable: a projected token may appear a moment after the pod starts.
     """
@@ -93,6 +111,7 @@ class BearerTokenFile:
     path: str | os.PathLike[str]
     max_age_s: float = 60.0
     clock: Callable[[], float] = time.monotonic
+    what: str = "token"  # in messages: "token file ...", "password file ..."
     _token: Secret | None = field(default=None, init=False, repr=False)
     _stat: tuple[int, int, int] | None = field(default=None, init=False, repr=False)
     _read_at: float = field(default=0.0, init=False, repr=False)
@@ -109,16 +128,20 @@ class BearerTokenFile:
             st = os.stat(self.path)
             key = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError as exc:
-            return self._fail(f"cannot stat token file {os.fspath(self.path)}: {exc.strerror}")
+            return self._fail(
+                f"cannot stat {self.what} file {os.fspath(self.path)}: {exc.strerror}")
         now = self.clock()
         if self._token is not None and key == self._stat and now - self._read_at < self.max_age_s:
             return self._token
         try:
             value = Path(self.path).read_text().strip()
         except OSError as exc:
-            return self._fail(f"cannot read token file {os.fspath(self.path)}: {exc.strerror}")
+            return self._fail(
+                f"cannot read {self.what} file {os.fspath(self.path)}: {exc.strerror}")
+        except UnicodeDecodeError:
+            return self._fail(f"{self.what} file {os.fspath(self.path)} is not UTF-8 text")
         if not value:
-            return self._fail(f"token file {os.fspath(self.path)} is empty")
+            return self._fail(f"{self.what} file {os.fspath(self.path)} is empty")
         if self._token is None or self._token.reveal() != value:
             self.reloads += 1
         self._token, self._stat, self._read_at = Secret(value), key, now
@@ -127,18 +150,38 @@ class BearerTokenFile:
     def _fail(self, message: str) -> Secret:
         if self._token is None:
             raise TokenError(message)
-        log.warning("%s; keeping the previous token", message)
+        log.warning("%s; keeping the previous %s", message, self.what)
         return self._token
 
 
+def secret_source(
+    value: SecretStr | None, path: str | os.PathLike[str] | None, *, what: str
+) -> SecretSource | None:
+    """A config's ``x`` / ``x_file`` pair as one source (None when neither is set).
+
+    The file is read now, so a missing or empty one fails at start-up, naming
+    the path; afterwards it is re-read when it changes.
+
+    Raises:
+        TokenError: the file cannot be read or is empty.
+    """
+    if path is not None:
+        source = BearerTokenFile(path, what=what)
+        source.get()
+        return source
+    if value is not None:
+        return Secret(value.get_secret_value())
+    return None
+
+
 class BearerAuth:
-    """``Authorization: Bearer`` headers from a token file, and the redaction they need.
+    """``Authorization: Bearer`` headers from a secret source, and the redaction they need.
 
     Remembers the last two tokens sent, so an error message about a request made
     just before a rotation is still scrubbed.
     """
 
-    def __init__(self, token: BearerTokenFile) -> None:
+    def __init__(self, token: SecretSource) -> None:
         self.token = token
         self._sent: list[Secret] = []
 
@@ -152,6 +195,29 @@ class BearerAuth:
         if secret not in self._sent:
             self._sent = [*self._sent[-1:], secret]
         return {"Authorization": "Bearer " + secret.reveal()}
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._sent)
+
+
+class BasicAuth:
+    """``Authorization: Basic`` headers with a password from a secret source."""
+
+    def __init__(self, username: str, password: SecretSource) -> None:
+        self.username = username
+        self.password = password
+        self._sent: list[Secret] = []
+
+    def headers(self) -> dict[str, str]:
+        """The header for the next request.
+
+        Raises:
+            TokenError: no usable password.
+        """
+        secret = self.password.get()
+        if secret not in self._sent:
+            self._sent = [*self._sent[-1:], secret]
+        return basic_auth_header(self.username, secret.reveal())
 
     def redact(self, text: str) -> str:
         return redact(text, self._sent)
@@ -193,12 +259,15 @@ def tls_context_from(cfg: TlsConfig) -> ssl.SSLContext:
 
 __all__ = [
     "REDACTED",
+    "BasicAuth",
     "BearerAuth",
     "BearerTokenFile",
     "Secret",
+    "SecretSource",
     "TokenError",
     "basic_auth_header",
     "redact",
+    "secret_source",
     "tls_context",
     "tls_context_from",
 ]

@@ -90,17 +90,53 @@ class KafkaConfig(_Model):
     )
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    sasl_password_file: Path | None = Field(
+        None,
+        description="File holding the SASL password (a mounted Secret), read when a client "
+        "connects; instead of sasl_password.",
+    )
     ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers.")
+    ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS, e.g. Strimzi's user.crt."
+    )
+    ssl_keyfile: Path | None = Field(
+        None, description="Client private key (PEM, unencrypted) for mutual TLS (user.key)."
+    )
+    ssl_insecure_skip_verify: bool = Field(
+        False,
+        description="Do not verify the brokers' certificate or host name (tests only; the "
+        "connection is then open to anyone on the path).",
+    )
     topics: TopicsConfig = Field(default_factory=TopicsConfig, description="Topic names.")
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaConfig:
+        if self.sasl_password is not None and self.sasl_password_file is not None:
+            raise ValueError("set sasl_password or sasl_password_file, not both")
         if self.security_protocol.startswith("SASL") and not (
-            self.sasl_mechanism and self.sasl_username and self.sasl_password
+            self.sasl_mechanism and self.sasl_username
+            and (self.sasl_password or self.sasl_password_file)
         ):
             raise ValueError(
-                "security_protocol SASL_* needs sasl_mechanism, sasl_username and sasl_password"
+                "security_protocol SASL_* needs sasl_mechanism, sasl_username and "
+                "sasl_password (or sasl_password_file)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> KafkaConfig:
+        tls = {"ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile,
+               "ssl_keyfile": self.ssl_keyfile,
+               "ssl_insecure_skip_verify": self.ssl_insecure_skip_verify or None}
+        given = [k for k, v in tls.items() if v is not None]
+        if given and self.security_protocol not in ("SSL", "SASL_SSL"):
+            # Without this, TLS settings under PLAINTEXT would read as "TLS is on".
+            raise ValueError(f"{', '.join(given)} need security_protocol SSL or SASL_SSL "
+                             f"(it is {self.security_protocol})")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        if self.ssl_insecure_skip_verify and self.ssl_cafile is not None:
+            raise ValueError("set ssl_cafile or ssl_insecure_skip_verify, not both")
         return self
 
 
@@ -449,7 +485,17 @@ COLLECTOR_TYPES: frozenset[str] = frozenset(
 
 class BasicAuthConfig(_Model):
     username: str = Field(..., min_length=1, description="User name.")
-    password: SecretStr = Field(..., description="Password (never logged).")
+    password: SecretStr | None = Field(None, description="Password (never logged).")
+    password_file: Path | None = Field(
+        None, description="File holding the password, re-read when it changes; instead of "
+        "password.",
+    )
+
+    @model_validator(mode="after")
+    def _one_password(self) -> BasicAuthConfig:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("set password or password_file (one of them)")
+        return self
 
 
 class TlsConfig(_Model):
@@ -477,6 +523,10 @@ class AlertmanagerConfig(_Model):
     )
     basic_auth: BasicAuthConfig | None = Field(None, description="HTTP basic auth.")
     bearer_token: SecretStr | None = Field(None, description="Bearer token (never logged).")
+    bearer_token_file: Path | None = Field(
+        None, description="File holding the bearer token, re-read when it changes (a mounted "
+        "Secret that rotates); instead of bearer_token.",
+    )
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings for https URLs.")
     resend_interval_s: float = Field(
         60.0,
@@ -513,8 +563,12 @@ class AlertmanagerConfig(_Model):
 
     @model_validator(mode="after")
     def _one_auth(self) -> AlertmanagerConfig:
-        if self.basic_auth is not None and self.bearer_token is not None:
-            raise ValueError("set basic_auth or bearer_token, not both")
+        given = [k for k, v in (("basic_auth", self.basic_auth),
+                                ("bearer_token", self.bearer_token),
+                                ("bearer_token_file", self.bearer_token_file)) if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"set one of basic_auth, bearer_token, bearer_token_file "
+                             f"(got {', '.join(given)})")
         return self
 
 
@@ -527,12 +581,26 @@ class ReceiverConfig(_Model):
     token: SecretStr | None = Field(
         None,
         description="Bearer token Alertmanager must send (http_config.authorization); "
-        "required to start the receiver.",
+        "this or token_file is required to start the receiver.",
+    )
+    token_file: Path | None = Field(
+        None,
+        description="File holding the token, re-read when it changes (the same Secret "
+        "Alertmanager's credentials_file reads); instead of token.",
     )
     max_body_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest accepted notification body (413 beyond)."
     )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for a notification's body (408 beyond)."
+    )
     keep: int = Field(100, gt=0, description="Recent notifications kept in memory.")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ReceiverConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or token_file, not both")
+        return self
 
 
 class AlertsConfig(_Model):
@@ -545,8 +613,11 @@ class AlertsConfig(_Model):
 
 
 class PrometheusExporterConfig(_Model):
-    enabled: bool = Field(True, description="Serve /metrics.")
-    host: str = Field("0.0.0.0", description="Listen address.")
+    enabled: bool = Field(
+        True, description="Serve /metrics, and /healthz and /readyz for the probes (off: the "
+        "process serves no HTTP at all).",
+    )
+    host: str = Field("0.0.0.0", description="Listen address (127.0.0.1: this host only).")
     port: int = Field(9464, ge=0, lt=65536, description="Listen port (0: any free port).")
     sloth_compat: bool = Field(
         False,
@@ -615,6 +686,34 @@ class ExportersConfig(_Model):
     )
 
 
+class ShutdownConfig(_Model):
+    """What a process may spend between SIGTERM (or Ctrl-C) and its exit.
+
+    Keep each mode's total below its pod's ``terminationGracePeriodSeconds``
+    (deploy/: 30 s for collect, 60 s for aggregate), or the kubelet's SIGKILL
+    cuts the drain short.  A drain that runs out of time is abandoned: what was
+    not delivered is logged and the process exits 1; state stays SIGKILL-safe.
+    """
+
+    collect_scrape_wait_s: float = Field(
+        5.0, ge=0, description="gpuslo collect: longest wait for the scrapes in hand to finish "
+        "and be handed to the producer after a stop.",
+    )
+    collect_flush_s: float = Field(
+        20.0, ge=0, description="gpuslo collect: longest the producer may take to deliver "
+        "the pending batches after a stop (scrape wait + flush: 25 s by default).",
+    )
+    aggregate_grace_s: float = Field(
+        50.0, gt=0, description="gpuslo aggregate: longest drain after a stop: finish the "
+        "poll in hand, checkpoint, commit, leave the consumer groups.",
+    )
+
+    @property
+    def collect_grace_s(self) -> float:
+        """The whole drain of ``gpuslo collect``."""
+        return self.collect_scrape_wait_s + self.collect_flush_s
+
+
 class GpusloConfig(_Model):
     node: str = Field(
         default_factory=socket.gethostname,
@@ -635,7 +734,13 @@ class GpusloConfig(_Model):
         default_factory=AlertsConfig, description="Alertmanager delivery and webhook receiver."
     )
     exporters: ExportersConfig = Field(
-        default_factory=ExportersConfig, description="Prometheus and OTLP exporters."
+        default_factory=ExportersConfig,
+        description="Prometheus (/metrics, /healthz, /readyz: the process's one HTTP port) "
+        "and OTLP exporters.",
+    )
+    shutdown: ShutdownConfig = Field(
+        default_factory=ShutdownConfig,
+        description="Drain limits after SIGTERM or Ctrl-C, per mode.",
     )
 
 
@@ -693,31 +798,57 @@ def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
+# An index in a variable name (``GPUSLO_COLLECTORS__3__URL``) fills the list up to it
+# with empty items; this bounds the list a single variable can create.
+MAX_ENV_INDEX = 1023
+_INDEX = re.compile(r"[0-9]+")
+
+
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """Put ``value`` at ``path``, making the mappings and lists on the way.
+
+    Raises:
+        ValueError: a list is indexed by something that is not an index, or
+            by one past :data:`MAX_ENV_INDEX`.
+    """
     node: Any = tree
     for i, key in enumerate(path):
         last = i == len(path) - 1
         if isinstance(node, list):
+            if not _INDEX.fullmatch(key):
+                raise ValueError(f"{key!r} is not a list index (a number)")
             idx = int(key)
+            if idx > MAX_ENV_INDEX:
+                raise ValueError(f"list index {idx} is too large (at most {MAX_ENV_INDEX})")
             while len(node) <= idx:
                 node.append({})
             if last:
                 node[idx] = value
-            else:
-                node = node[idx]
+                continue
+            if not isinstance(node[idx], (dict, list)):
+                node[idx] = [] if _INDEX.fullmatch(path[i + 1]) else {}
+            node = node[idx]
             continue
         if last:
             node[key] = value
         else:
             nxt = node.get(key)
             if not isinstance(nxt, (dict, list)):
-                nxt = [] if path[i + 1].isdigit() else {}
+                nxt = [] if _INDEX.fullmatch(path[i + 1]) else {}
                 node[key] = nxt
             node = nxt
 
 
-def apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Overlay ``GPUSLO_A__B=value`` variables onto a raw config tree (values as YAML scalars)."""
+def apply_env(
+    tree: dict[str, Any], environ: Mapping[str, str], source: str = "<environment>"
+) -> dict[str, Any]:
+    """Overlay ``GPUSLO_A__B=value`` variables onto a raw config tree (values as YAML scalars).
+
+    Raises:
+        ConfigError: a variable names no usable place (``source`` names the
+            config it was overlaid on); one line per variable.
+    """
+    problems: list[str] = []
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -729,8 +860,28 @@ def apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
-        _set_path(tree, path, value)
+        try:
+            _set_path(tree, path, value)
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+    if problems:
+        raise ConfigError(source, problems)
     return tree
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found wrong and where, without quoting the text.
+
+    PyYAML's message quotes the offending line, and in a config that line can
+    hold a password; line and column are enough to find it.
+    """
+    if isinstance(exc, yaml.MarkedYAMLError):
+        def at(mark: yaml.Mark | None) -> str:
+            return f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+
+        context = f"{exc.context}{at(exc.context_mark)}, " if exc.context else ""
+        return f"{context}{exc.problem or 'error'}{at(exc.problem_mark)}"
+    return type(exc).__name__
 
 
 def load_config(
@@ -748,16 +899,19 @@ def load_config(
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(source, [f"cannot read file: {exc.strerror or exc}"]) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) \
+                from exc
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(source, [f"not valid YAML: {exc}"]) from exc
+            raise ConfigError(source, [f"not valid YAML: {yaml_problem(exc)}"]) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(source, [f"top level must be a mapping, got {type(loaded).__name__}"])
         tree = loaded
-    tree = apply_env(tree, os.environ if environ is None else environ)
+    tree = apply_env(tree, os.environ if environ is None else environ, source)
     try:
         return GpusloConfig.model_validate(tree)
     except ValidationError as exc:

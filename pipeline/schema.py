@@ -13,12 +13,15 @@ flatbuffer error.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 
 import polars as pl
+import pyarrow as pa
+from polars.exceptions import PanicException
 
 from gpuslo.pipeline.errors import InputError
 
@@ -123,6 +126,56 @@ def validate(frame: pl.DataFrame) -> pl.DataFrame:
     return frame
 
 
+@functools.lru_cache(maxsize=16)
+def _arrow_metadata(
+    columns: tuple[tuple[str, pl.DataType], ...],
+) -> dict[str, dict[bytes, bytes] | None]:
+    """Per column, the Arrow field metadata polars writes for it (enums carry their values)."""
+    arrow = pl.DataFrame(schema=dict(columns)).to_arrow().schema
+    return {f.name: f.metadata for f in arrow}
+
+
+def read_arrow_stream(data: bytes, expected: pl.Schema | None = None) -> pl.DataFrame:
+    """An Arrow IPC stream from untrusted bytes as a polars frame, or a ``ValueError``.
+
+    Kafka records and checkpoint files are read from outside the process, so
+    a corrupt one must be an error, never a crash.  Polars' own IPC reader is
+    not safe on corrupt input: a mangled length makes it try to allocate
+    petabytes and abort the whole process, and other damage panics.  pyarrow's
+    reader checks every buffer against the bytes it has (Arrow fuzzes it), and
+    ``validate(full=True)`` checks offsets and UTF-8, so the table handed to
+    polars is well formed.  With ``expected``, column names and the polars
+    metadata of enum columns are compared before conversion, because polars
+    panics on damaged enum metadata; with ``expected``, the metadata of each
+    enum column it names is compared before conversion (the caller checks
+    columns and types afterwards, with its own words).
+
+    Raises:
+        ValueError: the bytes are not a well-formed Arrow IPC stream, or an
+            ``expected`` enum column carries other metadata.
+    """
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        table.validate(full=True)
+        fields = [(f.name, f.metadata) for f in table.schema]
+    except (pa.ArrowException, ValueError, TypeError, KeyError, IndexError, OverflowError,
+            MemoryError, OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+    if expected is not None:
+        metadata = _arrow_metadata(tuple(expected.items()))
+        for name, meta in fields:
+            if metadata.get(name) and meta != metadata[name]:
+                raise ValueError(f"column {name!r} is not the expected enum (other values "
+                                 "or damaged type metadata)")
+    try:
+        frame = pl.from_arrow(table)
+    except (Exception, PanicException) as exc:  # a polars panic is a BaseException
+        raise ValueError(f"cannot convert to a polars frame: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(frame, pl.DataFrame):  # pragma: no cover - a table converts to a frame
+        raise ValueError(f"not a table: {type(frame).__name__}")
+    return frame
+
+
 def write_framed(frame: pl.DataFrame, magic: bytes, version: int) -> bytes:
     """``magic + version byte + Arrow IPC stream``: the framing of every gpuslo record."""
     buf = io.BytesIO()
@@ -140,13 +193,15 @@ def read_framed(
     what: str,
     error: type[SchemaError],
     foreign: Mapping[bytes, str] | None = None,
+    expected: pl.Schema | None = None,
 ) -> pl.DataFrame:
     """The Arrow frame inside bytes made by :func:`write_framed`, columns unchecked.
 
     Every way the bytes can be wrong raises ``error`` with a message naming
     ``what`` they should have been: not bytes, too short, another magic (with
     ``foreign``'s message when it is a magic gpuslo knows), a version this
-    build does not read, a truncated or corrupt body.
+    build does not read, a truncated or corrupt body (read by
+    :func:`read_arrow_stream`, with ``expected`` columns when given).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise error(f"expected bytes, got {type(data).__name__}")
@@ -165,8 +220,8 @@ def read_framed(
             f"{what} schema version {got} is not supported (this build reads version {version})"
         )
     try:
-        return pl.read_ipc_stream(io.BytesIO(data[header:]))
-    except Exception as exc:  # polars raises several error types for bad IPC
+        return read_arrow_stream(data[header:], expected)
+    except ValueError as exc:
         raise error(
             f"{what} body ({len(data) - header} bytes) is truncated or corrupt: {exc}"
         ) from exc
@@ -185,7 +240,7 @@ def decode(data: bytes) -> pl.DataFrame:
             version, truncated or corrupt, or hold a frame with other columns.
     """
     return validate(read_framed(data, MAGIC, SCHEMA_VERSION, what="sample frame",
-                                error=SchemaError))
+                                error=SchemaError, expected=SAMPLE_SCHEMA))
 
 
 def split(frame: pl.DataFrame, max_rows: int) -> list[pl.DataFrame]:

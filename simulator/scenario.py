@@ -74,6 +74,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Bounds on what a scenario may ask for.  Loading builds the fleet to check fault
+# targets, at about a millisecond per node, and a warm-up is stepped tick by tick,
+# so an unbounded number here is a file that hangs every command that reads it.
+MAX_NODES = 4096
+MAX_REPLICAS = 1024
+MIN_TICK_S = 0.1
+MAX_WARMUP_S = 7 * 86400.0
+
 _SVC = ServiceSpec("defaults", "vllm")
 _TRAIN = TrainingSpec()
 _FLEET = FleetSpec(services=(), training=None)
@@ -84,7 +92,7 @@ class ServiceModel(_Model):
 
     name: str = Field(min_length=1)
     engine: Literal["vllm", "sglang", "triton"]
-    replicas: int = Field(_SVC.replicas, ge=1)
+    replicas: int = Field(_SVC.replicas, ge=1, le=MAX_REPLICAS)
     tp: int = Field(_SVC.tp, ge=1)
     rps: float = Field(_SVC.base_rps, gt=0, description="Requests/s at the diurnal mean.")
     prompt_tokens: float = Field(_SVC.prompt_tokens, gt=0)
@@ -114,7 +122,7 @@ class TrainingModel(_Model):
     """A synchronous training job on the last nodes of the fleet."""
 
     name: str = Field(_TRAIN.name, min_length=1)
-    nodes: int = Field(_TRAIN.nodes, ge=1)
+    nodes: int = Field(_TRAIN.nodes, ge=1, le=MAX_NODES)
     compute_s: float = Field(_TRAIN.compute_s, gt=0)
     comm_s: float = Field(_TRAIN.comm_s, gt=0)
     data_s: float = Field(_TRAIN.data_s, gt=0)
@@ -123,17 +131,18 @@ class TrainingModel(_Model):
 class FleetModel(_Model):
     """Fleet shape.  ``services`` omitted: the default mix; ``training: null``: no job."""
 
-    nodes: int = Field(_FLEET.nodes, ge=1)
+    nodes: int = Field(_FLEET.nodes, ge=1, le=MAX_NODES)
     gpus_per_node: int = Field(_FLEET.gpus_per_node, ge=1, le=16)
     ib_ports: int = Field(_FLEET.ib_ports, ge=1, le=8)
     disks: int = Field(_FLEET.disks, ge=1, le=8)
     fabric: Literal["infiniband", "roce"] = _FLEET.fabric
-    ceph_osds: int = Field(_FLEET.ceph_osds, ge=1)
+    ceph_osds: int = Field(_FLEET.ceph_osds, ge=1, le=MAX_NODES)
     routing: Literal["even", "least_loaded"] = Field(
         _FLEET.routing,
         description="Request split over a model's replicas; least_loaded spreads a slow "
                     "replica's load (and queue) onto its twins.")
-    tick_s: float = Field(_FLEET.tick_s, gt=0, description="Simulated seconds per model step.")
+    tick_s: float = Field(_FLEET.tick_s, ge=MIN_TICK_S,
+                          description="Simulated seconds per model step.")
     start: datetime = Field(
         datetime.fromtimestamp(_FLEET.start_s, UTC),
         description="Simulated wall time at which the fleet is built (before the warm-up).",
@@ -197,7 +206,8 @@ class Scenario(_Model):
     seed: int = 0
     speed: float = Field(60.0, gt=0, description="Simulated seconds per real second.")
     warmup: Duration = Field(
-        300.0, ge=0, description="Simulated time stepped before serving (temperatures settle)."
+        300.0, ge=0, le=MAX_WARMUP_S,
+        description="Simulated time stepped before serving (temperatures settle).",
     )
     fleet: FleetModel = Field(default_factory=FleetModel)
     load: LoadModel = Field(default_factory=LoadModel)
@@ -326,6 +336,9 @@ def load_scenario(path: str | Path) -> Scenario:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(source, [f"cannot read file: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) \
+            from exc
     try:
         tree = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -1076,6 +1076,9 @@ def load_specs(paths: Iterable[str | Path]) -> list[SloSpec]:
         except OSError as exc:
             problems.append(f"{f}: cannot read file: {exc.strerror or exc}")
             continue
+        except UnicodeDecodeError as exc:
+            problems.append(f"{f}: not UTF-8 text: {exc.reason} at byte {exc.start}")
+            continue
         try:
             docs.extend(_yaml_documents(text, str(f), prefix))
         except SpecError as exc:

@@ -50,6 +50,7 @@ def decode_partials(data: bytes | bytearray | memoryview) -> pl.DataFrame:
     frame = read_framed(
         data, PARTIALS_MAGIC, PARTIALS_VERSION, what="partial-count frame", error=PartialsError,
         foreign={SAMPLE_MAGIC: "a sample frame, not a partial-count frame (wrong topic?)"},
+        expected=PARTIAL_SCHEMA,
     )
     problems = [
         f"column {n!r} is {frame.schema.get(n)}, expected {t}"

@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
-from gpuslo.exporters.base import AnomalyScore, DeliveryStats, HealthSnapshot, Snapshot
+from gpuslo.exporters.base import (
+    AnomalyScore,
+    DeliveryStats,
+    HealthSnapshot,
+    ScrapeTargetKey,
+    Snapshot,
+)
 from gpuslo.slo import conventions as cv
 from gpuslo.slo.alerting import AlertEvaluator, AlertReport
 from gpuslo.slo.budget import SliState, SloReport, WindowReport
@@ -93,15 +99,18 @@ def fire(
     return rep, ev.evaluate([rep], now)
 
 
+NODE_1 = ScrapeTargetKey("dcgm", "dcgm", "gpu-node-1", "http://gpu-node-1:9400/metrics")
+NODE_2 = ScrapeTargetKey("dcgm", "dcgm", "gpu-node-2", "http://gpu-node-2:9400/metrics")
+
+
 def health() -> HealthSnapshot:
     """Self-health with one target up, one down, some drops, lag and dead letters."""
     return HealthSnapshot(
-        target_up={"http://gpu-node-1:9400/metrics": True, "http://gpu-node-2:9400/metrics": False},
-        target_duration_s={"http://gpu-node-1:9400/metrics": 0.125,
-                           "http://gpu-node-2:9400/metrics": 10.0},
-        target_samples={"http://gpu-node-1:9400/metrics": 1234},
+        target_up={NODE_1: True, NODE_2: False},
+        target_duration_s={NODE_1: 0.125, NODE_2: 10.0},
+        target_samples={NODE_1: 1234},
         scrapes_total={"dcgm": 42},
-        scrape_errors_total={("http://gpu-node-2:9400/metrics", "timeout"): 3},
+        scrape_errors_total={(NODE_2, "timeout"): 3},
         samples_produced_total=51_234,
         records_produced_total=40,
         produce_failures_total=1,

@@ -151,7 +151,10 @@ class StatusHistory:
         scopes = tuple(scopes_now(snap.reports, snap.alerts, snap.specs, snap.rca, episodes,
                                   tiers=self._tiers))
         evaluated = max((r.evaluated_at for r in snap.reports), default=None)
-        down = tuple(sorted(t for t, up in snap.health.target_up.items() if not up))
+        # The target's URL (or path) names it on the page; a whole collector's failure
+        # has no target and is named by the collector.
+        down = tuple(sorted({t.target or t.collector
+                             for t, up in snap.health.target_up.items() if not up}))
         return StatusData(self.title, evaluated, scopes, dict(snap.specs), self.fleet, down)
 
     def series(self, slo_id: str, scope_key: str) -> ScopeSeries | None:

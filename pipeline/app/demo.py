@@ -27,17 +27,26 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.live import Live
 
-from gpuslo.pipeline.aio import run_until
+from gpuslo.exporters.base import ExportHub
+from gpuslo.pipeline.aio import run_until, stop_line
 from gpuslo.pipeline.app.fleet_targets import collector_configs
 from gpuslo.pipeline.app.keys import key_presses
 from gpuslo.pipeline.app.views.fit import FitStack
 from gpuslo.pipeline.app.views.fleet import DemoTail
 from gpuslo.pipeline.app.views.slo import SloExpander, SloStatusView, report_table
-from gpuslo.pipeline.app.wiring import Aggregation, aggregation, collection
+from gpuslo.pipeline.app.wiring import (
+    Aggregation,
+    Mount,
+    aggregation,
+    collection,
+    connect_kafka,
+    http_address,
+    serving,
+)
 from gpuslo.pipeline.config import GpusloConfig
-from gpuslo.pipeline.kafka.servers import kafka_servers
+from gpuslo.pipeline.readiness import Readiness
+from gpuslo.pipeline.stages.board import ReportBoard
 from gpuslo.pipeline.stages.collect import CollectRunner
-from gpuslo.pipeline.stages.publish import health_snapshot
 from gpuslo.pipeline.stages.tail import tail_samples
 from gpuslo.simulator.fleet import Fleet
 from gpuslo.simulator.scenario import (
@@ -179,6 +188,9 @@ def demo_config(
                 "prometheus": {"enabled": True, "host": "127.0.0.1", "port": port},
                 "web": {"enabled": True, "refresh_s": 2.0},
             },
+            # Someone pressed Ctrl-C and watches: a scrape still in hand gets half a second.
+            "shutdown": {"collect_scrape_wait_s": 0.5, "collect_flush_s": 5.0,
+                         "aggregate_grace_s": 10.0},
         }
     )
 
@@ -260,11 +272,17 @@ async def run_demo(
     *,
     stop: asyncio.Event | None = None,
     on_fleet_started: Callable[[str], object] | None = None,
+    board: ReportBoard | None = None,
+    mounts: Sequence[Mount] = (),
 ) -> DemoTail:
     """Run fleet + broker + the production pipeline + live view until the duration or ``stop``.
 
     ``on_fleet_started`` is called with the simulator's base URL once it serves
-    (tests post faults there, as ``gpuslo inject`` would).  Raises
+    (tests post faults there, as ``gpuslo inject`` would).  ``board`` is the SLO
+    engine's (give one to mount routes over it); ``mounts`` are added to the
+    HTTP app (``--metrics-port``; see :mod:`~gpuslo.pipeline.app.wiring`).
+    Stopping drains everything in order and stops the embedded broker last;
+    the last line printed says what was stopped.  Raises
     :class:`~gpuslo.simulator.faults.FaultError` (bad ``inject``),
     :class:`~gpuslo.simulator.scenario.ScenarioError` or
     :class:`~gpuslo.slo.spec.SpecError` before anything starts.
@@ -273,16 +291,41 @@ async def run_demo(
     s = settings
     prep = _prepare(s, console)
     stop = stop if stop is not None else asyncio.Event()
+    board = board if board is not None else ReportBoard()
+    readiness = Readiness()
+    stopped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="gpuslo-demo-") as state_dir:
         cfg = demo_config(state_dir, s.alertmanager, s.metrics_port)
         t = cfg.kafka.topics
-        async with kafka_servers(cfg.kafka, [t.samples, t.sli, t.dlq]) as servers:
-            console.print(f"[bold]gpuslo demo[/]: embedded Kafka-compatible broker on {servers}")
-            srv = await start_fleet_server(prep.fleet, speed=prep.speed, port=s.sim_port)
-            try:
-                return await _run(s, prep, cfg, servers, srv, console, stop, on_fleet_started)
-            finally:
-                await srv.stop()
+        async with serving(cfg, stop, readiness, mounts=mounts) as hub:
+            address = http_address(hub)
+            async with connect_kafka(cfg, [t.samples, t.sli, t.dlq], stop, readiness) as servers:
+                console.print(f"[bold]gpuslo demo[/]: embedded Kafka-compatible broker on "
+                              f"{servers}")
+                srv = await start_fleet_server(prep.fleet, speed=prep.speed, port=s.sim_port)
+                try:
+                    view = await _run(s, prep, cfg, servers, srv, console, stop,
+                                      on_fleet_started, _Parts(hub, board, readiness, address,
+                                                               stopped))
+                finally:
+                    await srv.stop()
+                stopped.append(f"simulator {srv.base_url}")
+            stopped.append(f"embedded broker {servers}")
+        if address is not None:
+            stopped.append(f"HTTP server {address}")
+    console.print(stop_line(stop, stopped), highlight=False, soft_wrap=True)
+    return view
+
+
+@dataclass
+class _Parts:
+    """What :func:`run_demo` set up before the pipeline starts, and its stop list."""
+
+    hub: ExportHub
+    board: ReportBoard
+    readiness: Readiness
+    address: str | None
+    stopped: list[str]
 
 
 async def _run(
@@ -294,6 +337,7 @@ async def _run(
     console: Console,
     stop: asyncio.Event,
     on_fleet_started: Callable[[str], object] | None,
+    parts: _Parts,
 ) -> DemoTail:
     targets = srv.targets()
     cfg = cfg.model_copy(update={"collectors": collector_configs(targets, s.interval_s)})
@@ -329,18 +373,21 @@ async def _run(
     runtime_log.addFilter(quiet)
     try:
         async with (
-            aggregation(cfg, prep.specs, servers, clock=slo_now) as agg,
-            collection(cfg, servers, clock=sim_clock) as runner,
+            aggregation(cfg, prep.specs, servers, clock=slo_now, hub=parts.hub,
+                        board=parts.board, readiness=parts.readiness) as agg,
+            collection(cfg, servers, clock=sim_clock, readiness=parts.readiness,
+                       stop=stop) as runner,
         ):
             console.print(
                 f"SLO engine: {len(prep.specs)} SLOs, evaluated every "
                 f"{cfg.slo.tick_interval_s:g}s"
-                + (f"; alerts to {', '.join(s.alertmanager)}" if s.alertmanager else ""),
+                + (f"; alerts to {', '.join(s.alertmanager)}" if s.alertmanager else "")
+                + (f"; /metrics, /healthz, /readyz on {parts.address}"
+                   if parts.address is not None else ""),
                 highlight=False,
             )
             if agg.page_url is not None:
-                console.print(f"status page: [bold]{agg.page_url}[/]  (Prometheus metrics: "
-                              f"{agg.page_url}metrics)", highlight=False)
+                console.print(f"status page: [bold]{agg.page_url}[/]", highlight=False)
             expander = SloExpander()
             page = agg.status_page
 
@@ -362,23 +409,33 @@ async def _run(
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), 0.25)
 
-                tail_task = asyncio.create_task(
-                    tail_samples(cfg.kafka, cfg.consumer, stop, view, bootstrap_servers=servers)
-                )
+                def tail_drain_s() -> float:
+                    # Interrupted: the view need not catch up with the last batches (a
+                    # --duration run does, so its totals match what was produced).
+                    return 0.0 if getattr(stop, "reason", None) in ("SIGINT", "SIGTERM") \
+                        else 15.0
+
+                tail_task = asyncio.create_task(tail_samples(
+                    cfg.kafka, cfg.consumer, stop, view, bootstrap_servers=servers,
+                    drain_timeout_s=tail_drain_s))
                 await run_until(
-                    stop, s.duration_s, runner.run(stop), repaint(),
-                    agg.run(stop, lambda: health_snapshot(runner.stats)),
+                    stop, s.duration_s, runner.run(stop), repaint(), agg.run(stop, runner.stats),
                 )
                 await tail_task
             panel.refresh(runner)
             view.reports = agg.engine.board.latest().reports
             console.print(final())
+            rs = runner.stats
             console.print(
-                f"produced {runner.stats.samples_produced} samples in "
-                f"{runner.stats.records_produced} records; samples seen: {view.samples}"
+                f"produced {rs.samples_produced} samples in "
+                f"{rs.records_produced} records; samples seen: {view.samples}"
             )
             if truth is not None:
                 console.print(f"ground truth: {truth}", highlight=False)
+            parts.stopped.append(f"{len(cfg.collectors)} collectors ({rs.pending_samples} "
+                                 "samples undelivered)")
+            parts.stopped.append("SLO stages " + ("checkpointed and committed" if agg.drained
+                                                  else "cut short"))
             return view
     finally:
         runtime_log.removeFilter(quiet)

@@ -4,19 +4,40 @@ It lets the demo and the tests speak the real Kafka protocol over TCP with no
 JVM and no cluster.  It keeps data in memory only and has no idempotent
 producer (``InitProducerId`` fails), so ``kafka.enable_idempotence`` must stay
 off against it.  Production points ``kafka.bootstrap_servers`` at real Kafka.
+
+The broker is a child process that its parent stops last, so two things hold:
+
+* It runs in its own session (so its own process group).  Ctrl-C in a terminal
+  sends SIGINT to the whole foreground process group; were the broker in it, it
+  would die first, and the parent's drain (flush, checkpoint, commit) would
+  spend its time retrying a dead broker.  Out of the group, the parent stops it
+  after everything that talks to it.
+* It dies with its parent.  On Linux the child asks the kernel, before it
+  execs, for SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)`` in a
+  ``preexec_fn``), so a parent killed with SIGKILL, or one that crashed, never
+  leaves a broker behind; no watchdog process or thread is needed, and nothing
+  depends on the parent getting to run any code.  The kernel ties the signal
+  to the *thread* that forked, so the broker is spawned from the calling
+  thread (the event loop's, in ``async with``), never from a short-lived
+  worker thread.  Elsewhere (macOS) the broker is stopped on every normal or
+  signalled exit, but a SIGKILLed parent leaves it running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -57,6 +78,33 @@ def find_broker_binary() -> str:
     )
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when its parent dies (Linux).
+
+    libc is loaded here, in the parent: the hook runs in the forked child
+    before ``exec`` and does nothing there but two system calls.  ``None``
+    where ``prctl`` does not exist.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would stop us
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago on ``host``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -93,7 +141,9 @@ class EmbeddedBroker:
     """Run Tansu on a free loopback port for the lifetime of the object.
 
     Usable from sync code (``start()``/``stop()``, ``with``) and async code
-    (``async with``): starting is a short blocking wait for the process.
+    (``async with``: spawned on the loop's thread, then waited for in a worker
+    thread).  Call ``start()`` from a thread that outlives the broker (see the
+    module's doc: the broker dies with the thread that spawned it).
     """
 
     def __init__(
@@ -103,11 +153,18 @@ class EmbeddedBroker:
         port: int | None = None,
         binary: str | None = None,
         startup_timeout_s: float = 15.0,
+        advertised_port: int | None = None,
+        authentication: bool = False,
     ) -> None:
+        """``advertised_port``: the port clients are told to use (a TLS-terminating proxy
+        in front of the broker); ``authentication``: require SASL (Tansu offers SCRAM
+        with credentials from its storage; a memory store starts with none)."""
         self.host = host
         self.port = port or 0
         self._binary = binary
         self._startup_timeout_s = startup_timeout_s
+        self._advertised_port = advertised_port
+        self._authentication = authentication
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path: Path | None = None
 
@@ -119,13 +176,24 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
     def start(self) -> EmbeddedBroker:
+        """Spawn the broker and wait until it answers Kafka requests."""
         if self.running:
             return self
+        self._spawn()
+        return self._wait_ready()
+
+    def _spawn(self) -> None:
         binary = self._binary or find_broker_binary()
         if not self.port:
             self.port = free_port(self.host)
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self._advertised_port or self.port}"
         fd, log_name = tempfile.mkstemp(prefix="gpuslo-broker-", suffix=".log")
         self._log_path = Path(log_name)
         cmd = [
@@ -134,18 +202,26 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ]
+        if self._authentication:
+            cmd.append("--authentication")
         try:
             self._proc = subprocess.Popen(
-                cmd, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                cmd, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=die_with_parent_hook(),
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             raise BrokerError(f"cannot start embedded broker {binary!r}: {exc}") from exc
         finally:
             os.close(fd)
+        self._binary = binary
+
+    def _wait_ready(self) -> EmbeddedBroker:
+        assert self._proc is not None
+        binary, url = self._binary, f"tcp://{self.host}:{self.port}"
         deadline = time.monotonic() + self._startup_timeout_s
         while time.monotonic() < deadline:
             rc = self._proc.poll()
@@ -176,14 +252,19 @@ class EmbeddedBroker:
             return ""
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the broker (its clients should be stopped first).
+
+        It keeps everything in memory, so there is nothing for it to save: it is
+        killed, which is immediate, where its own SIGTERM shutdown takes about
+        half a second of a Ctrl-C's few.
+        """
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            proc.terminate()
+            proc.kill()
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                log.error("embedded broker (pid %d) did not exit after SIGKILL", proc.pid)
         if self._log_path is not None:
             with contextlib.suppress(OSError):
                 self._log_path.unlink()
@@ -201,7 +282,14 @@ class EmbeddedBroker:
         self.stop()
 
     async def __aenter__(self) -> EmbeddedBroker:
-        return await asyncio.to_thread(self.start)
+        if self.running:
+            return self
+        self._spawn()  # on the loop's thread: the broker dies with it (see the module's doc)
+        try:
+            return await asyncio.to_thread(self._wait_ready)
+        except BaseException:
+            await asyncio.to_thread(self.stop)
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.stop)

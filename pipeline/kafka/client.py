@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import ssl
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
+from gpuslo.pipeline.auth import secret_source
 from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
 from gpuslo.pipeline.errors import GpusloError
 from gpuslo.pipeline.schema import SCHEMA_VERSION, SchemaError, decode, encode, split
@@ -61,8 +63,58 @@ class TransportError(GpusloError):
         super().__init__(message, retriable=retriable)
 
 
+def kafka_ssl_context(cfg: KafkaConfig) -> ssl.SSLContext:
+    """The TLS context for ``SSL``/``SASL_SSL``: verification on unless asked off by name.
+
+    ``ssl_cafile`` (else the system store) verifies the brokers' certificates
+    and host names; ``ssl_certfile``/``ssl_keyfile`` add a client certificate
+    (mutual TLS, e.g. a Strimzi ``KafkaUser`` with ``authentication: tls``);
+    ``ssl_insecure_skip_verify`` turns verification off.
+
+    Raises:
+        TransportError: a CA, certificate or key file cannot be loaded (names the
+            file, never its content); not retriable.
+    """
+    try:
+        ctx = create_ssl_context(
+            cafile=str(cfg.ssl_cafile) if cfg.ssl_cafile else None,
+            certfile=str(cfg.ssl_certfile) if cfg.ssl_certfile else None,
+            keyfile=str(cfg.ssl_keyfile) if cfg.ssl_keyfile else None,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        files = ", ".join(f"{k} {v}" for k, v in (("ssl_cafile", cfg.ssl_cafile),
+                                                   ("ssl_certfile", cfg.ssl_certfile),
+                                                   ("ssl_keyfile", cfg.ssl_keyfile)) if v)
+        raise TransportError(f"kafka TLS: cannot load {files or 'the system CA store'}: "
+                             f"{getattr(exc, 'strerror', None) or exc}",
+                             retriable=False) from exc
+    if cfg.ssl_insecure_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def sasl_password(cfg: KafkaConfig) -> str | None:
+    """The SASL password: ``sasl_password``, or ``sasl_password_file`` read now.
+
+    Read each time a client connects, so a rotated Secret takes effect at the
+    next connection (aiokafka keeps a client's password for its lifetime).
+
+    Raises:
+        TokenError: the file cannot be read or is empty (names the path).
+    """
+    source = secret_source(cfg.sasl_password, cfg.sasl_password_file, what="Kafka SASL password")
+    return None if source is None else source.get().reveal()
+
+
 def client_options(cfg: KafkaConfig, bootstrap_servers: str | None = None) -> dict[str, Any]:
-    """Connection settings shared by producer, consumer and admin client."""
+    """Connection settings shared by producer, consumer and admin client.
+
+    These are aiokafka's keyword arguments: ``security_protocol``, an
+    ``ssl_context`` for the TLS protocols (:func:`kafka_ssl_context`), and
+    ``sasl_mechanism`` with ``sasl_plain_username``/``sasl_plain_password``
+    for the SASL ones (aiokafka uses the ``plain`` names for SCRAM too).
+    """
     servers = bootstrap_servers or cfg.bootstrap_servers
     if not servers:
         raise TransportError(
@@ -76,15 +128,11 @@ def client_options(cfg: KafkaConfig, bootstrap_servers: str | None = None) -> di
         "security_protocol": cfg.security_protocol,
     }
     if cfg.security_protocol in ("SSL", "SASL_SSL"):
-        opts["ssl_context"] = create_ssl_context(
-            cafile=str(cfg.ssl_cafile) if cfg.ssl_cafile else None
-        )
+        opts["ssl_context"] = kafka_ssl_context(cfg)
     if cfg.security_protocol.startswith("SASL"):
         opts["sasl_mechanism"] = cfg.sasl_mechanism
         opts["sasl_plain_username"] = cfg.sasl_username
-        opts["sasl_plain_password"] = (
-            cfg.sasl_password.get_secret_value() if cfg.sasl_password else None
-        )
+        opts["sasl_plain_password"] = sasl_password(cfg)
     return opts
 
 
@@ -98,7 +146,8 @@ async def ensure_topics(
     """Create the topics that do not exist yet; return the ones created."""
     admin = AIOKafkaAdminClient(**client_options(cfg, bootstrap_servers))
     try:
-        await admin.start()
+        await _start_client(admin, f"connect admin client to "
+                                   f"{bootstrap_servers or cfg.bootstrap_servers}")
         existing = set(await admin.list_topics())
         wanted = [n for n in dict.fromkeys(names) if n not in existing]
         if not wanted:
@@ -181,10 +230,25 @@ class SampleProducer:
         self._producer = producer
         return self
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Close the producer, delivering what it still holds.
+
+        aiokafka waits for every batch it holds, up to the request timeout and
+        longer with the broker gone; a process that is draining gives it
+        ``timeout_s`` and abandons the rest (its caller has already counted
+        what was not acknowledged).
+        """
         producer, self._producer = self._producer, None
-        if producer is not None:
+        if producer is None:
+            return
+        if timeout_s is None:
             await producer.stop()
+            return
+        try:
+            await asyncio.wait_for(producer.stop(), timeout_s)
+        except TimeoutError:
+            log.warning("producer not closed within %gs: unacknowledged batches abandoned",
+                        timeout_s)
 
     async def __aenter__(self) -> SampleProducer:
         return await self.start()
@@ -266,13 +330,70 @@ class SampleProducer:
         ]
 
 
-async def _start_client(client: AIOKafkaProducer | AIOKafkaConsumer, what: str) -> None:
-    """Start an aiokafka client; on failure release it and raise a retriable error."""
+class _ConnectErrors(logging.Handler):
+    """Keeps what aiokafka logs about failed connections while a client starts.
+
+    aiokafka raises a bare "Unable to bootstrap" and logs the reason (a TLS
+    verification failure, a SASL mechanism the broker does not offer) on its
+    own logger; the reason belongs in the error an operator reads.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            message = record.getMessage()
+            if "Unable connect" in message and message not in self.messages:
+                self.messages.append(message)
+
+
+async def _start_client(
+    client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient, what: str
+) -> None:
+    """Start an aiokafka client; on failure release it and raise a clear TransportError.
+
+    Kafka errors stay retriable, as they always were here (a broker may come
+    back), and carry the reason aiokafka logged.  A SCRAM login the broker
+    refused is not retriable (the credentials are wrong): aiokafka reports it as
+    a ``KeyError`` from deep in its SCRAM code, which must not escape as such.
+    A start cancelled half-way (a process stopping while Kafka is slow) releases
+    the client too, so no connection or background task outlives it.
+    """
+    reasons = _ConnectErrors()
+    aiokafka_log = logging.getLogger("aiokafka")
+    aiokafka_log.addHandler(reasons)
     try:
         await client.start()
     except KafkaError as exc:
-        await client.stop()
-        raise TransportError(f"cannot {what}: {type(exc).__name__}: {exc}", retriable=True) from exc
+        await _close(client)
+        detail = f" ({'; '.join(reasons.messages[-2:])})" if reasons.messages else ""
+        raise TransportError(f"cannot {what}: {type(exc).__name__}: {exc}{detail}",
+                             retriable=True) from exc
+    except (KeyError, ValueError) as exc:  # aiokafka's SCRAM parser on a refused login
+        await _close(client)
+        raise TransportError(
+            f"cannot {what}: the broker refused the SASL authentication (wrong user name or "
+            f"password, or a mechanism it does not enable): {type(exc).__name__}: {exc}",
+            retriable=False) from exc
+    except asyncio.CancelledError:
+        # A consumer's start waits for its group join, and closing it waits for the
+        # join in flight (a second or three on a fresh group).  Waited for, not left
+        # behind: a client left running would retry the broker after it is stopped
+        # and flood the terminal with connection errors.
+        await _close(client)
+        raise
+    finally:
+        aiokafka_log.removeHandler(reasons)
+
+
+async def _close(client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient) -> None:
+    with contextlib.suppress(Exception):
+        if isinstance(client, AIOKafkaAdminClient):
+            await client.close()
+        else:
+            await client.stop()
 
 
 def _consume_result(task: asyncio.Future[Any]) -> None:
@@ -364,6 +485,16 @@ class SampleConsumer:
         if self._dlq is None:
             self._dlq = SampleProducer(self.cfg, bootstrap_servers=self._bootstrap)
         await self._dlq.start()
+        try:
+            await self._start_consumer()
+        except BaseException:
+            if self._owns_dlq:  # `async with` never reaches __aexit__ when start fails
+                await self._dlq.stop()
+                self._dlq = None
+            raise
+        return self
+
+    async def _start_consumer(self) -> None:
         c = self.consumer_cfg
         options = client_options(self.cfg, self._bootstrap)
         # A JoinGroup request is held by the coordinator for up to the session
@@ -384,7 +515,6 @@ class SampleConsumer:
             consumer.subscribe(topics=self.topics, listener=self._listener)
         await _start_client(consumer, f"start consumer for {self.topics}")
         self._consumer = consumer
-        return self
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None

@@ -14,13 +14,19 @@ never a torn file.  Members of one consumer group must share the directory
 checkpoint its previous owner wrote.
 
 File format: ``MAGIC + version byte + 4-byte big-endian header length + JSON
-header + Arrow IPC streams``; the header lists each frame's name and length
-and carries small JSON metadata (offset, alert states).
+header + Arrow IPC streams``; the header lists each frame's name and length,
+a BLAKE2b digest of the frames' bytes, and small JSON metadata (offset, alert
+states).  The digest turns a damaged file (a bad disk, a torn copy onto a
+shared volume) into a clear error before any byte of it is parsed as Arrow;
+files written before it existed have none and are read without it.  Every way
+a file can be wrong raises :class:`CorruptCheckpointError` naming the file;
+it never crashes the process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -34,7 +40,8 @@ from typing import Any
 
 import polars as pl
 
-from gpuslo.pipeline.errors import GpusloError
+from gpuslo.pipeline.errors import GpusloError, InputError
+from gpuslo.pipeline.schema import read_arrow_stream
 
 MAGIC = b"GSCK"
 VERSION = 1
@@ -44,6 +51,14 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 class CheckpointError(GpusloError):
     """A checkpoint that cannot be read or written; restarting from it would be unsafe."""
+
+
+class CorruptCheckpointError(CheckpointError, InputError):
+    """A checkpoint file whose bytes are not a checkpoint this build reads; names the file."""
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -61,40 +76,59 @@ def _encode(ckpt: Checkpoint) -> bytes:
         buf = io.BytesIO()
         frame.write_ipc_stream(buf, compression="uncompressed")
         blobs.append((name, buf.getvalue()))
+    body = b"".join(b for _, b in blobs)
     header = json.dumps(
         {
             "next_offset": ckpt.next_offset,
             "frames": [[n, len(b)] for n, b in blobs],
+            "blake2b": _digest(body),
             "meta": ckpt.meta,
         },
         separators=(",", ":"),
     ).encode()
-    return b"".join([MAGIC, bytes([VERSION]), _LEN.pack(len(header)), header,
-                     *(b for _, b in blobs)])
+    return b"".join([MAGIC, bytes([VERSION]), _LEN.pack(len(header)), header, body])
 
 
 def _decode(data: bytes, where: str) -> Checkpoint:
     base = len(MAGIC) + 1 + _LEN.size
     if len(data) < base or data[: len(MAGIC)] != MAGIC:
-        raise CheckpointError(f"{where}: not a gpuslo checkpoint file")
+        raise CorruptCheckpointError(f"{where}: not a gpuslo checkpoint file")
     if data[len(MAGIC)] != VERSION:
-        raise CheckpointError(
+        raise CorruptCheckpointError(
             f"{where}: checkpoint version {data[len(MAGIC)]} is not supported "
             f"(this build reads version {VERSION})"
         )
     (hlen,) = _LEN.unpack_from(data, len(MAGIC) + 1)
     try:
+        if base + hlen > len(data):
+            raise ValueError(f"header of {hlen} bytes runs past the end of the file")
         header = json.loads(data[base : base + hlen])
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
         pos = base + hlen
+        digest = header.get("blake2b")
+        if digest is not None and digest != _digest(data[pos:]):
+            raise ValueError("digest mismatch: the file was damaged after it was written")
+        next_offset = header["next_offset"]
+        if isinstance(next_offset, bool) or not isinstance(next_offset, int) or next_offset < 0:
+            raise ValueError(f"next_offset {next_offset!r} is not an offset")
+        meta = header.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise ValueError("meta is not a JSON object")
         frames: dict[str, pl.DataFrame] = {}
         for name, length in header["frames"]:
-            frames[str(name)] = pl.read_ipc_stream(io.BytesIO(data[pos : pos + int(length)]))
-            pos += int(length)
+            length = int(length)
+            if length < 0 or pos + length > len(data):
+                raise ValueError(f"frame {name!r} of {length} bytes runs past the end")
+            frames[str(name)] = read_arrow_stream(data[pos : pos + length])
+            pos += length
         if pos != len(data):
             raise ValueError(f"{len(data) - pos} trailing bytes")
-        return Checkpoint(int(header["next_offset"]), frames, dict(header.get("meta") or {}))
-    except Exception as exc:  # JSON, Arrow and key errors all mean the same here
-        raise CheckpointError(f"{where}: checkpoint is truncated or corrupt: {exc}") from exc
+        return Checkpoint(next_offset, frames, meta)
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+        # JSON, Arrow and the header's shape all mean the same here.
+        raise CorruptCheckpointError(
+            f"{where}: checkpoint is truncated or corrupt: {exc}") from exc
 
 
 class CheckpointStore:
@@ -111,7 +145,8 @@ class CheckpointStore:
         """The saved checkpoint, or None when there is none yet.
 
         Raises:
-            CheckpointError: the file exists but cannot be read or parsed.
+            CorruptCheckpointError: the file exists but is not a readable checkpoint.
+            CheckpointError: the file exists but cannot be read.
         """
         path = self.path(scope, partition)
         try:

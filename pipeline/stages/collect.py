@@ -4,6 +4,11 @@ Only coordination lives here.  Each collector runs in its own task so a slow
 one never delays another; a failed produce keeps the batch in a bounded
 retry buffer (oldest dropped first, and counted) so that a broker restart
 loses nothing that fits in memory and never crashes the process.
+
+Stopping (SIGTERM, Ctrl-C) drains: no new scrape starts, the scrapes in hand
+get ``scrape_wait_s`` to finish and be handed over, and the producer gets
+``flush_s`` to deliver what is pending; anything left after that is counted in
+``stats.pending`` and logged, never silently lost.
 """
 
 from __future__ import annotations
@@ -13,19 +18,27 @@ import contextlib
 import logging
 import random
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import polars as pl
 
 from gpuslo.collectors.base import Collector, TargetResult
+from gpuslo.exporters.base import ScrapeTargetKey
 from gpuslo.pipeline.aio import Clock, sleep_or_stop, utc_now
 from gpuslo.pipeline.kafka.client import SampleProducer, TransportError
+from gpuslo.pipeline.readiness import READY_KAFKA, READY_TARGETS, Readiness
 
 log = logging.getLogger(__name__)
 
 Submit = Callable[[list[TargetResult]], Awaitable[object]]
+
+# Why the collect stage drops samples (``gpuslo_dropped_total{reason}``): exported as 0
+# from the start, so a dashboard's rate() has a series before the first drop.
+DROP_RETRY_BUFFER_FULL = "retry_buffer_full"
+DROP_PRODUCE_REJECTED = "produce_rejected"
+DROP_REASONS = (DROP_RETRY_BUFFER_FULL, DROP_PRODUCE_REJECTED)
 
 
 @runtime_checkable
@@ -50,20 +63,38 @@ class ScheduledCollector(Collector, Protocol):
         ...
 
 
+@runtime_checkable
+class ListsTargets(Protocol):
+    """A collector that can say which targets it would scrape now (discovery included).
+
+    The runner asks once at start, so readiness means "targets discovered",
+    also on a node where discovery finds none.
+    """
+
+    async def current_targets(self) -> Sequence[object]:
+        """The targets now (the static list, or what discovery returns)."""
+        ...
+
+
 @dataclass
 class CollectStats:
-    """Self-metrics of the collect loop (one contract for every collector)."""
+    """Self-metrics of the collect loop (one contract for every collector).
+
+    Per-target figures are keyed by (collector, source, node, target URL): two
+    collectors may read one page, and each has its own health.
+    """
 
     scrapes: Counter[str] = field(default_factory=Counter)  # by collector
-    target_up: dict[str, bool] = field(default_factory=dict)  # by target
-    target_duration_s: dict[str, float] = field(default_factory=dict)
-    target_samples: dict[str, int] = field(default_factory=dict)
-    errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (target, reason)
+    target_up: dict[ScrapeTargetKey, bool] = field(default_factory=dict)
+    target_duration_s: dict[ScrapeTargetKey, float] = field(default_factory=dict)
+    target_samples: dict[ScrapeTargetKey, int] = field(default_factory=dict)
+    errors: Counter[tuple[ScrapeTargetKey, str]] = field(default_factory=Counter)  # by reason
     samples_produced: int = 0
     records_produced: int = 0
     produce_failures: int = 0
     dropped: Counter[str] = field(default_factory=Counter)  # by reason
-    pending: int = 0
+    pending: int = 0  # batches not delivered yet
+    pending_samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,8 +116,14 @@ class CollectRunner:
         max_pending_batches: int = 1000,
         jitter: float = 0.1,
         stop_grace_s: float = 10.0,
+        flush_s: float = 20.0,
+        readiness: Readiness | None = None,
     ) -> None:
+        """``stop_grace_s``: how long the scrapes in hand may take once stopped;
+        ``flush_s``: how long the producer may then take to deliver what is
+        pending.  ``readiness`` gets the ``targets`` check (registered here)."""
         self._collectors = collectors
+        self._sources = {c.name: str(getattr(c, "source", c.name)) for c, _ in collectors}
         self._producer = producer
         self._topic = topic
         self._clock = clock
@@ -94,14 +131,28 @@ class CollectRunner:
         self._max_pending = max_pending_batches
         self._jitter = jitter
         self._stop_grace_s = stop_grace_s
+        self._flush_s = flush_s
         self._lock = asyncio.Lock()
+        self._readiness = readiness
+        self._first_round: set[str] = set()  # collectors yet to list or scrape their targets
+        self._listing = {c.name for c, _ in collectors if isinstance(c, ListsTargets)}
+        self._targets_listed = 0
         self.stats = CollectStats()
+        self.stats.dropped.update(dict.fromkeys(DROP_REASONS, 0))
+        if readiness is not None:
+            readiness.expect(READY_TARGETS, f"listing the targets of {len(collectors)} "
+                             "collector(s)")
 
     async def run_once(self, collector: Collector) -> list[TargetResult]:
         """One scrape of one collector, produced; returns per-target results."""
         results = await collector.collect(self._clock())
         await self.submit(collector.name, results)
         return results
+
+    def target_key(self, collector_name: str, node: str, target: str) -> ScrapeTargetKey:
+        """The health key of one target of one collector."""
+        return ScrapeTargetKey(collector_name, self._sources.get(collector_name, collector_name),
+                               node, target)
 
     async def submit(self, collector_name: str, results: list[TargetResult]) -> None:
         """Account for and produce one scrape's results.
@@ -110,29 +161,61 @@ class CollectRunner:
         rows, so ``up == 0`` reaches Kafka); it is produced too.
         """
         self.stats.scrapes[collector_name] += 1
+        if collector_name not in self._listing:
+            self._listed(collector_name, len(results))
         for r in results:
-            self.stats.target_up[r.target] = r.ok
-            self.stats.target_duration_s[r.target] = r.duration_s
+            key = self.target_key(collector_name, r.node, r.target)
+            self.stats.target_up[key] = r.ok
+            self.stats.target_duration_s[key] = r.duration_s
             if r.ok and r.frame is not None:
-                self.stats.target_samples[r.target] = int(r.extra.get("samples", r.frame.height))
+                self.stats.target_samples[key] = int(r.extra.get("samples", r.frame.height))
             else:
-                self.stats.errors[(r.target, r.error_reason or "error")] += 1
+                self.stats.errors[(key, r.error_reason or "error")] += 1
                 log.warning("scrape failed: %s", r.error)
             if r.frame is not None and r.frame.height:
                 self._enqueue(_Pending(r.node, r.frame))
         await self.flush()
 
+    def _listed(self, collector_name: str, n_targets: int) -> None:
+        """``collector_name`` has listed (or scraped) its targets once: readiness."""
+        if collector_name not in self._first_round:
+            return
+        self._first_round.discard(collector_name)
+        self._targets_listed += n_targets
+        if not self._first_round and self._readiness is not None:
+            self._readiness.ok(READY_TARGETS, f"{self._targets_listed} target(s) of "
+                               f"{len(self._collectors)} collector(s) listed")
+
+    async def _list_targets(self, collector: ListsTargets, name: str,
+                            stop: asyncio.Event) -> None:
+        """Ask ``collector`` once for its targets (retrying a failure) for readiness."""
+        while not stop.is_set():
+            try:
+                targets = await collector.current_targets()
+            except Exception as exc:  # discovery is the collector's; readiness says why
+                log.warning("listing the targets of %s failed: %s", name, exc)
+                if self._readiness is not None:
+                    self._readiness.fail(READY_TARGETS, f"{name}: {type(exc).__name__}: {exc}")
+                await sleep_or_stop(stop, 5.0)
+                continue
+            self._listed(name, len(targets))
+            return
+
     def _enqueue(self, item: _Pending) -> None:
         if len(self._pending) >= self._max_pending:
             old = self._pending.popleft()
-            self.stats.dropped["retry_buffer_full"] += old.frame.height
+            self.stats.dropped[DROP_RETRY_BUFFER_FULL] += old.frame.height
             log.error(
                 "retry buffer full (%d batches): dropped oldest batch of %d samples",
                 self._max_pending,
                 old.frame.height,
             )
         self._pending.append(item)
+        self._count_pending()
+
+    def _count_pending(self) -> None:
         self.stats.pending = len(self._pending)
+        self.stats.pending_samples = sum(p.frame.height for p in self._pending)
 
     async def flush(self) -> bool:
         """Send pending batches in order; stop at the first retriable failure."""
@@ -147,17 +230,29 @@ class CollectRunner:
                         log.warning(
                             "produce failed, %d batches kept for retry: %s", len(self._pending), exc
                         )
-                        self.stats.pending = len(self._pending)
+                        self._count_pending()
+                        self._kafka_ready(False, f"produce failing, {self.stats.pending} "
+                                          f"batch(es) kept for retry: {exc}")
                         return False
                     self._pending.popleft()
-                    self.stats.dropped["produce_rejected"] += item.frame.height
+                    self.stats.dropped[DROP_PRODUCE_REJECTED] += item.frame.height
                     log.error("batch dropped, broker rejected it: %s", exc)
                     continue
                 self._pending.popleft()
                 self.stats.samples_produced += item.frame.height
                 self.stats.records_produced += len(sent)
-            self.stats.pending = 0
+                self._kafka_ready(True, "producing")
+            self._count_pending()
             return True
+
+    def _kafka_ready(self, ok: bool, reason: str) -> None:
+        """Kafka readiness follows the produces once running: a broker gone is not ready."""
+        if self._readiness is None:
+            return
+        was = self._readiness.check(READY_KAFKA)
+        if was is not None and was.ok and ok:
+            return  # the common case, once per batch: nothing to change
+        self._readiness.mark(READY_KAFKA, ok, reason)
 
     async def _loop(self, collector: Collector, interval_s: float, stop: asyncio.Event) -> None:
         if isinstance(collector, ScheduledCollector):
@@ -172,7 +267,7 @@ class CollectRunner:
                 await self.run_once(collector)
             except Exception:  # a bug in one collector must not stop the others
                 log.exception("collector %s failed", collector.name)
-                self.stats.errors[(collector.name, "exception")] += 1
+                self.stats.errors[(self.target_key(collector.name, "", ""), "exception")] += 1
             await sleep_or_stop(stop, max(0.0, interval_s - (loop.time() - started)))
 
     async def _scheduled(self, collector: ScheduledCollector, stop: asyncio.Event) -> None:
@@ -184,25 +279,59 @@ class CollectRunner:
                 await collector.run(submit, stop, self._clock)
             except Exception:  # restart it: a bug in one collector must not stop the others
                 log.exception("collector %s failed", collector.name)
-                self.stats.errors[(collector.name, "exception")] += 1
+                self.stats.errors[(self.target_key(collector.name, "", ""), "exception")] += 1
                 await sleep_or_stop(stop, 1.0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run every collector until ``stop`` is set, then flush what is pending."""
+        """Run every collector until ``stop`` is set, then drain (see the module's doc)."""
+        self._first_round = {c.name for c, _ in self._collectors}
+        if not self._collectors and self._readiness is not None:
+            self._readiness.ok(READY_TARGETS, "no collectors")
         tasks = [
+            asyncio.create_task(self._list_targets(c, c.name, stop), name=f"list:{c.name}")
+            for c, _ in self._collectors if isinstance(c, ListsTargets)
+        ]
+        loops = [
             asyncio.create_task(self._loop(c, i, stop), name=f"collect:{c.name}")
             for c, i in self._collectors
         ]
+        tasks += loops
         try:
             await stop.wait()
             # Let each loop finish the scrape and produce in hand: cancelling a send
             # half-way would leave a delivered batch in the retry buffer (a duplicate).
-            await asyncio.wait(tasks, timeout=self._stop_grace_s)
+            await asyncio.wait(loops, timeout=self._stop_grace_s)
         finally:
             for t in tasks:
                 t.cancel()
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
-            with contextlib.suppress(TransportError):
-                await self.flush()
+            await self.drain()
+
+    async def drain(self) -> bool:
+        """Deliver what is pending within ``flush_s``; True when nothing is left.
+
+        Past the limit the send in flight is abandoned (it may still land: at
+        least once) and what is left is logged; the process is stopping anyway.
+        """
+        async def until_empty() -> bool:
+            # A broker that is back within the limit still gets everything; the limit
+            # is the wait_for below, not an event (nothing else will say "try now").
+            while not await self.flush():  # noqa: ASYNC110
+                await asyncio.sleep(0.5)
+            return True
+
+        try:
+            delivered = await asyncio.wait_for(until_empty(), self._flush_s)
+        except TransportError as exc:
+            log.error("final flush failed: %s", exc)
+            delivered = False
+        except TimeoutError:
+            delivered = False
+        if not delivered:
+            self._count_pending()
+            log.error("stopping with %d batch(es) (%d samples) not delivered to Kafka "
+                      "(flush limit %gs)", self.stats.pending, self.stats.pending_samples,
+                      self._flush_s)
+        return delivered

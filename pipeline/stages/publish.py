@@ -1,9 +1,10 @@
 """Hand each new SLO evaluation to the exporters (Prometheus, OTLP, Alertmanager).
 
 Shared by every process that runs stage 2 (`gpuslo demo`, `gpuslo aggregate`), so
-they publish the same snapshot the same way.  The stages' live counters are
-frozen into a :class:`~gpuslo.exporters.base.HealthSnapshot` here, because the
-exporters sit below the stages and never see their objects.
+they publish the same snapshot the same way; a process that only collects
+(`gpuslo collect`) publishes its health alone on an interval.  The stages' live
+counters are frozen into a :class:`~gpuslo.exporters.base.HealthSnapshot` here,
+because the exporters sit below the stages and never see their objects.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from gpuslo.exporters.base import DeliveryStats, ExportHub, HealthSnapshot, Snapshot
+from gpuslo.pipeline.aio import sleep_or_stop
 from gpuslo.pipeline.stages.board import ReportBoard
 from gpuslo.pipeline.stages.collect import CollectStats
 from gpuslo.slo.spec import SloSpec
@@ -30,9 +32,11 @@ def health_snapshot(
 ) -> HealthSnapshot:
     """Freeze the live counters of a collect loop, consumers and Alertmanager client.
 
-    ``consumer_lag_records`` comes from ``await SampleConsumer.lag()`` per consumer,
-    ``dead_letters_total`` from ``SampleConsumer.dead_letters`` (summed), ``deliveries``
-    from :meth:`~gpuslo.alerts.alertmanager.AlertmanagerClient.stats`.
+    ``consumer_lag_records`` comes from ``await SampleConsumer.lag()`` per consumer
+    group, ``dead_letters_total`` from ``SampleConsumer.dead_letters`` (summed),
+    ``deliveries`` from :meth:`~gpuslo.alerts.alertmanager.AlertmanagerClient.stats`.
+    ``collect.dropped`` holds every known drop reason from the start (at 0), so
+    ``gpuslo_dropped_total{reason}`` exists before the first drop.
     """
     dropped: Counter[str] = Counter()
     if collect is not None:
@@ -89,4 +93,22 @@ async def publish_board(
         )
 
 
-__all__ = ["health_snapshot", "publish_board"]
+async def publish_health(
+    hub: ExportHub,
+    stop: asyncio.Event,
+    health: Callable[[], HealthSnapshot],
+    interval_s: float = 2.0,
+) -> None:
+    """Publish ``health()`` alone (no SLO reports) every ``interval_s`` until ``stop``, and
+    once more after it, so the last scrape before exit sees the drained figures.
+
+    For processes without stage 2 (``gpuslo collect``): their ``/metrics`` is their health.
+    """
+    while True:
+        await hub.publish(Snapshot.build(health=health(), taken_at=datetime.now(UTC)))
+        if stop.is_set():
+            return
+        await sleep_or_stop(stop, interval_s)
+
+
+__all__ = ["health_snapshot", "publish_board", "publish_health"]

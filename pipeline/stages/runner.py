@@ -21,6 +21,7 @@ state, and how to write, restore and drop that state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from gpuslo.pipeline.kafka.client import (
     SampleProducer,
     TopicPartition,
 )
+from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.stages.checkpoint import CheckpointStore
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,10 @@ class StageRunner:
         bootstrap_servers: str | None = None,
         checkpoint_interval_s: float = 0.0,
         decoder: Callable[[bytes], pl.DataFrame] | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
+        """``readiness`` gets a check named after the stage, ok once the group has
+        assigned this member its partitions and their checkpoints are restored."""
         self.kafka_cfg = kafka_cfg
         self.topic = topic
         self.group_id = group_id
@@ -94,6 +99,9 @@ class StageRunner:
         self._crashed = False
         self.stats = StageStats()
         self.fault: Callable[[str], None] | None = None  # test hook: raise to simulate a crash
+        self._readiness = readiness
+        if readiness is not None:
+            readiness.expect(self.stage, f"joining group {group_id} on {topic}")
 
     @property
     def scope(self) -> str:
@@ -127,9 +135,14 @@ class StageRunner:
         if self.fault is not None:
             self.fault(where)
 
-    async def step(self, timeout_ms: int | None = None) -> int:
-        """One poll, applied, checkpointed and committed when due; returns records applied."""
-        batches = await self.consumer.poll(timeout_ms)
+    async def step(self, timeout_ms: int | None = None, stop: asyncio.Event | None = None) -> int:
+        """One poll, applied, checkpointed and committed when due; returns records applied.
+
+        With ``stop``, a poll still waiting for records is abandoned once it is set
+        (a drain need not wait out the poll timeout); records already returned
+        are applied as usual.
+        """
+        batches = await self._poll(timeout_ms, stop)
         if not batches:
             async with self._lock:
                 await self._flush(force=False)
@@ -154,6 +167,26 @@ class StageRunner:
                 self.stats.dead_records += sum(1 for b in fresh if b.dead)
             await self._flush(force=False)
             return len(fresh)
+
+    async def _poll(
+        self, timeout_ms: int | None, stop: asyncio.Event | None
+    ) -> list[ConsumedBatch]:
+        if stop is None:
+            return await self.consumer.poll(timeout_ms)
+        poll = asyncio.ensure_future(self.consumer.poll(timeout_ms))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({poll, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if poll.done():
+            return poll.result()
+        # Nothing was handed over, so nothing is applied or committed: a record the
+        # consumer had fetched is read again by the partition's next owner.
+        poll.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poll
+        return []
 
     async def _flush(self, *, force: bool) -> None:
         """Checkpoint dirty partitions, then commit their offsets (lock held)."""
@@ -194,11 +227,15 @@ class StageRunner:
                 self._next_offset[tp.partition] = ckpt.next_offset if ckpt else 0
                 self._owned.add(tp.partition)
             log.info("%s owns %s partitions %s", self.stage, self.topic, sorted(self._owned))
+            if self._readiness is not None:
+                self._readiness.ok(self.stage, f"group {self.group_id}: partitions "
+                                   f"{sorted(self._owned)} of {self.topic} assigned, "
+                                   "checkpoints restored")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set."""
         while not stop.is_set():
-            await self.step()
+            await self.step(stop=stop)
 
     # -- per-stage ---------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ import polars as pl
 from gpuslo.pipeline.aio import Clock, utc_now
 from gpuslo.pipeline.config import ConsumerConfig, GpusloConfig, KafkaConfig
 from gpuslo.pipeline.kafka.client import HEADER_SCHEMA, ConsumedBatch
+from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.stages.board import ReportBoard
 from gpuslo.pipeline.stages.checkpoint import CheckpointStore
 from gpuslo.pipeline.stages.runner import StageRunner
@@ -64,10 +65,12 @@ class Stage1Runner(StageRunner):
         open_minutes: int = 10,
         bootstrap_servers: str | None = None,
         checkpoint_interval_s: float = 0.0,
+        readiness: Readiness | None = None,
     ) -> None:
         super().__init__(
             kafka_cfg, consumer_cfg, store, kafka_cfg.topics.samples, group_id,
             bootstrap_servers=bootstrap_servers, checkpoint_interval_s=checkpoint_interval_s,
+            readiness=readiness,
         )
         self.state = Stage1State(specs, open_minutes=open_minutes)
 
@@ -172,11 +175,12 @@ class Stage2Runner(StageRunner):
         bootstrap_servers: str | None = None,
         checkpoint_interval_s: float = 0.0,
         clock: Clock = utc_now,
+        readiness: Readiness | None = None,
     ) -> None:
         super().__init__(
             kafka_cfg, consumer_cfg, store, kafka_cfg.topics.sli, group_id,
             bootstrap_servers=bootstrap_servers, checkpoint_interval_s=checkpoint_interval_s,
-            decoder=decode_partials,
+            decoder=decode_partials, readiness=readiness,
         )
         self.specs = list(specs)
         self.open_minutes = open_minutes
@@ -227,7 +231,8 @@ class Stage2Runner(StageRunner):
                 next_tick = time.monotonic() + tick_interval_s
             await self.step(
                 min(self.consumer.consumer_cfg.poll_timeout_ms,
-                    max(1, int((next_tick - time.monotonic()) * 1000)))
+                    max(1, int((next_tick - time.monotonic()) * 1000))),
+                stop=stop,
             )
 
     def _write_checkpoint(self, partition: int) -> None:
@@ -277,6 +282,7 @@ class SloEngine:
         bootstrap_servers: str | None = None,
         board: ReportBoard | None = None,
         clock: Clock = utc_now,
+        readiness: Readiness | None = None,
     ) -> None:
         s = cfg.slo
         store = CheckpointStore(s.checkpoint_dir)
@@ -285,18 +291,31 @@ class SloEngine:
         self.stage1 = Stage1Runner(
             specs, cfg.kafka, cfg.consumer, store, group_id=s.stage1_group_id,
             open_minutes=s.open_minutes, bootstrap_servers=bootstrap_servers,
-            checkpoint_interval_s=s.checkpoint_interval_s,
+            checkpoint_interval_s=s.checkpoint_interval_s, readiness=readiness,
         )
         self.stage2 = Stage2Runner(
             specs, cfg.kafka, cfg.consumer, store, board=self.board,
             group_id=s.stage2_group_id, open_minutes=s.open_minutes,
             bootstrap_servers=bootstrap_servers, checkpoint_interval_s=s.checkpoint_interval_s,
-            clock=clock,
+            clock=clock, readiness=readiness,
         )
 
+    @property
+    def stages(self) -> tuple[StageRunner, ...]:
+        """Both stage runners (their consumers' lag and dead letters are health figures)."""
+        return (self.stage1, self.stage2)
+
     async def start(self) -> SloEngine:
-        """Join both consumer groups (the first poll completes the join)."""
-        await asyncio.gather(self.stage1.start(), self.stage2.start())
+        """Join both consumer groups (the first poll completes the join).
+
+        Both starts finish before a failure is raised, so a retried start never
+        runs beside one still in flight.
+        """
+        results = await asyncio.gather(self.stage1.start(), self.stage2.start(),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
         return self
 
     async def stop(self) -> None:

@@ -35,12 +35,15 @@ async def tail_samples(
     *,
     bootstrap_servers: str | None = None,
     group_id: str = "gpuslo-tail",
-    drain_timeout_s: float = 15.0,
+    drain_timeout_s: float | Callable[[], float] = 15.0,
 ) -> None:
     """Consume the samples topic into ``sink`` until ``stop``, then until drained.
 
     Commits after each poll is folded in; ``on_update`` runs after every
-    non-empty poll (a live view repaints).
+    non-empty poll (a live view repaints).  ``drain_timeout_s`` may be a
+    function, read once ``stop`` is set: an interrupted view need not catch up
+    (0), a timed run does.  Never cancel this mid-poll instead: aiokafka
+    finishes a commit in flight on its own, after the broker may be gone.
     """
     async with SampleConsumer(
         kafka,
@@ -63,9 +66,11 @@ async def tail_samples(
                 # Drain what was produced before the stop: an empty poll is not
                 # enough while the group is still joining (no partitions yet).
                 if drain_deadline is None:
-                    drain_deadline = loop.time() + drain_timeout_s
-                caught_up = bool(consumer.assignment()) and await consumer.lag() == 0
-                if caught_up or loop.time() > drain_deadline:
+                    limit = drain_timeout_s() if callable(drain_timeout_s) else drain_timeout_s
+                    drain_deadline = loop.time() + limit
+                if loop.time() >= drain_deadline:
+                    break
+                if consumer.assignment() and await consumer.lag() == 0:
                     break
             for b in batches:
                 if b.frame is None:

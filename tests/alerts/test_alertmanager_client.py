@@ -248,7 +248,7 @@ async def test_auth_is_sent(stub: Stub, auth: dict[str, Any], expected: str) -> 
 
 
 def test_basic_and_bearer_auth_are_exclusive() -> None:
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="set one of basic_auth, bearer_token, bearer_token_file"):
         AlertmanagerConfig(urls=["http://a"], bearer_token=SecretStr("t"),
                            basic_auth=BasicAuthConfig(username="u", password=SecretStr("p")))
 

@@ -47,7 +47,7 @@ def test_the_receiver_command_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("GPUSLO_ALERTS__RECEIVER__TOKEN", raising=False)
     result = CliRunner().invoke(app, ["receiver", "--duration", "0.1"])
     assert result.exit_code == 2
-    assert "token is required" in result.output
+    assert "token_file is required" in result.output
 
 
 def test_the_receiver_command_serves_until_the_duration(monkeypatch: pytest.MonkeyPatch) -> None:

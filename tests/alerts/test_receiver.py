@@ -121,7 +121,7 @@ async def test_an_oversized_chunked_body_is_refused_while_reading(
 
 
 def test_the_receiver_refuses_to_start_without_a_token() -> None:
-    with pytest.raises(ValueError, match="token is required"):
+    with pytest.raises(ValueError, match=r"token or alerts\.receiver\.token_file is required"):
         WebhookReceiver(ReceiverConfig())
 
 

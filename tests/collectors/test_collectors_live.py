@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from kafka_target import kafka_settings
 
 from gpuslo.collectors.mappings.dcgm import XID_EVENT_METRIC
 from gpuslo.collectors.registry import build_collector, build_collectors
@@ -193,9 +194,9 @@ async def test_gpuslo_collect_with_dcgm_and_kvcache_lands_batches(
         config = {
             "node": "agent",
             "log_level": "WARNING",
-            "kafka": {"bootstrap_servers": kafka_cfg.bootstrap_servers,
-                      "topics": {"samples": kafka_cfg.topics.samples,
-                                 "dlq": kafka_cfg.topics.dlq}},
+            "kafka": kafka_settings(kafka_cfg),  # the test's cluster, topics and security
+            # collect serves its health on /metrics: any free port, not 9464.
+            "exporters": {"prometheus": {"host": "127.0.0.1", "port": 0}},
             "collectors": [
                 {"type": "dcgm", "interval_s": 0.5, "timeout_s": 0.5,
                  "targets": [{"url": t.url, "node": t.node} for t in server.targets()

@@ -340,3 +340,36 @@ def test_a_malformed_openmetrics_histogram_value_is_an_exposition_error(line: st
     text = f"# TYPE h histogram\n{line}\n# EOF\n"
     with pytest.raises(ExpositionError, match="line 2"):
         parse_exposition(text, openmetrics=True, **KW)
+
+
+@pytest.mark.parametrize(("text", "om"), [
+    # Fuzz finding: a timestamp past 64-bit milliseconds escaped as a polars TypeError
+    # ("unexpected value while building Series of type Int64").
+    ("# TYPE : counter\n# TYPE : counter\n# TYPE : counter\n: 1 9223372036854775000\n", None),
+    ("a 1 99999999999999999999\n", False),
+    ("a 1 9223372036854775.808\n# EOF\n", True),
+])
+def test_a_timestamp_past_64_bit_milliseconds_is_an_exposition_error(
+    text: str, om: bool | None
+) -> None:
+    last = text.rstrip("\n").split("\n")
+    line_no = len(last) - (1 if om else 0)
+    with pytest.raises(ExpositionError, match=rf"^line {line_no}: .*timestamp out of range"):
+        parse_exposition(text, openmetrics=om, **KW)
+
+
+def test_the_largest_64_bit_timestamp_is_kept() -> None:
+    got = parse_exposition("a 1 9223372036854775.807\n# EOF\n", openmetrics=True, **KW)
+    assert got["ts"].cast(pl.Int64).to_list() == [2**63 - 1]
+
+
+@pytest.mark.parametrize("text", [
+    # Found by benchmarks/fuzz.py (atheris): the reference's _unquote_unescape('')
+    # raised IndexError('string index out of range') out of parse_exposition.
+    "# HELP \x1c x\n",
+    "# TYPE \x1c gauge\n",
+    "# HELP\r\r\x1c\r *cvGS\\CK\\\x02",
+])
+def test_a_metadata_line_without_a_name_is_an_exposition_error(text: str) -> None:
+    with pytest.raises(ExpositionError, match=r"^line 1: .*missing metric name$"):
+        parse_exposition(text, openmetrics=None, **KW)

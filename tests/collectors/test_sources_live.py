@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 import yaml
 from aiohttp import web
+from kafka_target import kafka_settings
 
 from gpuslo.collectors.base import Collector
 from gpuslo.collectors.registry import build_collector, build_collectors
@@ -193,9 +194,9 @@ async def test_gpuslo_collect_runs_rdma_kubelet_storage(
         config = {
             "node": "agent",
             "log_level": "WARNING",
-            "kafka": {"bootstrap_servers": kafka_cfg.bootstrap_servers,
-                      "topics": {"samples": kafka_cfg.topics.samples,
-                                 "dlq": kafka_cfg.topics.dlq}},
+            "kafka": kafka_settings(kafka_cfg),  # the test's cluster, topics and security
+            # collect serves its health on /metrics: any free port, not 9464.
+            "exporters": {"prometheus": {"host": "127.0.0.1", "port": 0}},
             "collectors": collectors_for(server),
         }
         path = tmp_path / "gpuslo.yaml"

@@ -29,6 +29,8 @@ from deploy_render import (
     render,
 )
 
+from gpuslo.pipeline.app.cli.collect import HARD_STOP_MARGIN_S as COLLECT_HARD_STOP_MARGIN_S
+from gpuslo.pipeline.app.cli.slo import HARD_STOP_MARGIN_S as AGGREGATE_HARD_STOP_MARGIN_S
 from gpuslo.pipeline.config import (
     GpusloConfig,
     KubeletCollectorConfig,
@@ -246,6 +248,19 @@ def test_metrics_port_is_the_probed_port(tmp_path: Path) -> None:
         assert port["containerPort"] == cfg.exporters.prometheus.port
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_the_drain_fits_in_the_pods_grace_period(tmp_path: Path) -> None:
+    """SIGTERM drains within the config's shutdown limits (and the command's hard stop a
+    little after them): that must end before the kubelet's SIGKILL."""
+    for where, pod, c in CONTAINERS:
+        path, env = _config(RENDERINGS[where], pod, c, tmp_path)
+        cfg = load_config(path, env)
+        mode = _argv(c)[1]
+        hard_stop = {"collect": cfg.shutdown.collect_grace_s + COLLECT_HARD_STOP_MARGIN_S,
+                     "aggregate": cfg.shutdown.aggregate_grace_s + AGGREGATE_HARD_STOP_MARGIN_S}
+        grace = pod.spec.get("terminationGracePeriodSeconds", 30)
+        assert hard_stop[mode] < grace, (where, mode, hard_stop[mode], grace)
 
 
 def test_catalog_in_the_image_is_valid() -> None:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from report_builders import report, snapshot, spec
 from servers import require_binary
 
-from gpuslo.exporters.base import Snapshot
+from gpuslo.exporters.base import HealthSnapshot, ScrapeTargetKey, Snapshot
 from gpuslo.exporters.prometheus import PrometheusExporter, metric_families
 from gpuslo.pipeline.config import PrometheusExporterConfig
 from gpuslo.slo import conventions as cv
@@ -67,10 +67,14 @@ def test_slo_figures_are_exported_in_base_units(exporter: PrometheusExporter) ->
 def test_self_health_is_exported(exporter: PrometheusExporter) -> None:
     s = _samples(exporter)
     n1, n2 = "http://gpu-node-1:9400/metrics", "http://gpu-node-2:9400/metrics"
-    assert _value(s, "gpuslo_scrape_up", target=n1) == 1.0
-    assert _value(s, "gpuslo_scrape_up", target=n2) == 0.0
-    assert _value(s, "gpuslo_scrape_duration_seconds", target=n1) == 0.125
-    assert _value(s, "gpuslo_scrape_errors_total", target=n2, reason="timeout") == 3
+    # Each target's series names its collector, source and node, not only its URL.
+    one = {"collector": "dcgm", "source": "dcgm", "node": "gpu-node-1", "target": n1}
+    two = {"collector": "dcgm", "source": "dcgm", "node": "gpu-node-2", "target": n2}
+    assert _value(s, "gpuslo_scrape_up", **one) == 1.0
+    assert _value(s, "gpuslo_scrape_up", **two) == 0.0
+    assert _value(s, "gpuslo_scrape_duration_seconds", **one) == 0.125
+    assert _value(s, "gpuslo_scrape_samples", **one) == 1234
+    assert _value(s, "gpuslo_scrape_errors_total", reason="timeout", **two) == 3
     assert _value(s, "gpuslo_samples_produced_total") == 51_234
     assert _value(s, "gpuslo_dropped_total", reason="too_many_series") == 5
     assert _value(s, "gpuslo_consumer_lag_records", consumer="gpuslo-sli") == 17
@@ -163,3 +167,18 @@ async def test_metrics_are_served_as_text_0_0_4_even_to_openmetrics_scrapers(
         text = await resp.text()
     assert "gpuslo_slo_burn_rate_ratio{" in text
     assert "\nslo:sli_error:ratio_rate5m{" in text
+
+
+def test_two_collectors_reading_one_page_keep_their_own_health() -> None:
+    page = "http://gpu-node-3:9100/metrics"  # node_exporter: RDMA and storage both read it
+    rdma = ScrapeTargetKey("rdma", "rdma", "gpu-node-3", page)
+    storage = ScrapeTargetKey("storage", "storage", "gpu-node-3", page)
+    health = HealthSnapshot(target_up={rdma: True, storage: False},
+                            scrape_errors_total={(storage, "parse"): 2})
+    e = PrometheusExporter(PrometheusExporterConfig(host="127.0.0.1", port=0))
+    e.publish(Snapshot.build(health=health, taken_at=T0))
+    s = _samples(e)
+    assert _value(s, "gpuslo_scrape_up", collector="rdma", source="rdma", node="gpu-node-3",
+                  target=page) == 1.0
+    assert _value(s, "gpuslo_scrape_up", collector="storage", target=page) == 0.0
+    assert _value(s, "gpuslo_scrape_errors_total", collector="storage", reason="parse") == 2

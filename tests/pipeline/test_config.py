@@ -102,3 +102,51 @@ def test_unreadable_yaml_is_a_config_error(tmp_path: Path, text: str, message: s
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read file"):
         load_config(tmp_path / "nope.yaml", environ={})
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    # Fuzz finding: a UnicodeDecodeError escaped load_config.
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\x80lerts: {}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: 1 problem.*\n  not UTF-8 text: invalid start "
+                                          r"byte at byte 0"):
+        load_config(path, environ={})
+
+
+@pytest.mark.parametrize(("env", "problem"), [
+    # Fuzz finding: this variable made a list of 10^8 empty mappings (minutes, gigabytes).
+    ({"GPUSLO_COLLECTORS__99999999": "x"},
+     "GPUSLO_COLLECTORS__99999999: list index 99999999 is too large (at most 1023)"),
+    # Fuzz finding: "invalid literal for int() with base 10: 'x'" escaped (a ValueError
+    # naming no variable).
+    ({"GPUSLO_KAFKA": "[1]", "GPUSLO_KAFKA__X": "1"},
+     "GPUSLO_KAFKA__X: 'x' is not a list index (a number)"),
+])
+def test_an_environment_variable_naming_no_usable_place_is_named(
+    env: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ=env)
+    assert info.value.problems == [problem]
+
+
+def test_a_variable_below_a_list_item_that_is_a_scalar_replaces_it() -> None:
+    # Fuzz finding: TypeError "'str' object does not support item assignment" escaped.
+    with pytest.raises(ConfigError, match=r"alerts\.alertmanager\.urls\[0\]: Input should be a "
+                                          "valid string"):
+        load_config(None, environ={"GPUSLO_ALERTS__ALERTMANAGER__URLS__0": "http://a",
+                                   "GPUSLO_ALERTS__ALERTMANAGER__URLS__0__X": "1"})
+
+
+def test_a_yaml_error_names_line_and_column_but_never_quotes_the_line(tmp_path: Path) -> None:
+    # Found by the secrets test: PyYAML's message quoted the offending line, here the
+    # password, into the error every command prints.
+    path = tmp_path / "c.yaml"
+    path.write_text('kafka:\n  sasl_password: "hunter2-pw\n  partitions: 2\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.problems == [
+        "not valid YAML: while scanning a quoted scalar (line 2, column 18), found unexpected "
+        "end of stream (line 4, column 1)"]
+    assert "hunter2-pw" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__

@@ -202,3 +202,30 @@ def test_inject_spec_errors() -> None:
             parse_inject(bad, origin_s=0.0, speed=60.0)
     f = parse_inject("power_cap:node-1@1m", origin_s=100.0, speed=2.0, intensity=0.5)
     assert (f.kind, f.target, f.start_s, f.intensity) == ("power_cap", "node-1", 220.0, 0.5)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    # Fuzz findings: each of these made load_scenario (which builds the fleet to check
+    # fault targets) or the warm-up run for hours; now they are refused at once.
+    ("fleet: {nodes: 100000000}", "fleet.nodes: must be <= 4096"),
+    ("fleet: {services: [{name: a, engine: vllm, replicas: 100000000}]}",
+     "fleet.services[0].replicas: must be <= 1024"),
+    ("fleet: {ceph_osds: 100000000}", "fleet.ceph_osds: must be <= 4096"),
+    ("fleet: {tick_s: 0.000001}", "fleet.tick_s: must be >= 0.1"),
+    ("warmup: 100000000", "warmup: must be <= 604800"),
+])
+def test_a_scenario_too_large_to_build_is_refused_by_name(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert info.value.problems == [problem]
+
+
+def test_a_scenario_file_that_is_not_utf8_is_a_scenario_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"name: \xff\n")
+    with pytest.raises(ScenarioError, match=r"not UTF-8 text: invalid start byte at byte 6"):
+        load_scenario(path)

@@ -227,3 +227,12 @@ def test_files_are_named_in_problems_when_several_are_loaded(tmp_path: Path) -> 
         load_specs([tmp_path / "a.yaml", tmp_path / "b.yaml"])
     assert err.value.problems == [f"{tmp_path / 'b.yaml'}:spec[0].spec.objectives[0].target: "
                                   "must be < 1"]
+
+
+def test_a_spec_file_that_is_not_utf8_is_a_spec_error(tmp_path: Path) -> None:
+    # Fuzz finding: a UnicodeDecodeError escaped load_specs.
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"apiVersion: openslo/v1\nkind: \xc3(\n")
+    with pytest.raises(SpecError, match=r"bad\.yaml: not UTF-8 text: invalid continuation byte "
+                                        r"at byte 29"):
+        load_specs([path])

@@ -30,19 +30,25 @@ from gpuslo.collectors.inspect import (
     read_sysfs_path,
 )
 from gpuslo.collectors.scrape.http import ScrapeFailed
-from gpuslo.pipeline.aio import run_until
+from gpuslo.pipeline.aio import StopEvent, run_until, stop_line
 from gpuslo.pipeline.app.cli.common import (
     ConfigOption,
     DurationOption,
     console,
     err_console,
+    finish,
     load_or_exit,
     run_async,
 )
 from gpuslo.pipeline.app.views.stream import SampleTail
-from gpuslo.pipeline.app.wiring import collection
-from gpuslo.pipeline.kafka.servers import kafka_servers
+from gpuslo.pipeline.app.wiring import collection, connect_kafka, http_address, serving
+from gpuslo.pipeline.readiness import Readiness
+from gpuslo.pipeline.stages.publish import health_snapshot, publish_health
 from gpuslo.pipeline.stages.tail import tail_samples
+
+# After its drain limits (shutdown.collect_*), closing the producer and the HTTP server
+# get this long before the command is cut short (deploy/: the pod's grace is 30 s).
+HARD_STOP_MARGIN_S = 2.0
 
 
 def _value_json(v: float) -> float | str:
@@ -147,26 +153,51 @@ def scrape(
 
 
 def collect(config: ConfigOption = None, duration: DurationOption = None) -> None:
-    """Run the configured collectors and produce their batches to Kafka."""
+    """Run the configured collectors and produce their batches to Kafka.
+
+    Serves its own health on exporters.prometheus (/metrics, /healthz, /readyz).
+    SIGTERM or Ctrl-C drains: no new scrape, the scrapes in hand finish, the
+    producer delivers what is pending (limits: shutdown.collect_*), exit 0.
+    """
     cfg = load_or_exit(config)
     if not cfg.collectors:
         err_console.print("[red]no collectors configured[/]: add a `collectors:` list")
         raise typer.Exit(2)
+    undelivered = 0
 
-    async def main(stop: asyncio.Event) -> None:
+    async def main(stop: StopEvent) -> None:
+        nonlocal undelivered
         topics = [cfg.kafka.topics.samples, cfg.kafka.topics.dlq]
-        async with kafka_servers(cfg.kafka, topics) as servers, \
-                collection(cfg, servers) as runner:
-            console.print(f"collecting from {len(cfg.collectors)} collector(s) into {servers}")
-            await run_until(stop, duration, runner.run(stop))
-            s = runner.stats
-            console.print(
-                f"produced {s.samples_produced} samples in {s.records_produced} "
-                f"records; scrape errors: {sum(s.errors.values())}; "
-                f"dropped: {sum(s.dropped.values())}"
-            )
+        readiness = Readiness()
+        stopped = [f"{len(cfg.collectors)} collector(s)"]
+        async with serving(cfg, stop, readiness, only=("prometheus", "otlp")) as hub:
+            address = http_address(hub)
+            if address is not None:
+                console.print(f"health on {address}: /metrics, /healthz, /readyz",
+                              highlight=False)
+            async with connect_kafka(cfg, topics, stop, readiness) as servers:
+                async with collection(cfg, servers, readiness=readiness, stop=stop) as runner:
+                    console.print(f"collecting from {len(cfg.collectors)} collector(s) "
+                                  f"into {servers}", highlight=False)
+                    await run_until(stop, duration, runner.run(stop), publish_health(
+                        hub, stop, lambda: health_snapshot(runner.stats)))
+                    s = runner.stats
+                    undelivered = s.pending_samples
+                    console.print(
+                        f"produced {s.samples_produced} samples in {s.records_produced} "
+                        f"records; scrape errors: {sum(s.errors.values())}; "
+                        f"dropped: {sum(s.dropped.values())}; "
+                        f"undelivered: {s.pending_samples}", highlight=False, soft_wrap=True)
+                    stopped.append(f"producer flushed ({s.pending_samples} samples "
+                                   "undelivered)")
+                if not cfg.kafka.bootstrap_servers:
+                    stopped.append(f"embedded broker {servers}")
+        if address is not None:
+            stopped.append(f"HTTP server {address}")
+        console.print(stop_line(stop, stopped), highlight=False, soft_wrap=True)
 
-    run_async(main)
+    why = run_async(main, grace_s=cfg.shutdown.collect_grace_s + HARD_STOP_MARGIN_S)
+    finish(1 if undelivered else 0, why)
 
 
 def tail(

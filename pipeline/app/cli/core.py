@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from gpuslo.pipeline.aio import StopEvent, stop_line
 from gpuslo.pipeline.app.cli.common import console, err_console, run_async
 from gpuslo.pipeline.config import ConfigError, load_config
 from gpuslo.pipeline.kafka.broker import EmbeddedBroker
@@ -45,12 +45,14 @@ def broker(
 ) -> None:
     """Run the embedded Kafka-compatible broker in the foreground (memory only)."""
 
-    async def main(stop: asyncio.Event) -> None:
+    async def main(stop: StopEvent) -> None:
         async with EmbeddedBroker(host=host, port=port or None) as b:
             console.print(
                 f"embedded broker listening on {b.bootstrap_servers} "
                 "(memory only, no idempotent producer); Ctrl-C stops it"
             )
             await stop.wait()
+        console.print(stop_line(stop, [f"embedded broker {b.bootstrap_servers}"]),
+                      highlight=False, soft_wrap=True)
 
-    run_async(main)
+    run_async(main, grace_s=10.0)

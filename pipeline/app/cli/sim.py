@@ -24,10 +24,13 @@ import yaml
 from rich.markup import escape
 from rich.table import Table
 
+from gpuslo.pipeline.aio import StopEvent
 from gpuslo.pipeline.app.cli.common import (
+    SIGNALLED,
     DurationOption,
     console,
     err_console,
+    finish,
     run_async,
     setup_logging,
 )
@@ -45,6 +48,10 @@ from gpuslo.simulator.scenario import (
 from gpuslo.simulator.server import FleetServer, Target
 
 DEFAULT_URL = f"http://127.0.0.1:{SIM_PORT}"
+
+# The demo's drain after Ctrl-C takes a second or two (its broker outlives every
+# client); past this, it is cut short.
+DEMO_GRACE_S = 15.0
 
 
 def collector_config_yaml(targets: list[Target], interval_s: float, *, base_url: str,
@@ -254,11 +261,12 @@ def demo(
     )
     seen = 0
 
-    async def main(stop: asyncio.Event) -> None:
+    async def main(stop: StopEvent) -> None:
         nonlocal seen
         seen = (await run_demo(settings, console, stop=stop)).samples
 
-    run_async(main)
-    if seen == 0:
+    why = run_async(main, grace_s=DEMO_GRACE_S)
+    if seen == 0 and why not in SIGNALLED:
         err_console.print("[red]no samples reached the live view[/]")
-        raise typer.Exit(1)
+        finish(1, why)
+    finish(0, why)

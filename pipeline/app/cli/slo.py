@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -28,27 +27,39 @@ from gpuslo.exporters.prometheus import PrometheusExporter
 from gpuslo.exporters.web import render
 from gpuslo.exporters.web.page import StatusPage
 from gpuslo.exporters.web.replay import replay_source
-from gpuslo.pipeline.aio import run_until
+from gpuslo.pipeline.aio import StopEvent, run_until, stop_line
 from gpuslo.pipeline.app.cli.common import (
     ConfigOption,
     DurationOption,
     console,
     err_console,
     fail,
+    finish,
     load_or_exit,
     run_async,
 )
 from gpuslo.pipeline.app.keys import key_presses
 from gpuslo.pipeline.app.views.fit import FitStack
 from gpuslo.pipeline.app.views.slo import SloExpander, SloStatusView, report_table
-from gpuslo.pipeline.app.wiring import aggregation, dashboard_links, status_page_url
+from gpuslo.pipeline.app.wiring import (
+    aggregation,
+    connect_kafka,
+    dashboard_links,
+    http_address,
+    serving,
+    status_page_url,
+)
 from gpuslo.pipeline.config import PrometheusExporterConfig, WebExporterConfig
-from gpuslo.pipeline.kafka.servers import kafka_servers
+from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.schema import SchemaError
 from gpuslo.pipeline.stages.board import BoardSnapshot
 from gpuslo.slo.backtest import BacktestReport, backtest
 from gpuslo.slo.rules import generate, render_prometheus_rule, render_rules_file
 from gpuslo.slo.spec import SloSpec, SpecError, load_specs, parse_duration
+
+# After the stages' drain (shutdown.aggregate_grace_s), stopping the embedded broker and
+# flushing Alertmanager get this long before the command is cut short (deploy/: 60 s).
+HARD_STOP_MARGIN_S = 5.0
 
 SpecsArg = Annotated[
     list[Path], typer.Argument(help="OpenSLO spec files or directories of *.yaml files.")
@@ -238,7 +249,7 @@ def write_replay_html(path: Path, result: BacktestReport, specs: Sequence[SloSpe
 
 
 async def serve_replay(result: BacktestReport, specs: Sequence[SloSpec], title: str, host: str,
-                       port: int, stop: asyncio.Event) -> None:
+                       port: int, stop: StopEvent) -> None:
     """Serve a finished backtest: the status page over its series, /metrics of its end."""
     http = PrometheusExporter(PrometheusExporterConfig(host=host, port=port))
     page = StatusPage(WebExporterConfig(), title=title, dashboards=dashboard_links(),
@@ -273,49 +284,75 @@ def aggregate(
                           "(replaced atomically on every tick)."),
     ] = None,
 ) -> None:
-    """Run SLO stage 1 and stage 2 in one process and show a live table of SLO reports."""
+    """Run SLO stage 1 and stage 2 in one process and show a live table of SLO reports.
+
+    Serves /metrics, /healthz and /readyz on exporters.prometheus.  SIGTERM or
+    Ctrl-C drains: the poll in hand finishes, state is checkpointed, offsets
+    committed, the consumer groups left (limit: shutdown.aggregate_grace_s).
+    """
     cfg = load_or_exit(config)
     paths = specs or cfg.slo.specs
     if not paths:
         err_console.print("[red]no SLO specs[/]: set slo.specs or pass --specs")
         raise typer.Exit(2)
     slos = _specs(paths)
+    drained = True
 
-    async def main(stop: asyncio.Event) -> None:
+    async def main(stop: StopEvent) -> None:
+        nonlocal drained
         t = cfg.kafka.topics
-        async with kafka_servers(cfg.kafka, [t.samples, t.sli, t.dlq]) as servers, \
-                aggregation(cfg, slos, servers) as agg:
-            console.print(f"aggregating {len(slos)} SLO(s) from {t.samples} on {servers}; "
-                          f"exporters: {', '.join(e.name for e in agg.hub.exporters) or 'none'}")
-            if agg.page_url is not None:
-                console.print(f"status page: [bold]{agg.page_url}[/]", highlight=False)
-            expander = SloExpander()
-            specs_by_id = {s.id: s for s in slos}
+        s = cfg.slo
+        readiness = Readiness()
+        stopped: list[str] = []
+        async with serving(cfg, stop, readiness) as hub:
+            address = http_address(hub)
+            async with connect_kafka(cfg, [t.samples, t.sli, t.dlq], stop, readiness) as servers, \
+                    aggregation(cfg, slos, servers, hub=hub, readiness=readiness) as agg:
+                console.print(
+                    f"aggregating {len(slos)} SLO(s) from {t.samples} on {servers}; "
+                    f"exporters: {', '.join(e.name for e in agg.hub.exporters) or 'none'}"
+                    + (f"; /metrics, /healthz, /readyz on {address}" if address else ""),
+                    highlight=False)
+                if agg.page_url is not None:
+                    console.print(f"status page: [bold]{agg.page_url}[/]", highlight=False)
+                expander = SloExpander()
+                specs_by_id = {spec.id: spec for spec in slos}
 
-            def view() -> FitStack:
-                latest = agg.hub.latest  # the published snapshot carries causes
-                if latest is not None:
-                    when = max((r.evaluated_at for r in latest.reports), default=None)
-                    return FitStack([SloStatusView.of(
-                        latest.reports, latest.alerts, when, specs=latest.specs,
-                        rca=latest.rca, expander=expander)])
-                b = agg.engine.board.latest()
-                return FitStack([SloStatusView.of(b.reports, b.alerts, b.evaluated_at,
-                                                  specs=specs_by_id, expander=expander)])
+                def view() -> FitStack:
+                    latest = agg.hub.latest  # the published snapshot carries causes
+                    if latest is not None:
+                        when = max((r.evaluated_at for r in latest.reports), default=None)
+                        return FitStack([SloStatusView.of(
+                            latest.reports, latest.alerts, when, specs=latest.specs,
+                            rca=latest.rca, expander=expander)])
+                    b = agg.engine.board.latest()
+                    return FitStack([SloStatusView.of(b.reports, b.alerts, b.evaluated_at,
+                                                      specs=specs_by_id, expander=expander)])
 
-            with Live(view(), console=console, refresh_per_second=2) as live, \
-                    key_presses(expander.press):
+                with Live(view(), console=console, refresh_per_second=2) as live, \
+                        key_presses(expander.press):
 
-                async def show() -> None:
-                    version = 0
-                    while not stop.is_set():
-                        snap = await agg.engine.board.wait(version, 0.5)
-                        live.update(view())  # also after a key press
-                        if snap.version != version:
-                            version = snap.version
-                            if report_json is not None:
-                                write_board_json(report_json, snap)
+                    async def show() -> None:
+                        version = 0
+                        while not stop.is_set():
+                            snap = await agg.engine.board.wait(version, 0.5)
+                            live.update(view())  # also after a key press
+                            if snap.version != version:
+                                version = snap.version
+                                if report_json is not None:
+                                    write_board_json(report_json, snap)
 
-                await run_until(stop, duration, agg.run(stop), show())
+                    await run_until(stop, duration, agg.run(stop), show())
+                if not console.is_terminal:
+                    console.line()  # rich's Live leaves its last frame without a newline
+                drained = bool(agg.drained)
+                done = "checkpointed, committed and out of" if drained else "cut short in"
+                stopped.append(f"SLO stages {done} groups {s.stage1_group_id}, "
+                               f"{s.stage2_group_id}")
+                if not cfg.kafka.bootstrap_servers:
+                    stopped.append(f"embedded broker {servers}")
+            stopped.append("exporters" + (f" and HTTP server {address}" if address else ""))
+        console.print(stop_line(stop, stopped), highlight=False, soft_wrap=True)
 
-    run_async(main)
+    why = run_async(main, grace_s=cfg.shutdown.aggregate_grace_s + HARD_STOP_MARGIN_S)
+    finish(0 if drained else 1, why)

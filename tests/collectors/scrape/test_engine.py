@@ -227,11 +227,14 @@ async def test_bad_targets_do_not_hold_back_good_batches_on_their_way_to_kafka(
     assert caches[0] is not caches[1]
     assert all(c.misses == 1 and c.hits >= 4 and len(c) == 1 for c in caches), [
         (c.hits, c.misses) for c in caches]
-    errors = runner.stats.errors
+    # Per-target health is keyed by (collector, source, node, target URL).
+    errors = {(key.target, reason): n for (key, reason), n in runner.stats.errors.items()}
     for path, reason in BAD.items():
-        assert errors[(f"{server.base}/{path}", reason)] >= 1, (path, dict(errors))
-    assert runner.stats.target_up[f"{server.base}/good/0"] is True
-    assert runner.stats.target_samples[f"{server.base}/good/0"] == 2
+        assert errors[(f"{server.base}/{path}", reason)] >= 1, (path, errors)
+    good = runner.target_key(engine.name, "node-0", f"{server.base}/good/0")
+    assert good.source == "dcgm"
+    assert runner.stats.target_up[good] is True
+    assert runner.stats.target_samples[good] == 2
     # 503 is retried on its own short schedule, not counted as a crash.
     assert errors[(f"{server.base}/503", "not_ready")] >= 3
     assert runner.stats.pending == 0

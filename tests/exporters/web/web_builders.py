@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from report_builders import report, spec
 
-from gpuslo.exporters.base import HealthSnapshot, Snapshot
+from gpuslo.exporters.base import HealthSnapshot, ScrapeTargetKey, Snapshot
 from gpuslo.slo.alerting import AlertEvaluator
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -33,6 +33,7 @@ def snapshots(minutes: int = 80, burn_from: int = 30, burn_to: int = 50) -> Iter
         yield Snapshot.build(
             reports=reps, alerts=alerts.evaluate(reps, t), taken_at=t, specs=[s],
             rca={(s.id, reps[0].scope_key): CAUSE} if burning else None,
-            health=HealthSnapshot(target_up={"http://n1:9400/metrics": True,
-                                             "http://n2:9400/metrics": False}),
+            health=HealthSnapshot(target_up={
+                ScrapeTargetKey("dcgm", "dcgm", "n1", "http://n1:9400/metrics"): True,
+                ScrapeTargetKey("dcgm", "dcgm", "n2", "http://n2:9400/metrics"): False}),
         )

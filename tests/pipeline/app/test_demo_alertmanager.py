@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from servers import free_port, start_alertmanager
 
@@ -72,6 +73,29 @@ async def test_demo_pages_into_a_real_alertmanager_and_serves_metrics(tmp_path: 
     five = [r.window(timedelta(minutes=5)).state for r in tail.reports]
     assert five and sum(s is SliState.OK for s in five) >= 0.8 * len(five), five
     assert scraped, "Prometheus /metrics was never served with SLO figures"
+    # gpuslo's own health is there too: delivery to this Alertmanager, lag per consumer
+    # group, drops by reason (0 from the start), per-target scrape health by node.
+    last = scraped[-1]
+    sent = _sample(last, "gpuslo_alertmanager_alerts_sent_total", alertmanager=am.url)
+    assert sent is not None and sent >= 1, "no delivery figures for the Alertmanager"
+    assert _sample(last, "gpuslo_alertmanager_queue_length", alertmanager=am.url) is not None
+    for group in ("gpuslo-sli", "gpuslo-slo"):
+        assert _sample(last, "gpuslo_consumer_lag_records", consumer=group) is not None, group
+    assert _sample(last, "gpuslo_dropped_total", reason="retry_buffer_full") == 0.0
+    assert _sample(last, "gpuslo_dead_letters_total") == 0.0
+    up_nodes = {labels.get("node") for labels in _labels(last, "gpuslo_scrape_up")}
+    assert {"node-0", "node-1"} <= up_nodes, up_nodes
+
+
+def _labels(text: str, name: str) -> list[dict[str, str]]:
+    return [s.labels for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name == name]
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    hits = [s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name == name and labels.items() <= s.labels.items()]
+    return hits[0] if len(hits) == 1 else None
 
 
 def _get(url: str) -> str:

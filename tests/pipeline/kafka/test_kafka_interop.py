@@ -12,6 +12,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from kafka_target import librdkafka_settings
 
 from gpuslo.pipeline.config import KafkaConfig
 from gpuslo.pipeline.kafka.client import HEADER_SCHEMA, SampleProducer, ensure_topics
@@ -44,17 +45,16 @@ async def test_librdkafka_lists_topics_and_reads_records(kafka_cfg: KafkaConfig)
         for i, f in enumerate(frames):
             await producer.send_frame(topic, f"node-{i}", f)
 
-    servers = kafka_cfg.bootstrap_servers
-    assert servers
-    admin = AdminClient({"bootstrap.servers": servers})
+    settings = librdkafka_settings(kafka_cfg)  # the test's cluster, with its security
+    admin = AdminClient(settings)
     metadata = admin.list_topics(timeout=10)
     assert topic in metadata.topics
     assert len(metadata.topics[topic].partitions) == 2
 
     consumer = Consumer(
         {
-            "bootstrap.servers": servers,
-            "group.id": "librdkafka-check",
+            **settings,
+            "group.id": f"{kafka_cfg.client_id}.librdkafka-check",
             "enable.auto.commit": False,
         }
     )

@@ -19,6 +19,7 @@ from typing import Any
 import polars as pl
 import pytest
 import yaml
+from kafka_target import kafka_settings
 
 from gpuslo.pipeline.config import KafkaConfig
 from gpuslo.pipeline.kafka.client import SampleProducer
@@ -66,16 +67,17 @@ def write_config(tmp_path: Path, kafka_cfg: KafkaConfig, *, partitions: int,
                  max_records: int, log_level: str = "WARNING",
                  extra: dict[str, Any] | None = None) -> Path:
     """A config for `gpuslo aggregate` on the test's topics, checkpointing after every poll."""
-    t = kafka_cfg.topics
     cfg = {
         "log_level": log_level,
-        "kafka": {"bootstrap_servers": kafka_cfg.bootstrap_servers, "partitions": partitions,
-                  "linger_ms": 5,
-                  "topics": {"samples": t.samples, "sli": t.sli, "dlq": t.dlq}},
+        # The test's cluster (embedded or GPUSLO_TEST_KAFKA_*), topics and security.
+        "kafka": {**kafka_settings(kafka_cfg), "partitions": partitions, "linger_ms": 5},
         "consumer": {"max_records": max_records, "poll_timeout_ms": 200,
                      "session_timeout_ms": 6000},
         "slo": {"checkpoint_dir": str(tmp_path / "state"), "checkpoint_interval_s": 0,
-                "tick_interval_s": 0.3},
+                "tick_interval_s": 0.3,
+                # Groups of this test only, as the in-process consumers' are (conftest).
+                "stage1_group_id": f"{kafka_cfg.client_id}.sli",
+                "stage2_group_id": f"{kafka_cfg.client_id}.slo"},
         **(extra or {}),
     }
     path = tmp_path / "gpuslo.yaml"
