@@ -127,6 +127,19 @@ def decode_entities(data: bytes) -> pl.DataFrame:
                                           b"GSLO": "a sample frame, not an entity table"}))
 
 
+def decode_digest_record(data: bytes) -> pl.DataFrame:
+    """A record of the digests topic: a digest (``GSLD``) or an entity table (``GSLE``),
+    told apart afterwards by :func:`is_digest`."""
+    if data[: len(ENTITIES_MAGIC)] == ENTITIES_MAGIC:
+        return decode_entities(data)
+    return decode_digest(data)
+
+
+def is_digest(frame: pl.DataFrame) -> bool:
+    """Whether a frame from :func:`decode_digest_record` is a digest (else an entity table)."""
+    return "minute" in frame.columns
+
+
 def _entities(frame: pl.DataFrame) -> pl.DataFrame:
     missing = [n for n in ENTITY_SCHEMA.names() if n not in frame.columns]
     if missing:

@@ -40,10 +40,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
 
 import polars as pl
 
+from gpuslo.anomaly.cause import Cause, CauseKind, format_rca_annotation
 from gpuslo.anomaly.digest import DIGEST_SCHEMA, merge_digests
 from gpuslo.anomaly.scorer import NodeScorer, ScorerSettings
 from gpuslo.anomaly.signals import BY_NAME, UNKNOWN_ERRORS_PRIOR, UNKNOWN_GAUGE
@@ -52,8 +52,6 @@ from gpuslo.pipeline.schema import validate
 from gpuslo.slo import conventions as cv
 from gpuslo.slo.alerting import AlertReport
 from gpuslo.slo.backtest import AlertEpisode
-
-CauseKind = Literal["cause", "symptom"]
 
 
 @dataclass(frozen=True)
@@ -116,49 +114,6 @@ class RcaSettings:
     group_min: int = 3
     strength_scale: float = 8.0
     model_bonus: float = 0.15
-
-
-@dataclass(frozen=True)
-class Cause:
-    """One ranked root-cause candidate of an alert, with its evidence."""
-
-    rank: int
-    entity: str
-    node: str
-    entity_kind: str
-    signal: str
-    kind: CauseKind
-    score: float
-    onset: datetime
-    baseline: float | None
-    observed: float | None
-    direction: str
-    evidence: str
-
-    def export_labels(self) -> dict[str, str]:
-        """The cause's labels on ``gpuslo_slo_alert_cause`` (added to the alert's labels)."""
-        return {
-            cv.EXPORT_LABEL_CAUSE_RANK: str(self.rank),
-            cv.EXPORT_LABEL_CAUSE_ENTITY: self.entity,
-            cv.EXPORT_LABEL_CAUSE_NODE: self.node,
-            cv.EXPORT_LABEL_CAUSE_SIGNAL: self.signal,
-            cv.EXPORT_LABEL_CAUSE_KIND: self.kind,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (``onset`` in ISO 8601)."""
-        return {
-            "rank": self.rank, "entity": self.entity, "node": self.node,
-            "entity_kind": self.entity_kind, "signal": self.signal, "kind": self.kind,
-            "score": round(self.score, 4), "onset": self.onset.isoformat(),
-            "baseline": self.baseline, "observed": self.observed,
-            "direction": self.direction, "evidence": self.evidence,
-        }
-
-
-def format_rca_annotation(causes: Sequence[Cause], top: int = 3) -> str:
-    """The Alertmanager ``rca`` annotation: the top causes, one line each."""
-    return "\n".join(f"{c.rank}. [{c.kind}] {c.evidence}" for c in causes[:top])
 
 
 # -- scoring helpers --------------------------------------------------------------------------
@@ -632,6 +587,15 @@ class DigestWindow:
         """The alert's ranked causes from what has arrived so far."""
         return rank_causes(self._digests, alert, self.topology, self.settings)
 
+    @property
+    def newest(self) -> datetime | None:
+        """The newest minute any digest has described (None before the first)."""
+        if self._digests.height == 0:
+            return None
+        m = self._digests["minute"].max()
+        assert isinstance(m, datetime)
+        return m
+
     def snapshot(self) -> dict[str, pl.DataFrame]:
         """``digests`` and ``entities``, for a checkpoint."""
         return {"digests": self._digests, "entities": self._entities}
@@ -643,6 +607,54 @@ class DigestWindow:
         self.topology = Topology()
         self.add_entities(snapshot["entities"])
         self.add_digest(snapshot["digests"])
+
+
+AlertKey = tuple[str, str]  # (SLO id, scope key): how exporters and Alertmanager match causes
+
+
+class AlertRanking:
+    """The causes of a stage-2 evaluation's alerts, from a :class:`DigestWindow`.
+
+    Every alert that has fired (firing or resolved) is ranked; the severities of one
+    scope share the ranking of the earliest-anchored one.  A ranking is final, and
+    kept instead of recomputed, once ``settle`` has passed after the anchor's grace
+    on ``now`` and a digest of a minute past the grace has arrived (the scorers
+    have closed the minutes that can hold its causes).
+    """
+
+    def __init__(self, window: DigestWindow, settle: timedelta = timedelta(minutes=2)) -> None:
+        self.window = window
+        self.settle = settle
+        self._final: dict[tuple[AlertKey, datetime], tuple[Cause, ...]] = {}
+
+    def causes(self, alerts: Sequence[AlertReport],
+               now: datetime) -> dict[AlertKey, tuple[Cause, ...]]:
+        """Ranked causes by (SLO id, scope key); alerts that never fired are left out."""
+        first: dict[AlertKey, RcaAlert] = {}
+        for a in alerts:
+            if a.fired_at is None:
+                continue
+            key = (a.slo_id, cv.scope_key(dict(a.scope)))
+            r = RcaAlert.from_report(a)
+            if key not in first or r.anchor < first[key].anchor:
+                first[key] = r
+        out: dict[AlertKey, tuple[Cause, ...]] = {}
+        live: set[tuple[AlertKey, datetime]] = set()
+        grace = self.window.settings.grace
+        for key, r in first.items():
+            ck = (key, r.anchor)
+            live.add(ck)
+            got = self._final.get(ck)
+            if got is None:
+                got = tuple(self.window.causes(r))
+                newest = self.window.newest
+                if (now >= r.anchor + grace + self.settle and newest is not None
+                        and newest >= r.anchor + grace):
+                    self._final[ck] = got
+            out[key] = got
+        for ck in [k for k in self._final if k not in live]:
+            del self._final[ck]
+        return out
 
 
 # -- backtests --------------------------------------------------------------------------------
@@ -690,3 +702,10 @@ def causes_for_alerts(
         alert = a if isinstance(a, RcaAlert) else RcaAlert.from_episode(a)
         out.append(rank_causes(digests, alert, topology, settings))
     return out
+
+
+__all__ = [
+    "AlertKey", "AlertRanking", "Cause", "CauseKind", "DigestWindow", "RcaAlert",
+    "RcaSettings", "causes_for_alerts", "format_rca_annotation", "rank_causes",
+    "score_samples",
+]

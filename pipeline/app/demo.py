@@ -38,6 +38,7 @@ from gpuslo.pipeline.app.wiring import (
     Aggregation,
     Mount,
     aggregation,
+    aggregation_topics,
     collection,
     connect_kafka,
     http_address,
@@ -296,10 +297,9 @@ async def run_demo(
     stopped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="gpuslo-demo-") as state_dir:
         cfg = demo_config(state_dir, s.alertmanager, s.metrics_port)
-        t = cfg.kafka.topics
         async with serving(cfg, stop, readiness, mounts=mounts) as hub:
             address = http_address(hub)
-            async with connect_kafka(cfg, [t.samples, t.sli, t.dlq], stop, readiness) as servers:
+            async with connect_kafka(cfg, aggregation_topics(cfg), stop, readiness) as servers:
                 console.print(f"[bold]gpuslo demo[/]: embedded Kafka-compatible broker on "
                               f"{servers}")
                 srv = await start_fleet_server(prep.fleet, speed=prep.speed, port=s.sim_port)

@@ -89,6 +89,7 @@ async def publish_board(
                 health=health(),
                 taken_at=datetime.now(UTC),
                 specs=specs,
+                causes=snap.causes,
             )
         )
 
