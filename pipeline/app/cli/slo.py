@@ -241,7 +241,7 @@ def replay(
         if rca:
             for c in causes[i][:3]:
                 out.print(f"  {c.rank}. [{c.kind}] {c.evidence}", highlight=False,
-                          markup=False)
+                          markup=False, soft_wrap=True)
             if not causes[i]:
                 out.print("  no cause found", highlight=False)
     if json_out is not None:
