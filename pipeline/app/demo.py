@@ -33,7 +33,12 @@ from gpuslo.pipeline.app.fleet_targets import collector_configs
 from gpuslo.pipeline.app.keys import key_presses
 from gpuslo.pipeline.app.views.fit import FitStack
 from gpuslo.pipeline.app.views.fleet import DemoTail
-from gpuslo.pipeline.app.views.slo import SloExpander, SloStatusView, report_table
+from gpuslo.pipeline.app.views.slo import (
+    SloExpander,
+    SloStatusView,
+    firing_causes,
+    report_table,
+)
 from gpuslo.pipeline.app.wiring import (
     Aggregation,
     Mount,
@@ -393,8 +398,10 @@ async def _run(
 
             def final() -> Group:
                 snap = agg.engine.board.latest()
+                published = agg.hub.latest
                 return Group(
-                    view.render(), report_table(snap.reports, snap.alerts, snap.evaluated_at)
+                    view.render(), report_table(snap.reports, snap.alerts, snap.evaluated_at),
+                    firing_causes(snap.alerts, published.rca if published is not None else {}),
                 )
 
             with Live(live_view(agg, view, expander), console=console, refresh_per_second=4,

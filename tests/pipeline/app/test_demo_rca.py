@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -51,18 +52,24 @@ async def test_an_injected_fault_pages_with_the_faulted_gpu_as_first_cause(
     am = start_alertmanager(AM_CONFIG, tmp_path / "am")
     metrics_port = free_port()
     causes: list[dict[str, str]] = []
+    page: list[dict[str, Any]] = []
 
     async def scrape_causes() -> None:
+        base = f"http://127.0.0.1:{metrics_port}"
         while True:
             await asyncio.sleep(1.0)
             try:
-                body = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
+                body = await asyncio.to_thread(_get, f"{base}/metrics")
+                alerts = json.loads(await asyncio.to_thread(_get, f"{base}/api/v1/alerts"))
             except OSError:
                 continue
             got = [s.labels for fam in text_string_to_metric_families(body)
                    for s in fam.samples if s.name == "gpuslo_slo_alert_cause"]
             if got:
                 causes[:] = got
+            shown = [a for a in alerts["alerts"] if a["status"] == "firing" and a["cause"]]
+            if shown:
+                page[:] = shown
 
     out = io.StringIO()
     try:
@@ -91,6 +98,10 @@ async def test_an_injected_fault_pages_with_the_faulted_gpu_as_first_cause(
     tops = [c for c in causes if c["cause_rank"] == "1"]
     assert tops and all(c["cause_node"] == node and c["cause_kind"] == "cause"
                         for c in tops), causes
+    # The status page and the terminal view show the top cause beside the firing alert.
+    assert page and all(a["cause"].startswith(f"[cause] GPU {index} of {node} ")
+                        for a in page), page
+    assert f"cause: [cause] GPU {index} of {node} " in out.getvalue(), log
 
 
 def _get(url: str) -> str:
