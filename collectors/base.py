@@ -15,7 +15,7 @@ engine never knows a source; a mapping never does I/O.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -37,6 +37,9 @@ class TargetResult:
     # A short machine-readable reason for self-metrics (timeout, http_503, parse, ...).
     error_reason: str | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    # Equal keys promise equal series columns row for row (pipeline.schema.Block): a
+    # record holding several scrapes of the target stores its series once.
+    series_key: Hashable | None = None
 
     @property
     def ok(self) -> bool:
@@ -112,9 +115,14 @@ class SourceMapping(Protocol):
     entities and normalised signals (and events) to them.  ``shape_cache`` is
     the target's own parser cache, handed in by the engine's loop for that
     target, so a repeated scrape only re-reads the numbers.
+
+    ``structural``: ``transform``'s names, kinds, entities and labels depend only
+    on those of its input and on the target (never on values or on state), so
+    two scrapes of a target that parsed to one shape transform to equal series.
     """
 
     source: str
+    structural: bool
 
     def parse(self, text: str, openmetrics: bool, target: ScrapeTarget, scrape_ts_ms: int,
               shape_cache: ShapeCache | None = None) -> pl.DataFrame | Partial:

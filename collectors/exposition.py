@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, chain, compress, repeat
+from itertools import accumulate, chain, compress, count, repeat
 from operator import eq as _eq
 from operator import ge as _ge
 from operator import methodcaller
@@ -572,6 +572,8 @@ def parse_exposition(
             raise ExpositionError(0, "", f"payload is not UTF-8 ({exc})") from exc
     if openmetrics is None:
         openmetrics = detect_openmetrics(text)
+    if shape_cache is not None:
+        shape_cache.last = None  # set again only by a parse that used the cache
     if not openmetrics:
         simple = _parse_simple(text, node=node, source=source, scrape_ts_ms=scrape_ts_ms,
                                entity_label=entity_label, shape_cache=shape_cache)
@@ -944,6 +946,9 @@ class _ShapeKey:
         return isinstance(other, _ShapeKey) and self.parts == other.parts
 
 
+_SHAPE_SERIALS = count(1)  # next() is atomic under the GIL: unique across threads
+
+
 class ShapeCache:
     """The shapes of one target's recent payloads (what a repeated scrape can skip).
 
@@ -952,34 +957,57 @@ class ShapeCache:
     more targets than it holds, would miss on every scrape.  A target's shape
     changes rarely (a series appears or goes), so two entries cover a change
     that flips back.
+
+    ``last`` names the shape of the last parse that used this cache: equal
+    values mean equal names, kinds, labels and entities, row for row (numbers
+    are unique in the process, never reused for another shape), so the scrape
+    engine can tell the collect stage that two scrapes share their series.
+    ``None`` when the last parse took the general path.
     """
 
-    __slots__ = ("_entries", "capacity", "hits", "max_chars", "misses")
+    __slots__ = ("_entries", "_frames", "capacity", "hits", "last", "max_chars", "misses")
 
     def __init__(self, capacity: int = 2, max_chars: int = 2_000_000) -> None:
         self.capacity = capacity
         self.max_chars = max_chars  # larger payloads are not kept
-        self._entries: dict[_ShapeKey, _Shape] = {}
+        self._entries: dict[_ShapeKey, tuple[_Shape, int]] = {}
+        # A shape's frame for one (node, source), ts and values to be replaced: building
+        # a frame from eight columns costs more than parsing a small page's numbers.
+        self._frames: dict[tuple[int, str, str], pl.DataFrame] = {}
         self.hits = 0
         self.misses = 0
+        self.last: int | None = None
 
     def get(self, key: _ShapeKey) -> _Shape | None:
-        shape = self._entries.get(key)
-        if shape is None:
+        entry = self._entries.get(key)
+        if entry is None:
             self.misses += 1
-        else:
-            self.hits += 1
-        return shape
+            return None
+        self.hits += 1
+        self.last = entry[1]
+        return entry[0]
 
     def put(self, key: _ShapeKey, shape: _Shape, chars: int) -> None:
+        self.last = serial = next(_SHAPE_SERIALS)
         if chars > self.max_chars or self.capacity <= 0:
             return
         while len(self._entries) >= self.capacity:
             del self._entries[next(iter(self._entries))]  # oldest first
-        self._entries[key] = shape
+        self._entries[key] = (shape, serial)
+        live = {s for _, s in self._entries.values()}
+        self._frames = {k: f for k, f in self._frames.items() if k[0] in live}
+
+    def frame(self, serial: int, node: str, source: str) -> pl.DataFrame | None:
+        """The kept frame of shape ``serial`` for ``node`` and ``source``, if any."""
+        return self._frames.get((serial, node, source))
+
+    def keep_frame(self, serial: int, node: str, source: str, frame: pl.DataFrame) -> None:
+        if any(s == serial for _, s in self._entries.values()):
+            self._frames[serial, node, source] = frame
 
     def clear(self) -> None:
         self._entries.clear()
+        self._frames.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -1006,8 +1034,15 @@ def _parse_simple(
             shape_cache.put(key, shape, len(text))
     values = list(compress(values_all, names_all))
     stamps = list(compress(ts_all, names_all))
-    return _simple_frame(shape, values, stamps, node=node, source=source,
-                         scrape_ts_ms=scrape_ts_ms)
+    serial = shape_cache.last if shape_cache is not None else None
+    kept = None
+    if shape_cache is not None and serial is not None:
+        kept = shape_cache.frame(serial, node, source)
+    out = _simple_frame(shape, values, stamps, node=node, source=source,
+                        scrape_ts_ms=scrape_ts_ms, kept=kept)
+    if kept is None and shape_cache is not None and serial is not None:
+        shape_cache.keep_frame(serial, node, source, out)
+    return out
 
 
 def _simple_shape(
@@ -1260,10 +1295,15 @@ def _simple_blocks(
     return labels_s, pl.Series("entity", [""], dtype=pl.String).new_from_index(0, len(distinct))
 
 
+_TS = SAMPLE_SCHEMA["ts"]
+
+
 def _simple_frame(
     shape: _Shape, values: list[str], stamps: list[str], *,
-    node: str, source: str, scrape_ts_ms: int,
+    node: str, source: str, scrape_ts_ms: int, kept: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
+    """The frame of a parsed simple payload; ``kept``: a frame of the same shape, node
+    and source, whose other columns are reused (only ``ts`` and ``value`` are new)."""
     metric, kind, entity, labels = shape
     n = len(values)
     present = list(compress(stamps, stamps))
@@ -1289,17 +1329,23 @@ def _simple_frame(
             full = np.full(n, scrape_ts_ms, dtype=np.int64)
             full[np.fromiter(map(bool, stamps), dtype=bool, count=n)] = ms
             ms = full
-        ts = pl.Series("ts", ms, dtype=pl.Int64)
+        ts = pl.Series("ts", ms, dtype=pl.Int64).cast(_TS)
     else:
-        ts = pl.Series("ts", [scrape_ts_ms], dtype=pl.Int64).new_from_index(0, n)
+        ts = pl.Series("ts", [scrape_ts_ms], dtype=_TS).new_from_index(0, n)
+    value_s = pl.Series("value", value, dtype=pl.Float64)
+    if kept is not None:
+        out = kept.clone()
+        out.replace_column(0, ts)
+        out.replace_column(5, value_s)
+        return out
     return pl.DataFrame(
         [
-            ts.cast(SAMPLE_SCHEMA["ts"]),
+            ts,
             pl.Series("node", [node], dtype=pl.String).new_from_index(0, n),
             pl.Series("source", [source], dtype=pl.String).new_from_index(0, n),
             metric,
             kind,
-            pl.Series("value", value, dtype=pl.Float64),
+            value_s,
             entity,
             labels,
         ]

@@ -80,6 +80,20 @@ class KafkaConfig(_Model):
         "broker's message.max.bytes (1 MB by default).",
     )
     linger_ms: int = Field(20, ge=0, description="How long the producer waits to fill a batch.")
+    wire_version: Literal[1, 2] = Field(
+        2,
+        description="Sample record encoding the producer writes: 2 (each series once, strings "
+        "dictionary-encoded) or 1 (while consumers of a build before version 2 still read "
+        "the topic). Consumers read both.",
+    )
+    record_linger_ms: int = Field(
+        5000,
+        ge=0,
+        description="How long the collect stage gathers one node's scrape results into one "
+        "record (fewer, larger records: less CPU, fewer bytes after compression, and a "
+        "target scraped more than once in the window stores its series once; each sample "
+        "waits at most this long). 0: one record per target scrape.",
+    )
     request_timeout_ms: int = Field(30_000, gt=0, description="Producer/admin request timeout.")
     partitions: int = Field(8, gt=0, description="Partition count for topics that gpuslo creates.")
     replication_factor: int = Field(

@@ -101,6 +101,7 @@ class Setup:
     env: dict[str, str]  # every secret variable
     env_no_kafka: dict[str, str]  # without the Kafka password (configs that use none)
     working: Path  # plaintext Kafka that works; Alertmanager, OTLP and kubelet unreachable
+    aggregating: Path  # working, serving HTTP on metrics_port (the others take any free port)
     unreachable: Path  # SASL_SSL to a closed port, password from GPUSLO_KAFKA__SASL_PASSWORD
     refused: Path  # SCRAM against a broker that knows no users, password from a file
     broken: Path  # not YAML; the secret on the line PyYAML complains about
@@ -127,7 +128,9 @@ def setup(tmp: Path, plain: str, sasl: str) -> Setup:
         "node": "secret-test", "log_level": "DEBUG",
         "alerts": {"alertmanager": {"urls": [am], "bearer_token": SECRETS["am_token"],
                                     "timeout_s": 1, "backoff_max_s": 1}},
-        "exporters": {"prometheus": {"enabled": True, "host": "127.0.0.1", "port": metrics},
+        # Commands run three at a time and each serves HTTP: any free port, except the
+        # aggregate run whose pages are read (aggregating).
+        "exporters": {"prometheus": {"enabled": True, "host": "127.0.0.1", "port": 0},
                       "otlp": {"enabled": True, "endpoint": otlp, "interval_s": 1, "timeout_s": 1,
                                "headers": {"x-api-key": SECRETS["otlp_header"]}}},
         "slo": {"specs": [str(spec)], "checkpoint_dir": str(tmp / "state"),
@@ -144,6 +147,10 @@ def setup(tmp: Path, plain: str, sasl: str) -> Setup:
              "GPUSLO_ALERTS__RECEIVER__TOKEN": SECRETS["receiver_token"]},
         env_no_kafka={"GPUSLO_ALERTS__RECEIVER__TOKEN": SECRETS["receiver_token"]},
         working=write(tmp / "working.yaml", {**base, "kafka": {"bootstrap_servers": plain}}),
+        aggregating=write(tmp / "aggregating.yaml", {
+            **base, "kafka": {"bootstrap_servers": plain},
+            "exporters": {**base["exporters"], "prometheus": {
+                "enabled": True, "host": "127.0.0.1", "port": metrics}}}),
         unreachable=write(tmp / "unreachable-kafka.yaml", {**base, "kafka": {
             "bootstrap_servers": f"127.0.0.1:{closed_port()}", "security_protocol": "SASL_SSL",
             "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "gpuslo",
@@ -192,15 +199,17 @@ async def execute(run: Run) -> None:
 
 
 async def scrape(run: Run) -> None:
-    """GET /metrics every half second while the command runs."""
-    url = f"http://127.0.0.1:{run.metrics_port}/metrics"
+    """GET /metrics, the status page and its JSON every half second while the command runs."""
+    base = f"http://127.0.0.1:{run.metrics_port}"
     async with aiohttp.ClientSession() as http:
         while True:
-            try:
-                async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    run.pages.append(await resp.text())
-            except (aiohttp.ClientError, TimeoutError):
-                pass
+            for path in ("/metrics", "/readyz", "/", "/api/v1/slos"):
+                try:
+                    async with http.get(base + path,
+                                        timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        run.pages.append(await resp.text())
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
             await asyncio.sleep(0.5)
 
 
@@ -239,8 +248,10 @@ def server_runs(s: Setup) -> list[Run]:
             s.env_no_kafka),
         Run("tail", ["tail", "-c", w, "--duration", "3"], "", s.env_no_kafka),
         # Pages at once (the samples burn the SLO) and keeps failing to reach Alertmanager
-        # and the OTLP collector with their secrets; /metrics is scraped meanwhile.
-        Run("aggregate", ["aggregate", "-c", w, "--specs", str(s.spec), "--duration", "9"],
+        # and the OTLP collector with their secrets; /metrics, /readyz and the status page
+        # are read meanwhile.
+        Run("aggregate", ["aggregate", "-c", str(s.aggregating), "--specs", str(s.spec),
+                          "--duration", "9"],
             s.am_url, s.env_no_kafka, metrics_port=s.metrics_port),
         Run("receiver", ["receiver", "-c", w, "--duration", "3"], "receiving", s.env),
         Run("demo", ["demo", "--duration", "8", "--port", str(free_port()), "--metrics-port",

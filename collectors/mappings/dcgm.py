@@ -267,8 +267,11 @@ class DcgmMapping(PrometheusMapping):
 
     XID state lives in this object (one per collector), so an agent restart sets a
     new baseline rather than re-reporting the XID a GPU showed before (see
-    :class:`XidTracker`).
+    :class:`XidTracker`).  Not ``structural``: blank sentinels (values) decide
+    which rows are normalised, and XID events depend on state.
     """
+
+    structural = False
 
     def __init__(self, *, source: str = SOURCE, xid_events: bool = True,
                  xid_on_first_sight: bool = False) -> None:

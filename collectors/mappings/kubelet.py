@@ -47,7 +47,7 @@ from gpuslo.collectors.mappings.normalise import (
 )
 from gpuslo.collectors.mappings.prometheus import PrometheusMapping
 from gpuslo.pipeline.config import KubeletCollectorConfig, kubelet_endpoint
-from gpuslo.pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows, label
+from gpuslo.pipeline.schema import COLUMNS, FrameBuilder, Kind, label
 
 SOURCE = "kubelet"
 SUMMARY_PREFIX = "kubelet_summary_"
@@ -226,7 +226,7 @@ def _parse_time(value: object) -> int | None:
 class _Summary:
     def __init__(self, node: str, source: str, scrape_ts_ms: int) -> None:
         self.node, self.source, self.scrape_ts_ms = node, source, scrape_ts_ms
-        self.rows: list[tuple[object, ...]] = []
+        self.rows = FrameBuilder(node, source, scrape_ts_ms)  # column-wise, label sets shared
         self.errors: list[str] = []
         self.untimed = 0
 
@@ -254,8 +254,8 @@ class _Summary:
                     self.errors.append(f"{where}.{name}.{key}: not a number: {value!r}")
                 continue
             kind = Kind.COUNTER if key in _SUMMARY_COUNTERS else Kind.GAUGE
-            self.rows.append((ts, self.node, self.source, f"{SUMMARY_PREFIX}{name}_{key}",
-                              kind, float(value), entity, dict(labels)))
+            self.rows.add(f"{SUMMARY_PREFIX}{name}_{key}", kind, float(value), entity, labels,
+                          ts_ms=ts)
 
     def stats(self, where: str, obj: Mapping[str, Any], entity: str,
               labels: Mapping[str, str]) -> None:
@@ -332,8 +332,7 @@ def summary_to_frame(
                 continue
             s.block(where, "volume", v, f"{ns}/{pname}",
                     {"scope": "volume", "namespace": ns, "pod": pname, "volume": vname})
-    frame = frame_from_rows(s.rows) if s.rows else empty_frame()
-    return SummaryResult(frame, tuple(s.errors), s.untimed)
+    return SummaryResult(s.rows.frame(), tuple(s.errors), s.untimed)
 
 
 def _as_list(value: object, where: str, errors: list[str]) -> list[Mapping[str, Any]]:

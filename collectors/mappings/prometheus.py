@@ -18,7 +18,11 @@ class PrometheusMapping:
     """Parse with the fast parser; add nothing (a generic target's rows stay as scraped).
 
     ``entity_label`` names the label whose value becomes ``entity`` (none by default).
+    Subclasses whose transform looks at values or keeps state set ``structural``
+    to False (see :class:`~gpuslo.collectors.base.SourceMapping`).
     """
+
+    structural = True
 
     def __init__(self, source: str = SOURCE, entity_label: str | None = None) -> None:
         self.source = source

@@ -52,7 +52,7 @@ from gpuslo.collectors.mappings.normalise import (
 )
 from gpuslo.collectors.mappings.prometheus import PrometheusMapping
 from gpuslo.pipeline.config import RdmaCollectorConfig
-from gpuslo.pipeline.schema import COLUMNS, Kind, empty_frame, label
+from gpuslo.pipeline.schema import COLUMNS, KIND_DTYPE, LABEL_DTYPE, Kind, empty_frame, label
 
 SOURCE = "rdma"
 NODE_EXPORTER_PREFIX = "node_infiniband_"
@@ -208,6 +208,11 @@ COUNTER_WIDTHS: dict[str, tuple[int, bool]] = {
     **{_norm(s): (w, False) for _f, _n, s, w in _HW_COUNTERS if w is not None},
 }
 SATURATED_METRIC = "gpuslo_rdma_counter_saturated"
+# The saturating counters: their order, and the value at which each is pegged.
+_SATURATING_ORDER = {name: i for i, (name, (_, sat)) in enumerate(COUNTER_WIDTHS.items()) if sat}
+_SATURATING_NAMES = list(_SATURATING_ORDER)
+_SATURATING_TOP = {name: float(2**bits - 1) for name, (bits, sat) in COUNTER_WIDTHS.items()
+                   if sat}
 
 
 @dataclass(frozen=True)
@@ -288,28 +293,29 @@ def saturation_rows(normalised: pl.DataFrame) -> pl.DataFrame:
 
     A pegged counter (value = 2^bits - 1) no longer counts: its increase reads
     0 however many errors happen, so an SLO on it must know.  The label
-    ``counter`` names the normalised counter.
+    ``counter`` names the normalised counter.  Rows come grouped by counter in
+    :data:`COUNTER_WIDTHS` order, each counter's in frame order; one filter for
+    every counter, not one per name.
     """
-    rows = []
-    for name, (bits, saturates) in COUNTER_WIDTHS.items():
-        if not saturates:
-            continue
-        top = float(2**bits - 1)
-        part = normalised.filter(pl.col("metric") == name)
-        if part.height == 0:
-            continue
-        extra = pl.lit([{"name": "counter", "value": name}],
-                       dtype=normalised.schema["labels"])
-        rows.append(
-            part.with_columns(
-                metric=pl.lit(SATURATED_METRIC),
-                kind=pl.lit(Kind.GAUGE.value, dtype=normalised.schema["kind"]),
-                value=(pl.col("value") >= top).cast(pl.Float64),
-                labels=pl.concat_list([pl.col("labels"), extra])
-                .list.eval(pl.element().sort_by(pl.element().struct.field("name"))),
-            ).select(COLUMNS)
+    part = normalised.filter(pl.col("metric").is_in(_SATURATING_NAMES))
+    if part.height == 0:
+        return empty_frame()
+    metric = pl.col("metric")
+    order = metric.replace_strict(_SATURATING_ORDER, return_dtype=pl.UInt32)
+    top = metric.replace_strict(_SATURATING_TOP, return_dtype=pl.Float64)
+    counter = pl.struct(name=pl.lit("counter"), value=metric).cast(LABEL_DTYPE)
+    return (
+        part.with_columns(
+            metric=pl.lit(SATURATED_METRIC),
+            kind=pl.lit(Kind.GAUGE.value, dtype=KIND_DTYPE),
+            value=(pl.col("value") >= top).cast(pl.Float64),
+            labels=pl.concat_list([pl.col("labels"), counter])
+            .list.eval(pl.element().sort_by(pl.element().struct.field("name"))),
+            __order=order,
         )
-    return pl.concat(rows) if rows else empty_frame()
+        .sort("__order", maintain_order=True)
+        .select(COLUMNS)
+    )
 
 
 def counter_increase(name: str, previous: float, current: float) -> float:

@@ -51,7 +51,7 @@ from gpuslo.collectors.mappings.normalise import (
 )
 from gpuslo.collectors.mappings.prometheus import PrometheusMapping
 from gpuslo.pipeline.config import StorageCollectorConfig
-from gpuslo.pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows, label
+from gpuslo.pipeline.schema import COLUMNS, FrameBuilder, Kind, label
 
 SOURCE = "storage"
 # Families this collector keeps from a shared page (node_exporter serves many more).
@@ -205,7 +205,7 @@ def parse_diskstats(
     number) and skipped; the other devices are still read.
     """
     exclude = re.compile(device_exclude) if device_exclude else None
-    rows: list[tuple[object, ...]] = []
+    rows = FrameBuilder(node, source, scrape_ts_ms)
     errors: list[str] = []
     excluded = 0
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -226,10 +226,8 @@ def parse_diskstats(
             continue
         labels = {"device": device, "major": major, "minor": minor}
         for (field, kind), value in zip(DISKSTATS_FIELDS, values, strict=False):
-            rows.append((scrape_ts_ms, node, source, _d(field), kind, float(value), device,
-                         labels))
-    frame = frame_from_rows(rows) if rows else empty_frame()
-    return DiskstatsResult(frame, tuple(errors), excluded)
+            rows.add(_d(field), kind, float(value), device, labels)
+    return DiskstatsResult(rows.frame(), tuple(errors), excluded)
 
 
 # ---------------------------------------------------------------- entities

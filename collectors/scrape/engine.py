@@ -63,7 +63,7 @@ import re
 import ssl
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -84,7 +84,7 @@ from gpuslo.collectors.scrape.http import HeaderSource, ScrapeFailed, fetch_page
 from gpuslo.pipeline.aio import Clock, sleep_or_stop, utc_now
 from gpuslo.pipeline.config import ScrapeCollectorConfig
 from gpuslo.pipeline.errors import InputError
-from gpuslo.pipeline.schema import COLUMNS, Kind, frame_from_rows
+from gpuslo.pipeline.schema import COLUMNS, SAMPLE_SCHEMA, Kind, frame_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,9 @@ SERIES_ERRORS = "gpuslo_scrape_series_errors_total"
 # serving the other targets' timers (Polars releases the GIL for most of it).
 _THREAD_PARSE_BYTES = 512 * 1024
 _SAMPLE_LINE = re.compile(r"^[ \t]*[^#\s]", re.MULTILINE)
+_COLUMN_LIST = list(COLUMNS)
+_TS = SAMPLE_SCHEMA["ts"]
+_TARGET_SPREAD = 0.1  # share of the interval over which one node's targets start
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,9 @@ class TargetHealth:
     last_error: str | None = None
     last_reason: str | None = None
     last_problem: str | None = None
+    # The health rows' frame, ts and values to be replaced, and its key (health_frame).
+    rows: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], pl.DataFrame] | None = (
+        field(default=None, repr=False, compare=False))
 
 
 Submit = Callable[[list[TargetResult]], Awaitable[object]]
@@ -156,36 +162,68 @@ def count_sample_lines(text: str) -> int:
     return sum(1 for _ in _SAMPLE_LINE.finditer(text))
 
 
-def phase(url: str, interval_s: float, jitter: float) -> float:
-    """A stable offset in ``[0, interval_s * jitter)`` for a target.
+def phase(key: str, interval_s: float, jitter: float) -> float:
+    """A stable offset in ``[0, interval_s * jitter)`` for ``key``.
 
-    Stable (a hash of the URL, not a random draw) so a restart keeps each
-    target's place in the interval and a fleet of agents spreads its load.
+    Stable (a hash, not a random draw) so a restart keeps each target's place in
+    the interval.  The engine keys it by the target's *node*: the targets of one
+    node fire together, so the collect stage can send their results as one
+    record (one encoding, one Kafka request) instead of one per target, while
+    the nodes of a fleet, and so its agents, spread their load over the interval.
     """
-    h = int.from_bytes(hashlib.blake2b(url.encode(), digest_size=8).digest(), "big")
+    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
     return (h / 2**64) * interval_s * max(0.0, min(jitter, 1.0))
 
 
 def health_frame(
     health: TargetHealth, target: ScrapeTarget, *, collector: str, ts_ms: int
 ) -> pl.DataFrame:
-    """Self-metric rows for one target after a scrape."""
-    base = {"collector": collector, "target": target.url}
+    """Self-metric rows for one target after a scrape.
+
+    Built column-wise: the rows' names, labels and entity depend only on the target
+    and on which error reasons it has seen, so a frame of them is built once and
+    kept on ``health``; a scrape only replaces its timestamp and value columns.
+    """
+    errors = sorted(health.errors.items())
+    series_errors = sorted(health.series_errors.items())
+    key = (collector, target.url, target.node, tuple(r for r, _ in errors),
+           tuple(r for r, _ in series_errors))
+    if health.rows is None or health.rows[0] != key:
+        health.rows = (key, _health_rows(key))
+    values = [1.0 if health.up else 0.0, health.duration_s, float(health.samples),
+              *(float(n) for _, n in errors), *(float(n) for _, n in series_errors)]
+    out = health.rows[1].clone()
+    out.replace_column(0, pl.Series("ts", [ts_ms], dtype=_TS).new_from_index(0, len(values)))
+    out.replace_column(5, pl.Series("value", values, dtype=pl.Float64))
+    return out
+
+
+def _health_rows(key: tuple[str, str, str, tuple[str, ...], tuple[str, ...]]) -> pl.DataFrame:
+    """A target's health rows with ``ts`` and ``value`` still to be filled in."""
+    collector, url, node, reasons, series_reasons = key
+    base = {"collector": collector, "target": url}
     rows: list[tuple[object, ...]] = [
-        (ts_ms, target.node, HEALTH_SOURCE, UP, Kind.GAUGE, 1.0 if health.up else 0.0,
-         target.url, base),
-        (ts_ms, target.node, HEALTH_SOURCE, DURATION, Kind.GAUGE, health.duration_s,
-         target.url, base),
-        (ts_ms, target.node, HEALTH_SOURCE, SAMPLES, Kind.GAUGE, float(health.samples),
-         target.url, base),
+        (0, node, HEALTH_SOURCE, UP, Kind.GAUGE, 0.0, url, base),
+        (0, node, HEALTH_SOURCE, DURATION, Kind.GAUGE, 0.0, url, base),
+        (0, node, HEALTH_SOURCE, SAMPLES, Kind.GAUGE, 0.0, url, base),
     ]
-    for reason, n in sorted(health.errors.items()):
-        rows.append((ts_ms, target.node, HEALTH_SOURCE, ERRORS, Kind.COUNTER, float(n),
-                     target.url, {**base, "reason": reason}))
-    for reason, n in sorted(health.series_errors.items()):
-        rows.append((ts_ms, target.node, HEALTH_SOURCE, SERIES_ERRORS, Kind.COUNTER, float(n),
-                     target.url, {**base, "reason": reason}))
+    rows += [(0, node, HEALTH_SOURCE, ERRORS, Kind.COUNTER, 0.0, url, {**base, "reason": r})
+             for r in reasons]
+    rows += [(0, node, HEALTH_SOURCE, SERIES_ERRORS, Kind.COUNTER, 0.0, url,
+              {**base, "reason": r}) for r in series_reasons]
     return frame_from_rows(rows)
+
+
+def with_health(frame: pl.DataFrame, health_rows: pl.DataFrame) -> pl.DataFrame:
+    """A target's sample rows followed by its health rows, in the sample columns' order.
+
+    ``select`` and ``concat`` are queries that cost hundreds of microseconds for a
+    few hundred rows (``concat`` hands the work to Polars' thread pool); frames
+    already in column order, which every mapping returns, are only stacked.
+    """
+    if frame.columns != _COLUMN_LIST:
+        frame = frame.select(COLUMNS)
+    return frame.vstack(health_rows)
 
 
 class ScrapeEngine:
@@ -291,6 +329,8 @@ class ScrapeEngine:
         reason: str | None = None
         samples = 0
         problems: Mapping[str, int] = {}
+        if shape_cache is not None:
+            shape_cache.last = None  # a parse that uses the cache names its shape
         try:
             path = target_path(target)
             if path is not None:
@@ -325,9 +365,26 @@ class ScrapeEngine:
             if n:
                 health.series_errors[problem] += n
         hf = health_frame(health, target, collector=self.name, ts_ms=ts_ms)
-        out = hf if frame is None else pl.concat([frame.select(COLUMNS), hf], how="vertical")
+        out = hf if frame is None else with_health(frame, hf)
         return TargetResult(target.url, target.node, out, duration, error=error,
-                            error_reason=reason, extra={"samples": float(samples)})
+                            error_reason=reason, extra={"samples": float(samples)},
+                            series_key=self._series_key(target, frame, shape_cache, health))
+
+    def _series_key(self, target: ScrapeTarget, frame: pl.DataFrame | None,
+                    shapes: ShapeCache | None, health: TargetHealth) -> Hashable | None:
+        """What makes this scrape's series equal to another's (see ``TargetResult``).
+
+        The parse's shape (from the target's own cache), the mapping's promise that
+        its transform depends on nothing else, and the health rows' columns; or
+        ``None`` when any is unknown (a file, a JSON page, a general-path parse).
+        """
+        if health.rows is None:
+            return None
+        if frame is None:  # health rows alone
+            return (target.url, None, health.rows[0])
+        if shapes is None or shapes.last is None or not self.mapping.structural:
+            return None
+        return (target.url, shapes.last, frame.height, health.rows[0])
 
     async def _run_read(self, target: ScrapeTarget, path: str, ts_ms: int) -> (
             pl.DataFrame | Partial):
@@ -354,8 +411,10 @@ class ScrapeEngine:
         self, text: str, content_type: str | None, target: ScrapeTarget, ts_ms: int,
         shape_cache: ShapeCache | None,
     ) -> pl.DataFrame | Partial:
-        n = count_sample_lines(text)
-        if n > self.settings.max_series:
+        # Lines bound sample lines from above: only a payload with more lines than the
+        # limit needs counting (a regex pass costs as much as parsing a small page).
+        if text.count("\n") >= self.settings.max_series and (
+                (n := count_sample_lines(text)) > self.settings.max_series):
             raise ScrapeFailed("too_many_series", f"{target.url}: {n} samples exceed "
                                f"max_series {self.settings.max_series}")
         openmetrics = detect_openmetrics(text, content_type)
@@ -423,7 +482,10 @@ class ScrapeEngine:
                            stop: asyncio.Event, clock: Clock | None) -> None:
         loop = asyncio.get_running_loop()
         interval = target.interval_s or self.settings.interval_s
-        next_at = loop.time() + phase(target.url, interval, self.settings.jitter)
+        # The node's place in the interval, then the target's within a tenth of it: a
+        # node's targets start close together (one record) but not in one burst.
+        next_at = loop.time() + phase(target.node, interval, self.settings.jitter) + phase(
+            target.url, interval, min(self.settings.jitter, _TARGET_SPREAD))
         shapes = self.shape_caches[target.url] = ShapeCache()  # this target's alone
         while not stop.is_set():
             await sleep_or_stop(stop, max(0.0, next_at - loop.time()))

@@ -37,7 +37,7 @@ from gpuslo.collectors.mappings.storage import (
     parse_diskstats,
 )
 from gpuslo.collectors.mappings.storage import SOURCE as STORAGE_SOURCE
-from gpuslo.pipeline.schema import Kind, empty_frame, frame_from_rows
+from gpuslo.pipeline.schema import FrameBuilder, Kind, empty_frame
 
 
 class _Reader:
@@ -45,7 +45,7 @@ class _Reader:
 
     def __init__(self, node: str, source: str, ts_ms: int) -> None:
         self.node, self.source, self.ts_ms = node, source, ts_ms
-        self.rows: list[tuple[object, ...]] = []
+        self.rows = FrameBuilder(node, source, ts_ms)  # column-wise, label sets shared
         self.problems: list[SysfsProblem] = []
 
     def text(self, path: Path, *, required: bool = True) -> str | None:
@@ -61,7 +61,7 @@ class _Reader:
 
     def add(self, metric: str, kind: Kind, value: float, entity: str,
             labels: dict[str, str]) -> None:
-        self.rows.append((self.ts_ms, self.node, self.source, metric, kind, value, entity, labels))
+        self.rows.add(metric, kind, value, entity, labels)
 
     def counters_dir(self, directory: Path, prefix: str, entity: str,
                      labels: dict[str, str]) -> None:
@@ -123,8 +123,7 @@ def read_sysfs(
             continue
         for port in sorted(ports.iterdir(), key=lambda p: (len(p.name), p.name)):
             _read_port(r, dev.name, port)
-    frame = frame_from_rows(r.rows) if r.rows else empty_frame()
-    return RdmaReadResult(frame, tuple(r.problems))
+    return RdmaReadResult(r.rows.frame(), tuple(r.problems))
 
 
 def _read_port(r: _Reader, device: str, port: Path) -> None:

@@ -74,6 +74,9 @@ from gpuslo.slo.spec import SloSpec, SpecError, load_specs
 # 5m window, could not fire).  Production runs in real time, where the same
 # seconds are a sliver of a window.
 EVAL_LAG_REAL_S = 3.0
+# The collect stage's record linger in the demo: a sample must reach stage 2 well
+# inside EVAL_LAG_REAL_S, so the demo does not wait the production default.
+DEMO_RECORD_LINGER_MS = 250
 
 # Where `gpuslo simulate` listens and `gpuslo inject` posts by default; the demo
 # takes it too when it is free, so `gpuslo inject KIND TARGET` needs no --url.
@@ -345,7 +348,10 @@ async def _run(
     parts: _Parts,
 ) -> DemoTail:
     targets = srv.targets()
-    cfg = cfg.model_copy(update={"collectors": collector_configs(targets, s.interval_s)})
+    kafka = cfg.kafka.model_copy(update={
+        "record_linger_ms": min(cfg.kafka.record_linger_ms, DEMO_RECORD_LINGER_MS)})
+    cfg = cfg.model_copy(update={"collectors": collector_configs(targets, s.interval_s),
+                                 "kafka": kafka})
     fleet = prep.fleet
     console.print(
         f"simulated fleet [bold]{prep.scenario.name}[/]: {len(fleet.nodes)} nodes, "

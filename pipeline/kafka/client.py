@@ -42,7 +42,15 @@ from aiokafka.helpers import create_ssl_context
 from gpuslo.pipeline.auth import secret_source
 from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
 from gpuslo.pipeline.errors import GpusloError
-from gpuslo.pipeline.schema import SCHEMA_VERSION, SchemaError, decode, encode, split
+from gpuslo.pipeline.schema import (
+    SCHEMA_VERSION,
+    Block,
+    SchemaError,
+    SeriesCache,
+    decode,
+    encode_blocks,
+    split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,21 +181,39 @@ async def ensure_topics(
         await admin.close()
 
 
-def split_encoded(frame: pl.DataFrame, max_bytes: int) -> list[bytes]:
+def split_encoded(frame: pl.DataFrame, max_bytes: int, *,
+                  version: int = SCHEMA_VERSION) -> list[bytes]:
     """Encode ``frame`` as one or more values, each at most ``max_bytes`` long.
-
-    The row count per piece is estimated from the encoded size and halved
-    until every piece fits, so a frame with a few very wide rows still splits.
 
     Raises:
         SchemaError: a single row alone exceeds ``max_bytes``.
     """
-    whole = encode(frame)
+    return split_blocks([Block(frame)], max_bytes, version=version)
+
+
+def split_blocks(blocks: Sequence[Block], max_bytes: int, *,
+                 version: int = SCHEMA_VERSION, cache: SeriesCache | None = None) -> list[bytes]:
+    """Encode ``blocks`` as one or more values in order, each at most ``max_bytes`` long.
+
+    Too large, the blocks are halved until each half fits; a single block too
+    large is split by rows, the row count per piece estimated from the encoded
+    size and halved until every piece fits, so a frame with a few very wide rows
+    still splits.
+
+    Raises:
+        SchemaError: a single row alone exceeds ``max_bytes``.
+    """
+    whole = encode_blocks(blocks, version=version, cache=cache)
     if len(whole) <= max_bytes:
         return [whole]
+    if len(blocks) > 1:
+        mid = len(blocks) // 2
+        return (split_blocks(blocks[:mid], max_bytes, version=version, cache=cache)
+                + split_blocks(blocks[mid:], max_bytes, version=version, cache=cache))
+    frame = blocks[0].frame
     rows = max(1, math.floor(frame.height * (max_bytes / len(whole)) * 0.9))
     while True:
-        pieces = [encode(p) for p in split(frame, rows)]
+        pieces = [encode_blocks([Block(p)], version=version) for p in split(frame, rows)]
         if all(len(p) <= max_bytes for p in pieces):
             return pieces
         if rows == 1:
@@ -210,6 +236,7 @@ class SampleProducer:
         self.cfg = cfg
         self._bootstrap = bootstrap_servers
         self._producer: AIOKafkaProducer | None = None
+        self._series = SeriesCache()  # keyed blocks' series in Arrow form, between records
 
     async def start(self) -> SampleProducer:
         if self._producer is not None:
@@ -268,14 +295,24 @@ class SampleProducer:
         in order.  Returns once every piece is acknowledged by all in-sync
         replicas.
         """
-        pieces = split_encoded(frame, self.cfg.max_record_bytes)
+        return await self.send_blocks(topic, key, [Block(frame)])
+
+    async def send_blocks(self, topic: str, key: str,
+                          blocks: Sequence[Block]) -> list[SentRecord]:
+        """Send the blocks' rows as one record (split as :meth:`send_frame` splits).
+
+        Blocks with one ``series_key`` store their series once (wire version 2).
+        """
+        version = self.cfg.wire_version
+        pieces = split_blocks(blocks, self.cfg.max_record_bytes, version=version,
+                              cache=self._series)
         batch_id = uuid.uuid4().hex.encode()
         total = len(pieces)
         records = [
             (
                 value,
                 [
-                    (HEADER_SCHEMA, str(SCHEMA_VERSION).encode()),
+                    (HEADER_SCHEMA, str(version).encode()),
                     (HEADER_BATCH, batch_id),
                     (HEADER_PART, f"{i + 1}/{total}".encode()),
                 ],

@@ -72,7 +72,8 @@ def good_bytes() -> bytes:
         (b"", "too short"),
         (b"GSL", "too short"),
         (b"garbage bytes that are not arrow", "not a gpuslo sample frame"),
-        (MAGIC + bytes([SCHEMA_VERSION + 1]) + b"\x00" * 40, "version 2 is not supported"),
+        (MAGIC + bytes([SCHEMA_VERSION + 1]) + b"\x00" * 40,
+         f"version {SCHEMA_VERSION + 1} is not supported"),
         (good_bytes()[:60], "truncated or corrupt"),
         (MAGIC + bytes([SCHEMA_VERSION]) + b"\xff" * 100, "truncated or corrupt"),
     ],
@@ -85,7 +86,7 @@ def test_decode_rejects_bad_bytes_with_a_clear_error(data: bytes, message: str) 
 
 def test_decode_rejects_a_valid_arrow_frame_with_other_columns() -> None:
     other = pl.DataFrame({"ts": [1], "oops": ["x"]})
-    raw = MAGIC + bytes([SCHEMA_VERSION]) + other.write_ipc_stream(None).getvalue()
+    raw = MAGIC + bytes([1]) + other.write_ipc_stream(None).getvalue()  # a version-1 body
     with pytest.raises(SchemaError, match=r"missing column 'node'.*unexpected columns"):
         decode(raw)
 

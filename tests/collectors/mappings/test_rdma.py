@@ -8,12 +8,15 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from gpuslo.collectors.mappings import rdma
 from gpuslo.collectors.mappings.normalise import default_parse
+from gpuslo.collectors.mappings.rdma import COUNTER_WIDTHS, SATURATED_METRIC, saturation_rows
 from gpuslo.collectors.scrape.files import read_sysfs
+from gpuslo.pipeline.schema import COLUMNS, Kind, empty_frame, frame_from_rows
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 PROCFS_SYS = FIXTURES / "procfs" / "sys"
@@ -218,3 +221,38 @@ def test_wrapping_q_counters_wrap_at_2_32(name: str, prev: int, cur: int) -> Non
     inc = rdma.counter_increase(name, float(prev), float(cur))
     assert 0 <= inc < 2**32
     assert (prev + inc) % 2**32 == cur
+
+
+def _saturation_rows_per_counter(normalised: pl.DataFrame) -> pl.DataFrame:
+    """The former saturation_rows, one filter per counter name: the oracle of the one-pass
+    version."""
+    rows = []
+    for name, (bits, saturates) in COUNTER_WIDTHS.items():
+        if not saturates:
+            continue
+        part = normalised.filter(pl.col("metric") == name)
+        if part.height == 0:
+            continue
+        extra = pl.lit([{"name": "counter", "value": name}], dtype=normalised.schema["labels"])
+        rows.append(part.with_columns(
+            metric=pl.lit(SATURATED_METRIC),
+            kind=pl.lit(Kind.GAUGE.value, dtype=normalised.schema["kind"]),
+            value=(pl.col("value") >= float(2**bits - 1)).cast(pl.Float64),
+            labels=pl.concat_list([pl.col("labels"), extra])
+            .list.eval(pl.element().sort_by(pl.element().struct.field("name"))),
+        ).select(COLUMNS))
+    return pl.concat(rows) if rows else empty_frame()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([*COUNTER_WIDTHS, "gpuslo_rdma_port_state"]),
+                          st.sampled_from([0.0, 1.0, 15.0, 255.0, 65535.0, 4294967295.0,
+                                           float("nan")]),
+                          st.sampled_from(["mlx5_0/1", "mlx5_1/1"]),
+                          st.sampled_from([{}, {"port": "1"}, {"zz": "last", "a": "first"}])),
+                max_size=40))
+def test_saturation_rows_in_one_pass_equal_one_filter_per_counter(
+        rows: list[tuple[str, float, str, dict[str, str]]]) -> None:
+    normalised = frame_from_rows((TS, "n1", "rdma", m, Kind.COUNTER, v, e, lab)
+                                 for m, v, e, lab in rows)
+    assert_frame_equal(saturation_rows(normalised), _saturation_rows_per_counter(normalised))

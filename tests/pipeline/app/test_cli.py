@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gpuslo.pipeline.schema import SCHEMA_VERSION
+
 
 def gpuslo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -26,7 +28,8 @@ def test_help_lists_the_commands() -> None:
 
 def test_version() -> None:
     out = gpuslo("version")
-    assert out.returncode == 0 and "gpuslo" in out.stdout and "schema v1" in out.stdout
+    assert out.returncode == 0 and "gpuslo" in out.stdout
+    assert f"schema v{SCHEMA_VERSION}" in out.stdout
 
 
 def test_validate_good_file(tmp_path: Path) -> None:
