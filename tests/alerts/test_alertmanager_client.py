@@ -298,6 +298,21 @@ async def test_ranked_causes_become_the_rca_annotation_top_three_one_line_each(
     ]
 
 
+async def test_a_firing_alert_whose_causes_are_ranked_anew_is_sent_again_at_once(
+        stub: Stub) -> None:
+    s = spec()
+    now = datetime.now(UTC)
+    rep, alerts = fire(AlertEvaluator([s]), s, now)
+    key = (s.id, rep.scope_key)
+    async with _live_client(stub.url) as c:
+        for text in ("1. [cause] early guess", "1. [cause] early guess", "1. [cause] final"):
+            c.submit(alerts, reports=[rep], rca={key: text}, now=now)
+            await c.flush(5)
+    sent = [a["annotations"]["rca"] for _, body in stub.requests for a in body]
+    # The same text twice is not re-sent within the resend interval; a new one is, at once.
+    assert sent == ["1. [cause] early guess"] * len(alerts) + ["1. [cause] final"] * len(alerts)
+
+
 async def test_shutdown_flushes_what_is_queued(stub: Stub) -> None:
     s = spec()
     _, alerts = fire(AlertEvaluator([s]), s, datetime.now(UTC))
