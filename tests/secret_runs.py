@@ -247,6 +247,7 @@ def server_runs(s: Setup) -> list[Run]:
         Run("collect working", ["collect", "-c", w, "--duration", "4"], s.kubelet_url,
             s.env_no_kafka),
         Run("tail", ["tail", "-c", w, "--duration", "3"], "", s.env_no_kafka),
+        Run("anomaly", ["anomaly", "-c", w, "--duration", "4"], "scoring", s.env_no_kafka),
         # Pages at once (the samples burn the SLO) and keeps failing to reach Alertmanager
         # and the OTLP collector with their secrets; /metrics, /readyz and the status page
         # are read meanwhile.

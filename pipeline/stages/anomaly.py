@@ -97,6 +97,15 @@ class ScoreRunner(StageRunner):
         return sc
 
     async def _apply(self, batches: list[ConsumedBatch]) -> None:
+        # Scoring is CPU work (Polars, NumPy, the forest's refits): in a worker thread, so
+        # the SLO stages sharing this event loop keep their ticks.  The stage's lock is
+        # held meanwhile, so nothing else touches the scorers.
+        records = await asyncio.to_thread(self._score, batches)
+        self._crash_point("applied")
+        await self._send(records)
+        self._crash_point("produced")
+
+    def _score(self, batches: list[ConsumedBatch]) -> list[tuple[str, bytes]]:
         touched: list[int] = []
         for b in batches:
             if b.frame is None:
@@ -110,39 +119,41 @@ class ScoreRunner(StageRunner):
             self._last_record[b.partition] = time.monotonic()
             if b.partition not in touched:
                 touched.append(b.partition)
-        self._crash_point("applied")
+        out: list[tuple[str, bytes]] = []
         for p in touched:
             mark = self._watermark.get(p)
             if mark is not None:
-                await self._emit(p, mark)
-        self._crash_point("produced")
+                out += self._close(p, mark)
+        return out
 
     async def close_idle(self) -> None:
         """Close the minutes of partitions silent for ``idle_close_s`` on the clock, so a
         node whose every sample stopped still has its last minutes scored."""
         async with self._lock:
             now = time.monotonic()
-            for p in sorted(self._owned):
-                last = self._last_record.get(p)
-                if last is not None and now - last >= self.anomaly_cfg.idle_close_s:
-                    await self._emit(p, self.clock())
-                    self._dirty.add(p)
-                    self._last_record[p] = now
+            idle = [p for p in sorted(self._owned)
+                    if (last := self._last_record.get(p)) is not None
+                    and now - last >= self.anomaly_cfg.idle_close_s]
+            for p in idle:
+                at = self.clock()
+                records = await asyncio.to_thread(self._close, p, at)
+                await self._send(records)
+                self._dirty.add(p)
+                self._last_record[p] = now
 
-    async def _emit(self, partition: int, now: datetime) -> None:
-        """Produce the digests of the minutes closed by ``now`` and, when due, the entities."""
+    def _close(self, partition: int, now: datetime) -> list[tuple[str, bytes]]:
+        """(key, value) records of the minutes closed by ``now`` and, when due, the entities."""
         scorer = self._scorer(partition)
         digest = scorer.advance(now)
-        headers = [(HEADER_SCHEMA, str(DIGEST_VERSION).encode())]
-        sends = []
+        out: list[tuple[str, bytes]] = []
         if digest.height:
             for (node,), part in digest.partition_by("node", as_dict=True,
                                                      maintain_order=True).items():
                 key = str(node) or FLEET_KEY
                 for (_,), minute in part.partition_by("minute", as_dict=True,
                                                       maintain_order=True).items():
-                    sends.append(self._producer.send_many(
-                        self.kafka_cfg.topics.digests, key, [(encode_digest(minute), headers)]))
+                    out.append((key, encode_digest(minute)))
+            self.digests_out += digest.height
         entities = scorer.entities()
         sent = self._entities_sent.get(partition)
         every = timedelta(minutes=self.anomaly_cfg.entities_every_minutes)
@@ -150,14 +161,18 @@ class ScoreRunner(StageRunner):
                                 or now - sent[1] >= every):
             for (node,), part in entities.partition_by("node", as_dict=True,
                                                        maintain_order=True).items():
-                sends.append(self._producer.send_many(
-                    self.kafka_cfg.topics.digests, str(node) or FLEET_KEY,
-                    [(encode_entities(part), headers)]))
+                out.append((str(node) or FLEET_KEY, encode_entities(part)))
             self._entities_sent[partition] = (entities.height, now)
-        if sends:
-            out = await asyncio.gather(*sends)
-            self.stats.records_out += sum(len(s) for s in out)
-            self.digests_out += digest.height
+        return out
+
+    async def _send(self, records: list[tuple[str, bytes]]) -> None:
+        if not records:
+            return
+        headers = [(HEADER_SCHEMA, str(DIGEST_VERSION).encode())]
+        sent = await asyncio.gather(*(
+            self._producer.send_many(self.kafka_cfg.topics.digests, key, [(value, headers)])
+            for key, value in records))
+        self.stats.records_out += sum(len(s) for s in sent)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``; close idle partitions' minutes every few seconds."""
@@ -237,14 +252,15 @@ class CauseRanker:
 
     def add(self, batches: Sequence[ConsumedBatch]) -> None:
         """Digests and entity tables into the window (undecodable records were counted)."""
-        for b in batches:
-            if b.frame is None:
-                continue
-            self.records += 1
-            if is_digest(b.frame):
-                self.window.add_digest(b.frame)
-            else:
-                self.window.add_entities(b.frame)
+        frames = [b.frame for b in batches if b.frame is not None]
+        self.records += len(frames)
+        # One merge per poll, not per record: a start re-reads many minutes at once.
+        entities = [f for f in frames if not is_digest(f)]
+        digests = [f for f in frames if is_digest(f)]
+        if entities:
+            self.window.add_entities(pl.concat(entities))
+        if digests:
+            self.window.add_digest(pl.concat(digests))
 
     async def run(self, stop: asyncio.Event, poll_ms: int = 500) -> None:
         """Read digests until ``stop``."""
