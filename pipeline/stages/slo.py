@@ -267,7 +267,10 @@ class Stage2Runner(StageRunner):
 
 
 class SloEngine:
-    """Stage 1 and stage 2 in one process, configured from ``cfg.slo``.
+    """Stage 1 and stage 2 in one process, configured from ``cfg.slo``, with root-cause
+    analysis from ``cfg.anomaly``: the scoring stage (unless ``anomaly.score`` is off, when
+    ``gpuslo anomaly`` processes score) and stage 2's ranking of every fired alert's causes
+    (:mod:`~gpuslo.pipeline.stages.anomaly`).
 
     Usage (what ``gpuslo aggregate`` and the demo do)::
 
