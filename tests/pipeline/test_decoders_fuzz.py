@@ -30,7 +30,6 @@ from polars.testing import assert_frame_equal
 from gpuslo.pipeline.errors import InputError
 from gpuslo.pipeline.schema import (
     MAGIC,
-    SCHEMA_VERSION,
     SchemaError,
     decode,
     encode,
@@ -60,7 +59,9 @@ PARTIALS = pl.DataFrame(
      "minute": [datetime(2024, 1, 1, tzinfo=UTC)] * 2, "good": [3.0, 0.0], "total": [4.0, 1.0]},
     schema=PARTIAL_SCHEMA,
 )
-SAMPLE_SEEDS = [encode(FRAME), encode(FRAME.head(0)), encode(FRAME.head(1))]
+# Both wire versions: version 2 (dictionary-encoded series, the default) and version 1.
+SAMPLE_SEEDS = [encode(FRAME), encode(FRAME.head(0)), encode(FRAME.head(1)),
+                encode(FRAME, version=1), encode(FRAME.head(1), version=1)]
 PARTIAL_SEEDS = [encode_partials(PARTIALS), encode_partials(PARTIALS.head(0))]
 
 
@@ -154,7 +155,7 @@ def test_a_damaged_checkpoint_body_is_caught_by_its_digest(tmp_path: Path) -> No
 
 
 def test_a_checkpoint_written_before_the_digest_still_reads(tmp_path: Path) -> None:
-    blob = encode(FRAME)[5:]  # the Arrow stream alone
+    blob = encode(FRAME, version=1)[5:]  # the Arrow stream alone (a plain frame)
     header = json.dumps({"next_offset": 9, "frames": [["state", len(blob)]], "meta": {"k": 1}},
                         separators=(",", ":")).encode()
     path = CheckpointStore(tmp_path).path("s", 0)
@@ -186,4 +187,4 @@ def test_a_checkpoint_header_of_the_wrong_shape_is_named(
 def test_an_enum_column_with_other_values_is_refused_before_polars_sees_it() -> None:
     other = FRAME.with_columns(pl.col("kind").cast(pl.String).cast(pl.Enum(["gauge", "counter"])))
     with pytest.raises(SchemaError, match="column 'kind' is not the expected enum"):
-        decode(write_framed(other, MAGIC, SCHEMA_VERSION))
+        decode(write_framed(other, MAGIC, 1))  # version 1: a plain Arrow frame

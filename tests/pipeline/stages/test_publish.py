@@ -54,7 +54,7 @@ def test_every_known_drop_reason_is_exported_at_zero_before_the_first_drop() -> 
     snap = Snapshot.build(health=h, taken_at=datetime.now(UTC))
     dropped = {f.labels[cv.EXPORT_LABEL_REASON]: f.value for f in iter_figures(snap)
                if f.metric is cv.M_DROPPED}
-    assert dropped == {"retry_buffer_full": 0, "produce_rejected": 0}
+    assert dropped == {"retry_buffer_full": 0, "produce_rejected": 0, "unencodable": 0}
 
 
 async def test_publish_health_publishes_until_stopped_and_once_after() -> None:
