@@ -587,6 +587,21 @@ class DigestWindow:
         """The alert's ranked causes from what has arrived so far."""
         return rank_causes(self._digests, alert, self.topology, self.settings)
 
+    def latest_scores(self) -> pl.DataFrame:
+        """Per detector and entity, the strongest row of the newest minute: ``detector,
+        kind, node, entity, metric, score`` (|z|, or an event's equivalent strength)."""
+        newest = self.newest
+        if newest is None:
+            return pl.DataFrame(schema={"detector": pl.String(), "kind": pl.String(),
+                                        "node": pl.String(), "entity": pl.String(),
+                                        "metric": pl.String(), "score": pl.Float64()})
+        return (self._digests.filter(pl.col("minute") == newest)
+                .with_columns(score=pl.col("z").abs())
+                .sort("score", descending=True, maintain_order=True)
+                .group_by(["detector", "kind", "node", "entity"], maintain_order=True)
+                .agg(pl.col("metric").first(), pl.col("score").first())
+                .sort(["detector", "kind", "node", "entity"]))
+
     @property
     def newest(self) -> datetime | None:
         """The newest minute any digest has described (None before the first)."""

@@ -42,6 +42,7 @@ from gpuslo.anomaly.digest import (
 )
 from gpuslo.anomaly.rca import AlertKey, AlertRanking, DigestWindow, RcaSettings
 from gpuslo.anomaly.scorer import NodeScorer, ScorerSettings
+from gpuslo.exporters.base import AnomalyScore
 from gpuslo.pipeline.aio import Clock, utc_now
 from gpuslo.pipeline.config import AnomalyConfig, ConsumerConfig, KafkaConfig
 from gpuslo.pipeline.kafka.client import HEADER_SCHEMA, ConsumedBatch
@@ -266,6 +267,15 @@ class CauseRanker:
         """Read digests until ``stop``."""
         while not stop.is_set():
             self.add(await self.reader.poll(poll_ms))
+
+    def scores(self) -> tuple[AnomalyScore, ...]:
+        """Each entity's strongest deviation per detector in the newest minute (what
+        ``gpuslo_anomaly_score`` exports)."""
+        return tuple(
+            AnomalyScore(detector, entity, float(score), metric or "",
+                         {"node": node, "kind": kind} if node else {"kind": kind})
+            for detector, kind, node, entity, metric, score
+            in self.window.latest_scores().iter_rows())
 
     def causes(self, alerts: Sequence[AlertReport],
                now: datetime) -> dict[AlertKey, tuple[Cause, ...]]:

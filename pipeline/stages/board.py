@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from gpuslo.anomaly.cause import Cause
+from gpuslo.exporters.base import AnomalyScore
 from gpuslo.slo.alerting import AlertReport, AlertStatus
 from gpuslo.slo.budget import SloReport
 
@@ -28,6 +29,7 @@ class BoardSnapshot:
     reports: tuple[SloReport, ...]
     alerts: tuple[AlertReport, ...]
     causes: Mapping[tuple[str, str], tuple[Cause, ...]] = field(default_factory=dict)
+    anomaly_scores: tuple[AnomalyScore, ...] = ()
 
     def firing(self) -> tuple[AlertReport, ...]:
         """Alerts firing now (what a pager sees)."""
@@ -52,10 +54,11 @@ class ReportBoard:
         alerts: Sequence[AlertReport],
         now: datetime,
         causes: Mapping[tuple[str, str], tuple[Cause, ...]] | None = None,
+        anomaly_scores: Sequence[AnomalyScore] = (),
     ) -> BoardSnapshot:
         """Replace the snapshot (called by :class:`Stage2Runner`)."""
         self._snap = BoardSnapshot(self._snap.version + 1, now, tuple(reports), tuple(alerts),
-                                   dict(causes or {}))
+                                   dict(causes or {}), tuple(anomaly_scores))
         self._changed.set()
         self._changed = asyncio.Event()
         return self._snap

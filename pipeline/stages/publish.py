@@ -90,6 +90,7 @@ async def publish_board(
                 taken_at=datetime.now(UTC),
                 specs=specs,
                 causes=snap.causes,
+                anomaly_scores=snap.anomaly_scores,
             )
         )
 

@@ -226,7 +226,8 @@ class Stage2Runner(StageRunner):
         reports.sort(key=lambda r: (r.slo_id, r.scope_key))
         alerts.sort(key=lambda a: (a.slo_id, cv.scope_key(dict(a.scope)), a.severity.value))
         causes = self.ranker.causes(alerts, now) if self.ranker is not None else None
-        return self.board.publish(reports, alerts, now, causes).reports
+        scores = self.ranker.scores() if self.ranker is not None else ()
+        return self.board.publish(reports, alerts, now, causes, scores).reports
 
     async def run(self, stop: asyncio.Event, tick_interval_s: float = 10.0) -> None:
         """Consume until ``stop`` is set; evaluate and publish every ``tick_interval_s``."""

@@ -96,15 +96,9 @@ FAULTS = (
 # scope; it must be among the values Prometheus offers.
 PREFERRED = {("gpuslo-slo-detail", "slo"): "gpu-thermal-headroom"}
 
-_ANOMALY = ("gpuslo_anomaly_score has no producer yet: anomaly/ is a placeholder, so "
-            "Snapshot.anomaly_scores is always empty")
 
 # (dashboard uid, "panel 'Title'" or "variable 'name'", refId) -> why it is empty today.
 EXPECTED_EMPTY: dict[tuple[str, str, str], str] = {
-    ("gpuslo-anomaly-rca", "variable 'detector'", ""): _ANOMALY,
-    ("gpuslo-anomaly-rca", "panel 'Most anomalous entities now'", "A"): _ANOMALY,
-    ("gpuslo-anomaly-rca", "panel 'Anomaly score, top 10'", "A"): _ANOMALY,
-    ("gpuslo-anomaly-rca", "panel 'Entities scored per detector'", "A"): _ANOMALY,
 }
 
 DASHBOARDS = {p.stem: json.loads(p.read_text(encoding="utf-8"))

@@ -112,3 +112,8 @@ async def test_scoring_restarted_from_its_checkpoint_gives_the_pure_scorers_dige
     assert [(c.entity, c.signal) for c in got] == [(c.entity, c.signal) for c in want]
     assert (got[0].entity, got[0].node, got[0].kind) == (
         incident.hot_uuid, incident.hot_node, "cause")
+    # gpuslo_anomaly_score: the newest minute's strongest deviations, the hot GPU's among them.
+    scores = ranker.scores()
+    assert any(s.entity == incident.hot_uuid and s.labels.get("node") == incident.hot_node
+               and s.score >= 4.0 for s in scores), scores
+    assert {s.detector for s in scores} <= {"baseline", "peer", "event", "vanished", "model"}
