@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import polars as pl
 import pytest
@@ -16,6 +16,7 @@ from test_scorer import NODE as SCORER_NODE
 from test_scorer import STEP_MIN, gpu_fleet
 
 from gpuslo.anomaly.rca import (
+    AlertRanking,
     Cause,
     DigestWindow,
     RcaAlert,
@@ -25,6 +26,9 @@ from gpuslo.anomaly.rca import (
 )
 from gpuslo.anomaly.topology import Topology
 from gpuslo.pipeline.schema import frame_from_rows
+from gpuslo.slo import conventions as cv
+from gpuslo.slo.alerting import AlertReport, AlertStatus
+from gpuslo.slo.windows import Severity
 
 NODE, FAR = "node-3", "node-9"
 POD = "inference/llama-0-abc"
@@ -240,3 +244,34 @@ def test_a_gpu_that_warms_with_more_work_is_load_not_a_fault() -> None:
                                                   "gpu_clock_reasons", 9.0, detector="event",
                                                   onset=at(4), detail="reason 0x20")])
     assert rank_causes(throttled, alert(), topology())[0].entity == uuid(NODE, 1)
+
+
+def _report(severity: str, fired: datetime | None, status: str = "firing") -> AlertReport:
+    return AlertReport("ttft", {"model_name": "llama"}, Severity(severity), AlertStatus(status),
+                       FIRED + timedelta(minutes=10), fired, fired, None, ())
+
+
+def test_alert_ranking_ranks_fired_alerts_once_per_scope_and_keeps_a_final_ranking() -> None:
+    win = DigestWindow()
+    win.add_entities(topology().entity_table())
+    disk = digest_row(at(10), NODE, "disk", "nvme0n1", "disk_busy", 9.0)
+    win.add_digest(digest([disk]))
+    ranking = AlertRanking(win)
+    pending = _report("ticket", None, "pending")
+    page = _report("page", FIRED)
+    key = ("ttft", cv.scope_key({"model_name": "llama"}))
+    # Not final yet (the minutes after the firing time have not arrived): ranked anew as
+    # digests come in.
+    first = ranking.causes([pending, page], FIRED + timedelta(minutes=1))
+    assert set(first) == {key} and [c.entity for c in first[key]] == ["nvme0n1"]
+    hot = digest_row(at(5), NODE, "gpu", uuid(NODE, 0), "gpu_temperature", 12.0)
+    win.add_digest(digest([hot, digest_row(FIRED + timedelta(minutes=3), FAR, "disk",
+                                           "nvme0n1", "disk_busy", 1.0)]))
+    final = ranking.causes([page], FIRED + timedelta(minutes=5))[key]
+    assert final[0].entity == uuid(NODE, 0)
+    # Final now: later digests about the incident's window no longer change it.
+    win.add_digest(digest([digest_row(at(3), NODE, "gpu", uuid(NODE, 1), "gpu_xid", 30.0,
+                                      detector="event", detail="XID 79")]))
+    assert tuple(win.causes(RcaAlert.from_report(page))) != final  # a fresh ranking differs
+    assert ranking.causes([page], FIRED + timedelta(minutes=6))[key] == final
+    assert ranking.causes([], FIRED + timedelta(minutes=7)) == {}  # forgotten once gone
