@@ -40,6 +40,7 @@ spans cost.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -97,10 +98,10 @@ class AlertEpisode:
 
     ``tiers`` are the tiers breaching when it fired (``page-5m-1h``...);
     ``active_since`` is when the breach began (earlier than ``fired_at`` when a
-    tier has ``alertAfter``).  Ranked causes (``gpuslo replay --rca``, the anomaly
-    area) belong here as one more field, written by :meth:`to_dict` and
-    :func:`episodes_frame`: every output of the replay command reads episodes
-    through those two.
+    tier has ``alertAfter``).  ``rca`` holds the ranked causes (``gpuslo replay
+    --rca``) as the anomaly area writes them (plain dicts: the SLO core does not
+    import anomaly/); None when they were not asked for, so outputs without
+    ``--rca`` carry no ``rca`` field at all.
     """
 
     slo_id: str
@@ -110,10 +111,11 @@ class AlertEpisode:
     resolved_at: datetime | None
     tiers: tuple[str, ...] = ()
     active_since: datetime | None = None
+    rca: tuple[dict[str, Any], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {
+        out: dict[str, Any] = {
             "slo": self.slo_id,
             "scope": self.scope,
             "severity": self.severity.value,
@@ -122,6 +124,9 @@ class AlertEpisode:
             "fired_at": self.fired_at.isoformat(),
             "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
         }
+        if self.rca is not None:
+            out["rca"] = list(self.rca)
+        return out
 
 
 @dataclass(frozen=True)
@@ -1218,8 +1223,9 @@ def _timeline_frame(tl: SloTimeline) -> pl.DataFrame:
 
 def episodes_frame(report: BacktestReport) -> pl.DataFrame:
     """Every alert episode: SLO, scope, severity, the tiers that fired it, when the breach
-    began (``active_since``), when it fired and when it resolved (null: firing at the end)."""
-    return pl.DataFrame(
+    began (``active_since``), when it fired and when it resolved (null: firing at the end);
+    with ranked causes, an ``rca`` column of each episode's causes as a JSON array."""
+    frame = pl.DataFrame(
         {
             cv.COL_SLO: [e.slo_id for e in report.alerts],
             cv.COL_SCOPE: [cv.scope_key(e.scope) for e in report.alerts],
@@ -1234,6 +1240,10 @@ def episodes_frame(report: BacktestReport) -> pl.DataFrame:
                 "fired_at": pl.Datetime("us", "UTC"),
                 "resolved_at": pl.Datetime("us", "UTC")},
     )
+    if any(e.rca is not None for e in report.alerts):
+        frame = frame.with_columns(pl.Series(
+            "rca", [json.dumps(list(e.rca or ())) for e in report.alerts], dtype=pl.String))
+    return frame
 
 
 def _iso_ms(ms: int) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ from gpuslo.pipeline.aio import Clock, utc_now
 from gpuslo.pipeline.config import ConsumerConfig, GpusloConfig, KafkaConfig
 from gpuslo.pipeline.kafka.client import HEADER_SCHEMA, ConsumedBatch
 from gpuslo.pipeline.readiness import Readiness
+from gpuslo.pipeline.stages.anomaly import CauseRanker, ScoreRunner
 from gpuslo.pipeline.stages.board import ReportBoard
 from gpuslo.pipeline.stages.checkpoint import CheckpointStore
 from gpuslo.pipeline.stages.runner import StageRunner
@@ -176,7 +177,10 @@ class Stage2Runner(StageRunner):
         checkpoint_interval_s: float = 0.0,
         clock: Clock = utc_now,
         readiness: Readiness | None = None,
+        ranker: CauseRanker | None = None,
     ) -> None:
+        """``ranker``, when given, ranks the causes of every alert that fired at each
+        evaluation; they reach the board beside the alerts."""
         super().__init__(
             kafka_cfg, consumer_cfg, store, kafka_cfg.topics.sli, group_id,
             bootstrap_servers=bootstrap_servers, checkpoint_interval_s=checkpoint_interval_s,
@@ -186,6 +190,7 @@ class Stage2Runner(StageRunner):
         self.open_minutes = open_minutes
         self.board = board if board is not None else ReportBoard()
         self.clock = clock
+        self.ranker = ranker
         self.states: dict[int, Stage2State] = {}
         self.alerts: dict[int, AlertEvaluator] = {}
 
@@ -220,7 +225,9 @@ class Stage2Runner(StageRunner):
                 self._dirty.add(p)  # alert states changed: part of the next checkpoint
         reports.sort(key=lambda r: (r.slo_id, r.scope_key))
         alerts.sort(key=lambda a: (a.slo_id, cv.scope_key(dict(a.scope)), a.severity.value))
-        return self.board.publish(reports, alerts, now).reports
+        causes = self.ranker.causes(alerts, now) if self.ranker is not None else None
+        scores = self.ranker.scores() if self.ranker is not None else ()
+        return self.board.publish(reports, alerts, now, causes, scores).reports
 
     async def run(self, stop: asyncio.Event, tick_interval_s: float = 10.0) -> None:
         """Consume until ``stop`` is set; evaluate and publish every ``tick_interval_s``."""
@@ -261,7 +268,10 @@ class Stage2Runner(StageRunner):
 
 
 class SloEngine:
-    """Stage 1 and stage 2 in one process, configured from ``cfg.slo``.
+    """Stage 1 and stage 2 in one process, configured from ``cfg.slo``, with root-cause
+    analysis from ``cfg.anomaly``: the scoring stage (unless ``anomaly.score`` is off, when
+    ``gpuslo anomaly`` processes score) and stage 2's ranking of every fired alert's causes
+    (:mod:`~gpuslo.pipeline.stages.anomaly`).
 
     Usage (what ``gpuslo aggregate`` and the demo do)::
 
@@ -284,10 +294,19 @@ class SloEngine:
         clock: Clock = utc_now,
         readiness: Readiness | None = None,
     ) -> None:
-        s = cfg.slo
+        s, a = cfg.slo, cfg.anomaly
         store = CheckpointStore(s.checkpoint_dir)
         self.board = board if board is not None else ReportBoard()
         self.tick_interval_s = s.tick_interval_s
+        # Root causes: the scoring stage (unless separate `gpuslo anomaly` processes score)
+        # and stage 2's ranking side.
+        self.scorer = ScoreRunner(
+            cfg.kafka, cfg.consumer, store, a, bootstrap_servers=bootstrap_servers,
+            clock=clock, readiness=readiness,
+        ) if a.enabled and a.score else None
+        self.ranker = CauseRanker(
+            cfg.kafka, a, bootstrap_servers=bootstrap_servers, readiness=readiness,
+        ) if a.enabled else None
         self.stage1 = Stage1Runner(
             specs, cfg.kafka, cfg.consumer, store, group_id=s.stage1_group_id,
             open_minutes=s.open_minutes, bootstrap_servers=bootstrap_servers,
@@ -297,13 +316,14 @@ class SloEngine:
             specs, cfg.kafka, cfg.consumer, store, board=self.board,
             group_id=s.stage2_group_id, open_minutes=s.open_minutes,
             bootstrap_servers=bootstrap_servers, checkpoint_interval_s=s.checkpoint_interval_s,
-            clock=clock, readiness=readiness,
+            clock=clock, readiness=readiness, ranker=self.ranker,
         )
 
     @property
     def stages(self) -> tuple[StageRunner, ...]:
-        """Both stage runners (their consumers' lag and dead letters are health figures)."""
-        return (self.stage1, self.stage2)
+        """The stage runners (their consumers' lag and dead letters are health figures)."""
+        scorer = (self.scorer,) if self.scorer is not None else ()
+        return (self.stage1, self.stage2, *scorer)
 
     async def start(self) -> SloEngine:
         """Join both consumer groups (the first poll completes the join).
@@ -311,19 +331,28 @@ class SloEngine:
         Both starts finish before a failure is raised, so a retried start never
         runs beside one still in flight.
         """
-        results = await asyncio.gather(self.stage1.start(), self.stage2.start(),
-                                       return_exceptions=True)
+        starts: list[Awaitable[object]] = [r.start() for r in self.stages]
+        if self.ranker is not None:
+            starts.append(self.ranker.start())
+        results = await asyncio.gather(*starts, return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
         return self
 
     async def stop(self) -> None:
-        """Checkpoint, commit and leave both groups."""
-        await asyncio.gather(self.stage1.stop(), self.stage2.stop())
+        """Checkpoint, commit and leave the groups."""
+        stops: list[Awaitable[object]] = [r.stop() for r in self.stages]
+        if self.ranker is not None:
+            stops.append(self.ranker.stop())
+        await asyncio.gather(*stops)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run both stages until ``stop`` is set; the board updates every tick."""
-        await asyncio.gather(
-            self.stage1.run(stop), self.stage2.run(stop, self.tick_interval_s)
-        )
+        runs: list[Awaitable[object]] = [
+            self.stage1.run(stop), self.stage2.run(stop, self.tick_interval_s)]
+        if self.scorer is not None:
+            runs.append(self.scorer.run(stop))
+        if self.ranker is not None:
+            runs.append(self.ranker.run(stop))
+        await asyncio.gather(*runs)

@@ -11,6 +11,7 @@ episode, ``--json`` (everything, timelines included), ``--parquet`` / ``--csv``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from gpuslo.anomaly.rca import causes_for_alerts
 from gpuslo.collectors.history import InputWarning, iter_replay_input, replay_metrics
 from gpuslo.collectors.prometheus_api import PrometheusSourceConfig, iter_prometheus_frames
 from gpuslo.exporters.base import ExportHub, Snapshot
@@ -263,6 +265,30 @@ def _episode_line(report: BacktestReport) -> Iterator[str]:
         tiers = f" ({', '.join(a.tiers)})" if a.tiers else ""
         yield (f"{a.severity.value} {a.slo_id} {{{scope}}} fired "
                f"{a.fired_at:%Y-%m-%d %H:%M:%S}, {end}{tiers}")
+        if a.rca is not None:
+            for cause in a.rca[:3]:
+                yield f"  {cause['rank']}. [{cause['kind']}] {cause['evidence']}"
+            if not a.rca:
+                yield "  no cause found"
+
+
+def _kept(frames: Iterator[pl.DataFrame], kept: list[pl.DataFrame],
+          metrics: frozenset[str]) -> Iterator[pl.DataFrame]:
+    """Frames of every series for ranking causes, each passed on cut to the SLOs' inputs."""
+    for frame in frames:
+        kept.append(frame)
+        yield frame.filter(pl.col("metric").is_in(list(metrics)))
+
+
+def _with_causes(result: BacktestReport, kept: list[pl.DataFrame]) -> BacktestReport:
+    """Every alert episode with its ranked causes (topology from the samples' labels)."""
+    if not result.alerts:
+        return result
+    with err_console.status(f"ranking the causes of {len(result.alerts)} alert(s)"):
+        causes = causes_for_alerts(pl.concat(kept, how="vertical_relaxed"), result.alerts)
+    return dataclasses.replace(result, alerts=tuple(
+        dataclasses.replace(a, rca=tuple(c.to_dict() for c in ranked))
+        for a, ranked in zip(result.alerts, causes, strict=True)))
 
 
 def replay(
@@ -319,6 +345,11 @@ def replay(
         help="--prometheus: do not verify TLS.")] = False,
     chunk: Annotated[str, typer.Option(
         help="--prometheus: time per query (below its --query.max-samples).")] = "2h",
+    rca: Annotated[bool, typer.Option(
+        "--rca", help="Rank the root causes of every alert (topology from the samples' "
+                      "labels): the top 3 under each alert line, all of them as 'rca' in "
+                      "--json and the episodes files. Needs --samples; keeps every "
+                      "series of the input in memory.")] = False,
 ) -> None:
     """Backtest specs over history: SLIs, budgets, burn rates, and when alerts would fire.
 
@@ -337,6 +368,9 @@ def replay(
     try:
         if (samples is None) == (prometheus is None):
             raise InputError("give one input: --samples FILE or --prometheus URL")
+        if rca and samples is None:
+            raise InputError("--rca needs --samples: ranking causes reads every series of "
+                             "the fleet, --prometheus fetches only the SLOs' inputs")
         step_td = parse_duration(step)
         t0 = parse_instant(start, now, "--start") if start is not None else None
         t1 = parse_instant(end, now, "--end") if end is not None else None
@@ -349,9 +383,13 @@ def replay(
                              f"{t0:%Y-%m-%d %H:%M:%S}")
         metrics = replay_metrics(input_metrics(slos))
         warnings: list[InputWarning] = []
+        kept: list[pl.DataFrame] = []
         if samples is not None:
-            frames = iter_replay_input(samples, metrics=metrics, not_before=t0,
-                                       not_after=t1, now=now, warnings=warnings)
+            frames = iter_replay_input(samples, metrics=None if rca else metrics,
+                                       not_before=t0, not_after=t1, now=now,
+                                       warnings=warnings)
+            if rca:
+                frames = _kept(frames, kept, metrics)
             source = str(samples)
         else:
             assert prometheus is not None and t0 is not None and t1 is not None
@@ -408,6 +446,9 @@ def replay(
                                     on_timeline=write)
             except ReplayError as exc:
                 raise ReplayError(f"{source}: {exc}") from None
+        if rca:
+            result = _with_causes(result, kept)
+            kept.clear()
         written = [(w.path, w.close(episodes_frame(result))) for w in writers]
         writers = []
     except (GpusloError, ValueError) as exc:  # ValueError: a bad --step or --chunk
@@ -424,7 +465,7 @@ def replay(
     out = err_console if to_stdout else _table_console()
     out.print(report_table(result.final, result.firing_at_end(), result.end))
     for line in _episode_line(result):
-        out.print(line, highlight=False, soft_wrap=True)
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
     if json_writer is not None:
         json_writer.close(result)
     for timeline_path, side in written:

@@ -27,12 +27,14 @@ from gpuslo.pipeline.app.views.fit import FitStack
 from gpuslo.pipeline.app.views.slo import SloExpander, SloStatusView
 from gpuslo.pipeline.app.wiring import (
     aggregation,
+    aggregation_topics,
     connect_kafka,
     http_address,
     serving,
 )
 from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.stages.board import BoardSnapshot
+from gpuslo.slo import conventions as cv
 from gpuslo.slo.rules import generate, render_prometheus_rule, render_rules_file
 from gpuslo.slo.spec import SloSpec, SpecError, load_specs
 
@@ -68,7 +70,11 @@ def write_board_json(path: Path, snap: BoardSnapshot) -> None:
         "version": snap.version,
         "evaluated_at": snap.evaluated_at.isoformat() if snap.evaluated_at else None,
         "reports": [r.to_dict() for r in snap.reports],
-        "alerts": [a.to_dict() for a in snap.alerts],
+        "alerts": [
+            {**a.to_dict(), "rca": [c.to_dict() for c in
+                                    snap.causes.get((a.slo_id, cv.scope_key(dict(a.scope))), ())]}
+            for a in snap.alerts
+        ],
     }
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
@@ -156,7 +162,7 @@ def aggregate(
         stopped: list[str] = []
         async with serving(cfg, stop, readiness) as hub:
             address = http_address(hub)
-            async with connect_kafka(cfg, [t.samples, t.sli, t.dlq], stop, readiness) as servers, \
+            async with connect_kafka(cfg, aggregation_topics(cfg), stop, readiness) as servers, \
                     aggregation(cfg, slos, servers, hub=hub, readiness=readiness) as agg:
                 console.print(
                     f"aggregating {len(slos)} SLO(s) from {t.samples} on {servers}; "
