@@ -96,7 +96,9 @@ class ScorerSettings:
         z_threshold: |z| from which a minute deviates.
         adapt_minutes: a deviation lasting this long becomes the new baseline.
         lateness: how long after its end a minute waits for late samples.
-        vanish_minutes: minutes without a series before it counts as vanished.
+        vanish_minutes: whole minutes without any sample of a series before it counts as
+            vanished (a node whose scrapes arrive late, a collector starved of CPU, must
+            not vanish); a series its exporter answered without vanishes at once.
         top_k: deviation rows kept per node and minute (events are always kept).
         peer_threshold: |peer z| from which a peer outlier is reported.
         model: the multivariate model's settings (``None``: no model).
@@ -107,7 +109,7 @@ class ScorerSettings:
     z_threshold: float = 4.0
     adapt_minutes: int = 60
     lateness: timedelta = timedelta(seconds=30)
-    vanish_minutes: int = 1
+    vanish_minutes: int = 3
     top_k: int = 48
     peer_threshold: float = 6.0
     model: ModelSettings | None = field(default_factory=ModelSettings)
@@ -594,15 +596,20 @@ class NodeScorer:
         np.maximum.at(newest, sib, self._s_last_ts[:ns])
         stale = self._s_last_ts[:ns] < newest[sib] - STALE_TOLERANCE_MS
         established = np.sum(np.isfinite(self._hist[:no]), axis=1) >= st.min_baseline
-        recent = ~stale[a]
+        silent = np.ones(no, np.bool_)
         for k in range(st.vanish_minutes):
-            recent &= np.isfinite(self._hist[:no, (m - k) % self._h]) | (k > 0)
+            silent &= ~np.isfinite(self._hist[:no, (m - k) % self._h])
+        recent = ~stale[a] & ~silent
         eids = self._o_eid[:no]
         est_count = np.bincount(eids[established], minlength=ne)
         live_count = np.bincount(eids[established & recent], minlength=ne)
         gone = det.vanished(live_count, est_count)
+        # dated to the first silent minute when silence (not a stale sibling) made it go
+        silent_count = np.bincount(eids[established & silent], minlength=ne)
+        went = np.where(silent_count > 0, m - st.vanish_minutes + 1, m)
         vs = self._e_vanished_since[:ne]
-        vs[gone & (vs < 0)] = m
+        new = gone & (vs < 0)
+        vs[new] = went[new]
         vs[~gone] = -1
         # -- model ------------------------------------------------------------------------
         model_rows = self._model_rows(m, z, eids, ne) if self._model is not None else None

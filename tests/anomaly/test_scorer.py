@@ -119,6 +119,31 @@ def test_a_vanished_gpu_is_reported_in_the_minute_it_went(
     assert gone["onset"].min() == _minute(GONE_MIN - 1)
 
 
+def test_a_node_silent_for_less_than_vanish_minutes_has_not_vanished() -> None:
+    # A collector starved of CPU (or a slow network) delivers nothing for two minutes,
+    # then catches up: no GPU of the node vanished.  Silent for the whole vanish_minutes,
+    # every GPU has, dated to the first silent minute.
+    pause, stop = range(20, 22), 26
+
+    def node(i: int, ts: datetime) -> Iterable[Row]:
+        minute = i * SCRAPE_S // 60
+        if minute in pause or minute >= stop:
+            return
+        for g in range(4):
+            wiggle = ((i * 7 + g * 3) % 5) * 0.5
+            yield gauge(NODE, "DCGM_FI_DEV_GPU_TEMP", 60.0 + wiggle, gpu_labels(NODE, g), ts)
+            yield gauge(NODE, "DCGM_FI_DEV_SM_CLOCK", 1980.0 - wiggle, gpu_labels(NODE, g), ts)
+
+    settings = ScorerSettings(model=None)
+    _, d = run_scorer(node, 34, NodeScorer(settings))
+    gone = d.filter(pl.col("detector") == "vanished")
+    assert settings.vanish_minutes == 3
+    assert gone.filter(pl.col("minute") < _minute(stop)).height == 0, gone
+    assert set(gone["entity"]) == {uuid(NODE, g) for g in range(4)}
+    assert gone["onset"].min() == _minute(stop)
+    assert gone["minute"].min() == _minute(stop + settings.vanish_minutes - 1)
+
+
 def test_a_peer_outlier_is_reported_without_any_change_of_its_own(
         gpus: tuple[NodeScorer, pl.DataFrame]) -> None:
     _, d = gpus
