@@ -64,7 +64,7 @@ from gpuslo.pipeline.readiness import READY_KAFKA, READY_LIFECYCLE, Readiness
 from gpuslo.pipeline.stages.board import ReportBoard
 from gpuslo.pipeline.stages.collect import CollectRunner, CollectStats
 from gpuslo.pipeline.stages.publish import health_snapshot, publish_board
-from gpuslo.pipeline.stages.slo import SloEngine
+from gpuslo.pipeline.stages.slo import STAGES, SloEngine
 from gpuslo.slo.spec import SloSpec
 
 log = logging.getLogger(__name__)
@@ -415,13 +415,15 @@ async def aggregation(
     hub: ExportHub | None = None,
     board: ReportBoard | None = None,
     readiness: Readiness | None = None,
+    stages: Collection[int] = STAGES,
 ) -> AsyncIterator[Aggregation]:
     """The SLO stages over ``servers``, publishing to ``hub`` (default: the exporters ``cfg``
     switches on, open for the block); ``clock`` is the engine's (the demo's runs on
     simulated time); ``board`` the engine's board (give one to mount routes over it
-    before the hub starts); ``readiness`` gets ``kafka``, ``stage1`` and ``stage2``."""
+    before the hub starts); ``readiness`` gets ``kafka`` and ``stage1``/``stage2``
+    for the ``stages`` run here (default both; ``gpuslo aggregate --stage``)."""
     engine = SloEngine(cfg, specs, bootstrap_servers=servers, clock=clock, board=board,
-                       readiness=readiness)
+                       readiness=readiness, stages=stages)
     grace = cfg.shutdown.aggregate_grace_s
     if hub is not None:
         yield Aggregation(engine, hub, specs, readiness, grace)

@@ -11,7 +11,10 @@
   every tick, publishes the reports and alerts to a
   :class:`~gpuslo.pipeline.stages.board.ReportBoard`, which the demo, the
   exporters and the alert sender read.
-* :class:`SloEngine` runs both in one process.
+* :class:`SloEngine` runs both in one process, or only one of them
+  (``gpuslo aggregate --stage 1|2``): the stages hand over through
+  ``gpuslo.sli`` only, so each can be its own process (and Deployment), killed
+  and restarted without the other.
 
 Both are :class:`~gpuslo.pipeline.stages.runner.StageRunner` s, which gives the
 durability and rebalance guarantees.  Partials are cumulative upserts keyed by
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +34,7 @@ import polars as pl
 
 from gpuslo.pipeline.aio import Clock, utc_now
 from gpuslo.pipeline.config import ConsumerConfig, GpusloConfig, KafkaConfig
+from gpuslo.pipeline.errors import InputError
 from gpuslo.pipeline.kafka.client import HEADER_SCHEMA, ConsumedBatch
 from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.stages.board import ReportBoard
@@ -260,8 +264,12 @@ class Stage2Runner(StageRunner):
 # --------------------------------------------------------------------------------------------
 
 
+STAGES = (1, 2)
+"""The SLO stages a process can run (``gpuslo aggregate --stage``)."""
+
+
 class SloEngine:
-    """Stage 1 and stage 2 in one process, configured from ``cfg.slo``.
+    """Stage 1 and stage 2 in one process, or one of them, configured from ``cfg.slo``.
 
     Usage (what ``gpuslo aggregate`` and the demo do)::
 
@@ -272,6 +280,11 @@ class SloEngine:
         finally:
             await engine.stop()
         engine.board.latest().reports / .alerts
+
+    ``stages=(1,)`` runs stage 1 alone (samples in, partials out on
+    ``gpuslo.sli``; its board stays empty), ``stages=(2,)`` stage 2 alone
+    (partials in, reports and alerts on the board).  The stages share nothing
+    but that topic and the checkpoint directory (each under its own scope).
     """
 
     def __init__(
@@ -283,35 +296,44 @@ class SloEngine:
         board: ReportBoard | None = None,
         clock: Clock = utc_now,
         readiness: Readiness | None = None,
+        stages: Collection[int] = STAGES,
     ) -> None:
+        unknown = set(stages) - set(STAGES)
+        if unknown or not stages:
+            raise InputError(f"SLO stages {sorted(stages)}: choose 1, 2 or both")
         s = cfg.slo
         store = CheckpointStore(s.checkpoint_dir)
         self.board = board if board is not None else ReportBoard()
         self.tick_interval_s = s.tick_interval_s
-        self.stage1 = Stage1Runner(
-            specs, cfg.kafka, cfg.consumer, store, group_id=s.stage1_group_id,
-            open_minutes=s.open_minutes, bootstrap_servers=bootstrap_servers,
-            checkpoint_interval_s=s.checkpoint_interval_s, readiness=readiness,
-        )
-        self.stage2 = Stage2Runner(
-            specs, cfg.kafka, cfg.consumer, store, board=self.board,
-            group_id=s.stage2_group_id, open_minutes=s.open_minutes,
-            bootstrap_servers=bootstrap_servers, checkpoint_interval_s=s.checkpoint_interval_s,
-            clock=clock, readiness=readiness,
-        )
+        self.stage1: Stage1Runner | None = None
+        self.stage2: Stage2Runner | None = None
+        if 1 in stages:
+            self.stage1 = Stage1Runner(
+                specs, cfg.kafka, cfg.consumer, store, group_id=s.stage1_group_id,
+                open_minutes=s.open_minutes, bootstrap_servers=bootstrap_servers,
+                checkpoint_interval_s=s.checkpoint_interval_s, readiness=readiness,
+            )
+        if 2 in stages:
+            self.stage2 = Stage2Runner(
+                specs, cfg.kafka, cfg.consumer, store, board=self.board,
+                group_id=s.stage2_group_id, open_minutes=s.open_minutes,
+                bootstrap_servers=bootstrap_servers,
+                checkpoint_interval_s=s.checkpoint_interval_s, clock=clock, readiness=readiness,
+            )
 
     @property
     def stages(self) -> tuple[StageRunner, ...]:
-        """Both stage runners (their consumers' lag and dead letters are health figures)."""
-        return (self.stage1, self.stage2)
+        """The stage runners of this process (their consumers' lag and dead letters are
+        health figures)."""
+        return tuple(r for r in (self.stage1, self.stage2) if r is not None)
 
     async def start(self) -> SloEngine:
-        """Join both consumer groups (the first poll completes the join).
+        """Join the consumer groups (the first poll completes the join).
 
-        Both starts finish before a failure is raised, so a retried start never
+        Every start finishes before a failure is raised, so a retried start never
         runs beside one still in flight.
         """
-        results = await asyncio.gather(self.stage1.start(), self.stage2.start(),
+        results = await asyncio.gather(*(r.start() for r in self.stages),
                                        return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
@@ -319,11 +341,14 @@ class SloEngine:
         return self
 
     async def stop(self) -> None:
-        """Checkpoint, commit and leave both groups."""
-        await asyncio.gather(self.stage1.stop(), self.stage2.stop())
+        """Checkpoint, commit and leave the groups."""
+        await asyncio.gather(*(r.stop() for r in self.stages))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run both stages until ``stop`` is set; the board updates every tick."""
-        await asyncio.gather(
-            self.stage1.run(stop), self.stage2.run(stop, self.tick_interval_s)
-        )
+        """Run the stages until ``stop`` is set; the board updates every stage-2 tick."""
+        runs: list[Awaitable[None]] = []
+        if self.stage1 is not None:
+            runs.append(self.stage1.run(stop))
+        if self.stage2 is not None:
+            runs.append(self.stage2.run(stop, self.tick_interval_s))
+        await asyncio.gather(*runs)
