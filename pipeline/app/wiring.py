@@ -63,7 +63,7 @@ from gpuslo.pipeline.kafka.servers import kafka_servers
 from gpuslo.pipeline.readiness import READY_KAFKA, READY_LIFECYCLE, Readiness
 from gpuslo.pipeline.stages.board import ReportBoard
 from gpuslo.pipeline.stages.collect import CollectRunner, CollectStats
-from gpuslo.pipeline.stages.publish import health_snapshot, publish_board
+from gpuslo.pipeline.stages.publish import health_snapshot, publish_board, publish_health
 from gpuslo.pipeline.stages.slo import STAGES, SloEngine
 from gpuslo.slo.spec import SloSpec
 
@@ -360,6 +360,10 @@ class Aggregation:
             collect,
             consumer_lag_records=self.lag,
             dead_letters_total=sum(s.consumer.dead_letters for s in self.engine.stages),
+            consumer_recoveries_total={
+                (s.group_id, reason): n for s in self.engine.stages
+                for reason, n in (("log_reset", s.stats.log_resets),
+                                  ("stalled", s.stats.consumer_restarts))},
             deliveries=deliveries,
         )
 
@@ -389,12 +393,14 @@ class Aggregation:
                 return  # stopped while joining the groups: nothing applied, nothing to save
             if self.readiness is not None:
                 self.readiness.ok(READY_KAFKA, "SLO stages' consumers and producers connected")
-            await asyncio.gather(
-                self.engine.run(stop),
+            # Stage 1 alone has no reports: its health (lag, recoveries) is published alone.
+            publish = (
                 publish_board(self.engine.board, self.hub, self.specs, stop,
-                              lambda: self.health(collect)),
-                self.watch_lag(stop),
+                              lambda: self.health(collect))
+                if self.engine.stage2 is not None
+                else publish_health(self.hub, stop, lambda: self.health(collect))
             )
+            await asyncio.gather(self.engine.run(stop), publish, self.watch_lag(stop))
         finally:
             try:
                 await asyncio.wait_for(self.engine.stop(), self.grace_s)

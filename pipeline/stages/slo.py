@@ -77,6 +77,7 @@ class Stage1Runner(StageRunner):
             readiness=readiness,
         )
         self.state = Stage1State(specs, open_minutes=open_minutes)
+        self.output_topics = [kafka_cfg.topics.sli]
 
     async def _apply(self, batches: list[ConsumedBatch]) -> None:
         # One apply per Kafka record (one scrape batch), in offset order: how the state

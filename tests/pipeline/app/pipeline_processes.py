@@ -211,7 +211,9 @@ async def read_samples(kafka_cfg: KafkaConfig, bootstrap: str | None = None) -> 
                               bootstrap_servers=bootstrap) as consumer:
         deadline = time.monotonic() + 20
         while True:
-            assert time.monotonic() < deadline, "samples topic not read within 20 s"
+            assert time.monotonic() < deadline, (
+                f"samples topic not read within 20 s: assigned {consumer.assignment()}, "
+                f"{await consumer.lag()} records behind")
             got = await consumer.poll()
             frames += [b.frame for b in got if b.frame is not None]
             if not got and consumer.assignment() and await consumer.lag() == 0:
