@@ -391,6 +391,12 @@ class SampleProducer:
             for m, (v, _) in zip(metas, records, strict=True)
         ]
 
+    async def renew(self) -> None:
+        """Close the aiokafka producer; the next send starts a new one (after a broker lost
+        its state, see :meth:`send_many`)."""
+        if self._producer is not None:
+            await self._replace(self._producer)
+
     async def _replace(self, failed: AIOKafkaProducer) -> None:
         """Close a producer whose send failed; the next send starts a new one."""
         if id(self._producer) != id(failed):

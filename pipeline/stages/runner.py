@@ -262,6 +262,9 @@ class StageRunner:
             behind = any(ends.get(p, 0) > self._next_offset.get(p, 0)
                          for p in owned if p in self._owned)
         if reset:
+            # A producer that lived through the broker's restart may write what the
+            # embedded broker cannot serve (see SampleProducer.send_many): a new one.
+            await self._producer.renew()
             try:
                 await self.consumer.rewind(self.topic, reset)
             except GpusloError as exc:
