@@ -290,6 +290,12 @@ class AlertmanagerError(GpusloError):
         super().__init__(message, retriable=retriable)
 
 
+def _rca_of(payload: Mapping[str, Any]) -> str | None:
+    annotations = payload.get("annotations") or {}
+    rca = annotations.get(cv.ANNOTATION_RCA)
+    return str(rca) if rca is not None else None
+
+
 class AlertmanagerClient:
     """Pushes SLO alerts to every configured Alertmanager and keeps them fresh.
 
@@ -418,7 +424,10 @@ class AlertmanagerClient:
                 # rates change every evaluation) and goes out on the next re-send, as
                 # Prometheus does; sending every evaluation would only load Alertmanager.
                 fresh = old is None or old.resolved_at is not None
-                last_sent = None if fresh or old is None else old.last_sent
+                # A new ranking of its causes is sent at once too: the first one, made when
+                # the alert fires, may lack the digests of the last minutes before it.
+                reranked = old is not None and _rca_of(old.payload) != _rca_of(payload)
+                last_sent = None if fresh or reranked or old is None else old.last_sent
                 self._tracked[key] = _Tracked(payload, None, last_sent)
             else:  # RESOLVED
                 if old is not None and old.resolved_at is not None:

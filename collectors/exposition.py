@@ -33,9 +33,12 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, compress, count, repeat
+from operator import add as _add
 from operator import eq as _eq
 from operator import ge as _ge
-from operator import methodcaller
+from operator import getitem as _getitem
+from operator import itemgetter, methodcaller
+from operator import not_ as _not
 from operator import sub as _sub
 from typing import Any
 
@@ -53,7 +56,7 @@ from gpuslo.pipeline.schema import SAMPLE_SCHEMA, Kind
 
 __all__ = [
     "ExpositionError", "ShapeCache", "detect_openmetrics", "parse_exposition", "parse_text",
-    "sample_kind",
+    "sample_kind", "ts_column",
 ]
 
 
@@ -965,7 +968,8 @@ class ShapeCache:
     ``None`` when the last parse took the general path.
     """
 
-    __slots__ = ("_entries", "_frames", "capacity", "hits", "last", "max_chars", "misses")
+    __slots__ = ("_entries", "_frames", "_template", "capacity", "hits", "last", "max_chars",
+                 "misses")
 
     def __init__(self, capacity: int = 2, max_chars: int = 2_000_000) -> None:
         self.capacity = capacity
@@ -977,6 +981,8 @@ class ShapeCache:
         self.hits = 0
         self.misses = 0
         self.last: int | None = None
+        # The layout of the last payload parsed through the cache (see _Template).
+        self._template: _Template | None = None
 
     def get(self, key: _ShapeKey) -> _Shape | None:
         entry = self._entries.get(key)
@@ -996,6 +1002,22 @@ class ShapeCache:
         self._entries[key] = (shape, serial)
         live = {s for _, s in self._entries.values()}
         self._frames = {k: f for k, f in self._frames.items() if k[0] in live}
+        if self._template is not None and self._template.serial not in live:
+            self._template = None
+
+    def template(self, entity_label: str | None) -> _Template | None:
+        """The layout of the last payload parsed through this cache, if still cached."""
+        t = self._template
+        return t if t is not None and t.entity_label == entity_label else None
+
+    def keep_template(self, template: _Template) -> None:
+        if any(s == template.serial for _, s in self._entries.values()):
+            self._template = template
+
+    def hit(self, serial: int) -> None:
+        """A payload of cached shape ``serial`` told apart without its key (a template)."""
+        self.hits += 1
+        self.last = serial
 
     def frame(self, serial: int, node: str, source: str) -> pl.DataFrame | None:
         """The kept frame of shape ``serial`` for ``node`` and ``source``, if any."""
@@ -1008,6 +1030,7 @@ class ShapeCache:
     def clear(self) -> None:
         self._entries.clear()
         self._frames.clear()
+        self._template = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -1018,22 +1041,37 @@ def _parse_simple(
     shape_cache: ShapeCache | None,
 ) -> pl.DataFrame | None:
     """Parse a text-format payload whose lines all have the common shape; ``None`` otherwise."""
-    matches = _SIMPLE_LINE.findall(text)
-    if len(matches) != text.count("\n") + 1:
-        return None  # some line needs the general path
-    if not matches:
-        return None
-    names_all, blocks_all, values_all, ts_all, meta_all = zip(*matches, strict=True)
-    key = _ShapeKey((names_all, blocks_all, meta_all, entity_label))
-    shape = shape_cache.get(key) if shape_cache is not None else None
-    if shape is None:
-        shape = _simple_shape(names_all, blocks_all, meta_all, entity_label)
-        if shape is None:
+    template = shape_cache.template(entity_label) if shape_cache is not None else None
+    numbers = _template_numbers(text, template) if template is not None else None
+    if numbers is not None:
+        assert shape_cache is not None and template is not None
+        shape_cache.hit(template.serial)
+        values, stamps = numbers
+        shape = template.shape
+    else:
+        matches = _SIMPLE_LINE.findall(text)
+        if len(matches) != text.count("\n") + 1:
+            return None  # some line needs the general path
+        if not matches:
             return None
-        if shape_cache is not None:
-            shape_cache.put(key, shape, len(text))
-    values = list(compress(values_all, names_all))
-    stamps = list(compress(ts_all, names_all))
+        names_all, blocks_all, values_all, ts_all, meta_all = zip(*matches, strict=True)
+        key = _ShapeKey((names_all, blocks_all, meta_all, entity_label))
+        cached = shape_cache.get(key) if shape_cache is not None else None
+        if cached is None:
+            cached = _simple_shape(names_all, blocks_all, meta_all, entity_label)
+            if cached is None:
+                return None
+            if shape_cache is not None:
+                shape_cache.put(key, cached, len(text))
+        elif shape_cache is not None and shape_cache.last is not None:
+            # A shape seen twice: worth the template that skips the findall next time.
+            shape_cache.keep_template(_Template.of(
+                names_all, blocks_all, meta_all, entity_label, shape_cache.last, cached))
+        shape = cached
+        values = list(compress(values_all, names_all))
+        stamps = list(compress(ts_all, names_all))
+        if not any(stamps):
+            stamps = None
     serial = shape_cache.last if shape_cache is not None else None
     kept = None
     if shape_cache is not None and serial is not None:
@@ -1043,6 +1081,84 @@ def _parse_simple(
     if kept is None and shape_cache is not None and serial is not None:
         shape_cache.keep_frame(serial, node, source, out)
     return out
+
+
+# The text after the heads of a payload's sample lines, one a line: a value, then
+# perhaps a timestamp, and nothing else.  ``_VALUE`` and ``_TEXT_TS`` with possessive
+# quantifiers (a third faster in ``re``): each part is followed by a character it
+# cannot take ([0-9] by ".", "e", " ", a newline or the end), so giving anything back
+# never makes a match, and the language is the same.
+_VALUE_POSSESSIVE = (r"[+-]?+(?:[0-9]++(?:\.[0-9]*+)?+(?:[eE][+-]?+[0-9]++)?+"
+                     r"|\.[0-9]++(?:[eE][+-]?+[0-9]++)?+|Inf|inf|NaN|nan)")
+_NUMBER_LINE = rf"{_VALUE_POSSESSIVE}(?: {_TEXT_TS})?+"
+_NUMBERS = re.compile(rf"{_NUMBER_LINE}(?:\n{_NUMBER_LINE})*+")
+_PARTITION_SPACE = methodcaller("partition", " ")
+_FIRST = itemgetter(0)
+_THIRD = itemgetter(2)
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """The layout of a payload that took the simple path: its lines but the numbers.
+
+    Why: the shape key needs the ``findall`` over the whole text, which costs
+    more than the rest of a steady-state parse, and a target mostly serves the
+    same lines with new numbers.  A payload with as many lines, every non-sample
+    line equal to the last one's, every sample line starting with the last one's
+    head (name, label block, one space) and followed by a value and perhaps a
+    timestamp, is one whose every line ``_SIMPLE_LINE`` matches with the same
+    name, block and metadata (the greedy block ends at the head's last ``}``: a
+    number holds none).  So its shape key equals the last one's, its shape is
+    ``shape`` (cached as ``serial``), and its numbers are those the ``findall``
+    would find; all of it told with C-level string operations.
+    """
+
+    entity_label: str | None
+    serial: int
+    shape: _Shape
+    n_lines: int
+    sample_at: tuple[int, ...]
+    heads: tuple[str, ...]
+    cuts: tuple[slice, ...]
+    other_at: tuple[int, ...]
+    others: list[str]  # metadata and blank lines, whole
+
+    @classmethod
+    def of(cls, names_all: tuple[str, ...], blocks_all: tuple[str, ...],
+           meta_all: tuple[str, ...], entity_label: str | None, serial: int,
+           shape: _Shape) -> _Template:
+        """The template of a payload from its ``_SIMPLE_LINE`` fields, line by line."""
+        lines = range(len(names_all))
+        heads = tuple(map(_add, map(_add, compress(names_all, names_all),
+                                    compress(blocks_all, names_all)), repeat(" ")))
+        other_at = tuple(compress(lines, map(_not, names_all)))
+        return cls(entity_label, serial, shape, len(names_all),
+                   tuple(compress(lines, names_all)), heads,
+                   tuple(map(slice, map(len, heads), repeat(None))), other_at,
+                   list(map(meta_all.__getitem__, other_at)))
+
+
+def _template_numbers(text: str, t: _Template) -> tuple[list[str], list[str] | None] | None:
+    """The values and timestamps (``None``: none has one) of a payload laid out as ``t``;
+    ``None`` when it is not."""
+    lines = text.split("\n")
+    if len(lines) != t.n_lines or list(map(lines.__getitem__, t.other_at)) != t.others:
+        return None
+    samples = list(map(lines.__getitem__, t.sample_at))
+    if not all(map(str.startswith, samples, t.heads)):
+        return None
+    rests: list[str] = list(map(_getitem, samples, t.cuts))
+    joined = "\n".join(rests)
+    if not rests or _NUMBERS.fullmatch(joined) is None:
+        return None
+    spaces = joined.count(" ")
+    if not spaces:
+        return rests, None
+    if spaces == len(rests):  # every sample has a timestamp: split at C speed
+        tokens = joined.replace("\n", " ").split(" ")
+        return tokens[0::2], tokens[1::2]
+    parts = list(map(_PARTITION_SPACE, rests))
+    return list(map(_FIRST, parts)), list(map(_THIRD, parts))
 
 
 def _simple_shape(
@@ -1298,22 +1414,44 @@ def _simple_blocks(
 _TS = SAMPLE_SCHEMA["ts"]
 
 
+def _doubles(texts: list[str]) -> np.ndarray:
+    """The numbers spelled by ``texts`` (ASCII, as ``_VALUE`` and ``_TEXT_TS`` allow).
+
+    Arrow's string-to-double parse is correctly rounded, like float(), and takes
+    every spelling ``_VALUE`` lets through.  The strings go to Arrow as one buffer
+    and their offsets: converting a list of Python strings one by one costs
+    several times the parse.
+    """
+    data = "".join(texts).encode("ascii")
+    offsets = np.zeros(len(texts) + 1, dtype=np.int32)
+    np.cumsum(np.fromiter(map(len, texts), dtype=np.int32, count=len(texts)), out=offsets[1:])
+    strings = pa.StringArray.from_buffers(len(texts), pa.py_buffer(offsets), pa.py_buffer(data))
+    try:
+        return pc.cast(strings, pa.float64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return np.array(list(map(float, texts)), dtype=np.float64)
+
+
+def ts_column(ts_ms: int, n: int) -> pl.Series:
+    """A ``ts`` column of ``n`` rows, all ``ts_ms`` (cheaper than from a Python list)."""
+    return pl.Series("ts", np.array([ts_ms], dtype=np.int64)).cast(_TS).new_from_index(0, n)
+
+
 def _simple_frame(
-    shape: _Shape, values: list[str], stamps: list[str], *,
+    shape: _Shape, values: list[str], stamps: list[str] | None, *,
     node: str, source: str, scrape_ts_ms: int, kept: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The frame of a parsed simple payload; ``kept``: a frame of the same shape, node
-    and source, whose other columns are reused (only ``ts`` and ``value`` are new)."""
+    and source, whose other columns are reused (only ``ts`` and ``value`` are new).
+
+    ``stamps``: each sample's timestamp text (``""``: none), or ``None`` when no
+    sample has one."""
     metric, kind, entity, labels = shape
     n = len(values)
-    present = list(compress(stamps, stamps))
-    try:
-        # Arrow's string-to-double parse is correctly rounded, like float(), and takes
-        # every spelling _VALUE lets through; timestamps (at most 15 digits) are
-        # exact in a double.  Values and timestamps go through in one call.
-        numbers = pc.cast(pa.array(values + present, pa.string()), pa.float64()).to_numpy()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        numbers = np.array([*map(float, values), *map(float, present)], dtype=np.float64)
+    present = list(compress(stamps, stamps)) if stamps is not None else []
+    # Timestamps (at most 15 digits) are exact in a double: values and timestamps
+    # go through in one call.
+    numbers = _doubles(values + present if present else values)
     value = numbers[:n]
     if (value == 0.0).any() and np.signbit(value[value == 0.0]).any():
         # The reference turns an integer "-0" into 0.0 (int() first); float keeps -0.0.
@@ -1322,6 +1460,7 @@ def _simple_frame(
             if _ZERO_INT.match(values[i]):
                 value[i] = 0.0
     if present:
+        assert stamps is not None
         # parse_text_reference computes int(int(ts) / 1000 * 1000) (float seconds in
         # between): the same operations in float64, and the cast truncates like int().
         ms = (numbers[n:] / 1000.0 * 1000.0).astype(np.int64)
@@ -1331,8 +1470,8 @@ def _simple_frame(
             ms = full
         ts = pl.Series("ts", ms, dtype=pl.Int64).cast(_TS)
     else:
-        ts = pl.Series("ts", [scrape_ts_ms], dtype=_TS).new_from_index(0, n)
-    value_s = pl.Series("value", value, dtype=pl.Float64)
+        ts = ts_column(scrape_ts_ms, n)
+    value_s = pl.Series("value", value)  # float64 already: no dtype, no conversion
     if kept is not None:
         out = kept.clone()
         out.replace_column(0, ts)

@@ -26,6 +26,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, runtime_checkable
 
+from gpuslo.anomaly.cause import Cause, format_rca_annotation
 from gpuslo.slo.alerting import AlertReport
 from gpuslo.slo.budget import SloReport
 from gpuslo.slo.spec import SloSpec
@@ -117,6 +118,8 @@ class Snapshot:
     anomaly_scores: tuple[AnomalyScore, ...] = ()
     specs: Mapping[str, SloSpec] = field(default_factory=dict)
     rca: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (slo id, scope key)
+    # The ranked causes behind ``rca``, by the same key (the cause series, OTLP attributes).
+    causes: Mapping[tuple[str, str], tuple[Cause, ...]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -129,8 +132,16 @@ class Snapshot:
         anomaly_scores: Iterable[AnomalyScore] = (),
         specs: Iterable[SloSpec] | Mapping[str, SloSpec] = (),
         rca: Mapping[tuple[str, str], str] | None = None,
+        causes: Mapping[tuple[str, str], Sequence[Cause]] | None = None,
     ) -> Snapshot:
-        """Convenience constructor taking any iterables (lists from the engine)."""
+        """Convenience constructor taking any iterables (lists from the engine).
+
+        ``causes`` are an alert's ranked causes by (SLO id, scope key); the ``rca``
+        texts (Alertmanager's annotation) are made from them unless given.
+        """
+        ranked = {k: tuple(v) for k, v in (causes or {}).items() if v}
+        if rca is None:
+            rca = {k: format_rca_annotation(v) for k, v in ranked.items()}
         spec_map = dict(specs) if isinstance(specs, Mapping) else {s.id: s for s in specs}
         return cls(
             reports=tuple(reports),
@@ -139,7 +150,8 @@ class Snapshot:
             taken_at=taken_at,
             anomaly_scores=tuple(anomaly_scores),
             specs=spec_map,
-            rca=dict(rca or {}),
+            rca=dict(rca),
+            causes=ranked,
         )
 
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from gpuslo.exporters.base import ScrapeTargetKey, Snapshot
 from gpuslo.slo import conventions as cv
+from gpuslo.slo.alerting import AlertStatus
 from gpuslo.slo.budget import SliState, SloReport
 from gpuslo.slo.spec import SloSpec
 
@@ -111,8 +112,25 @@ def _health(snapshot: Snapshot) -> Iterator[Figure]:
         yield Figure(cv.M_ALERTMANAGER_QUEUE, am, d.queued)
 
 
+def _causes(snapshot: Snapshot) -> Iterator[Figure]:
+    """``gpuslo_slo_alert_cause``: per alert that is firing, its ranked causes (the alert's
+    labels, as on ``gpuslo_slo_alerts``, plus the cause's), the value being the score."""
+    for a in snapshot.alerts:
+        if a.status is not AlertStatus.FIRING:
+            continue
+        causes = snapshot.causes.get((a.slo_id, cv.scope_key(dict(a.scope))), ())
+        base = {
+            **slo_labels(a.slo_id, a.scope, snapshot.specs.get(a.slo_id)),
+            cv.EXPORT_LABEL_ALERTNAME: a.alertname,
+            cv.EXPORT_LABEL_SEVERITY: a.severity.value,
+        }
+        for c in causes:
+            yield Figure(cv.M_ALERT_CAUSE, {**base, **c.export_labels()}, c.score)
+
+
 def iter_figures(snapshot: Snapshot) -> Iterator[Figure]:
-    """Every point of ``snapshot``: SLO scopes, alerts, anomaly scores, self-health."""
+    """Every point of ``snapshot``: SLO scopes, alerts and their causes, anomaly scores,
+    self-health."""
     for rep in snapshot.reports:
         yield from _slo(rep, snapshot.specs.get(rep.slo_id))
     for a in snapshot.alerts:
@@ -122,6 +140,7 @@ def iter_figures(snapshot: Snapshot) -> Iterator[Figure]:
             cv.EXPORT_LABEL_SEVERITY: a.severity.value,
             cv.EXPORT_LABEL_ALERTSTATE: a.status.value,
         }, 1.0)
+    yield from _causes(snapshot)
     for s in snapshot.anomaly_scores:
         labels = scope_labels(s.labels)
         labels.update({cv.EXPORT_LABEL_DETECTOR: s.detector, cv.EXPORT_LABEL_ENTITY: s.entity})

@@ -53,6 +53,10 @@ class TopicsConfig(_Model):
         "gpuslo.dlq",
         description="Dead-letter topic: undecodable records, with the reason in a header.",
     )
+    digests: str = Field(
+        "gpuslo.digests",
+        description="Topic of per-minute anomaly digests and entity tables, keyed by node.",
+    )
 
 
 class KafkaConfig(_Model):
@@ -204,6 +208,42 @@ class SloConfig(_Model):
     )
     stage2_group_id: str = Field(
         "gpuslo-slo", min_length=1, description="Consumer group of stage 2 (sli -> reports)."
+    )
+
+
+class AnomalyConfig(_Model):
+    """Anomaly scoring and root-cause ranking (``anomaly/``)."""
+
+    enabled: bool = Field(
+        True, description="Rank the causes of every firing alert (stage 2 reads the digests)."
+    )
+    score: bool = Field(
+        True,
+        description="Run the scoring stage in `gpuslo aggregate` (and the demo); off when "
+        "`gpuslo anomaly` processes score instead.",
+    )
+    group_id: str = Field(
+        "gpuslo-anomaly", min_length=1,
+        description="Consumer group of the scoring stage (samples -> digests).",
+    )
+    checkpoint_interval_s: float = Field(
+        15.0, ge=0,
+        description="Least seconds between scorer checkpoints (digests re-sent after a "
+        "crash are harmless: the ranking side drops duplicates).",
+    )
+    retention_minutes: int = Field(
+        90, ge=45, le=1440,
+        description="Minutes of digests the ranking side keeps (and re-reads on start).",
+    )
+    entities_every_minutes: int = Field(
+        15, gt=0, le=60,
+        description="A scorer re-sends its entity table at least this often (and when it "
+        "changes), so a ranking side that starts later learns the topology.",
+    )
+    idle_close_s: float = Field(
+        120.0, gt=0,
+        description="Seconds without samples after which a scorer closes its minutes on the "
+        "clock (a silent node still gets its vanished series scored).",
     )
 
 
@@ -751,6 +791,9 @@ class GpusloConfig(_Model):
     )
     slo: SloConfig = Field(
         default_factory=SloConfig, description="SLO engine: specs, checkpoints, evaluation."
+    )
+    anomaly: AnomalyConfig = Field(
+        default_factory=AnomalyConfig, description="Anomaly scoring and root-cause ranking."
     )
     alerts: AlertsConfig = Field(
         default_factory=AlertsConfig, description="Alertmanager delivery and webhook receiver."

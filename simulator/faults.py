@@ -15,9 +15,10 @@ from typing import Literal
 
 from gpuslo.pipeline.errors import InputError
 
-TargetKind = Literal["gpu", "port", "disk", "node", "osd", "service", "replica"]
+TargetKind = Literal["gpu", "port", "disk", "node", "osd", "service", "replica", "fleet"]
 
 _TARGET_PATTERNS: dict[str, re.Pattern[str]] = {
+    "fleet": re.compile(r"^fleet$"),
     "gpu": re.compile(r"^(?P<node>[\w.-]+)/gpu(?P<index>\d+)$"),
     "port": re.compile(r"^(?P<node>[\w.-]+)/(?P<device>mlx5_\d+)$"),
     "disk": re.compile(r"^(?P<node>[\w.-]+)/(?P<disk>nvme\d+n\d+)$"),
@@ -142,6 +143,43 @@ CATALOG: dict[str, FaultKind] = {
 }
 
 
+# Benign events: genuine, visible changes that are not faults.  A real fleet is never
+# quiet while something breaks (a checkpoint is written, a GPU runs hot in a warm
+# rack, a pod restarts for a rollout, traffic ramps up in the morning), and an RCA
+# component that blames the largest change it sees blames one of these.  They are
+# scheduled like faults and written to the ground truth marked ``benign``; none of
+# them is meant to burn an SLO of the default catalog on its own.
+BENIGN: dict[str, FaultKind] = {
+    k.name: k
+    for k in (
+        FaultKind(
+            "checkpoint_write", ("disk", "node"),
+            "a training checkpoint burst: large sequential writes on a node's data disk",
+            ("rate(node_disk_written_bytes_total) up", "rate(node_disk_io_time_seconds_total) up",
+             "write time per op up a little"),
+            ("none beyond a slightly slower input pipeline",),
+        ),
+        FaultKind(
+            "hot_gpu", ("gpu",), "a GPU in a warm spot of the rack: runs hotter, stays healthy",
+            ("DCGM_FI_DEV_GPU_TEMP up (below the slowdown point)",),
+            ("none: clocks and throughput unchanged",),
+        ),
+        FaultKind(
+            "pod_restart", ("replica",),
+            "a serving pod restarts (rollout, eviction) and comes back",
+            ("engine counters reset", "target down for ~30 s", "container start time changes"),
+            ("survivors of the model take its load briefly",),
+        ),
+        FaultKind(
+            "traffic_ramp", ("fleet", "service"),
+            "request rate ramps up (fleet-wide or one model) over the first half, then holds",
+            ("request, token and GPU utilisation rates up on every replica",),
+            ("queues and latency up a little everywhere",),
+        ),
+    )
+}
+
+
 @dataclass(frozen=True)
 class FaultSpec:
     """One injected fault: kind, target entity, start (sim epoch s), duration, intensity."""
@@ -185,7 +223,7 @@ def parse_target(kind: FaultKind, target: str) -> tuple[TargetKind, dict[str, st
     raise FaultError(
         f"fault {kind.name!r} takes a target of kind {'/'.join(kind.targets)}; "
         f"{target!r} matches none (examples: node-0/gpu3, node-0/mlx5_1, node-0/nvme1n1, "
-        f"node-0, osd.2, <service>, <service>/<replica>)"
+        f"node-0, osd.2, <service>, <service>/<replica>, fleet)"
     )
 
 
@@ -195,3 +233,12 @@ def lookup(name: str) -> FaultKind:
         return CATALOG[name]
     except KeyError:
         raise FaultError(f"unknown fault {name!r}; known: {', '.join(sorted(CATALOG))}") from None
+
+
+def lookup_benign(name: str) -> FaultKind:
+    """The benign-event entry for ``name``; the error lists the known ones."""
+    try:
+        return BENIGN[name]
+    except KeyError:
+        raise FaultError(
+            f"unknown benign event {name!r}; known: {', '.join(sorted(BENIGN))}") from None

@@ -34,7 +34,14 @@ from gpuslo.simulator.entities import (
     Replica,
     TrainingJob,
 )
-from gpuslo.simulator.faults import FaultError, FaultSpec, lookup, parse_target
+from gpuslo.simulator.faults import (
+    FaultError,
+    FaultKind,
+    FaultSpec,
+    lookup,
+    lookup_benign,
+    parse_target,
+)
 from gpuslo.simulator.spec import FleetSpec, ServiceSpec
 
 INLET_C = 28.0
@@ -59,6 +66,17 @@ FLAP_UP_SYMBOL_ERRORS = 8
 FLAP_UP_RCV_ERRORS = 3
 CEPH_COMPLAINT_S = 30.0
 RESTART_S = 30.0
+# An OOM-killed model server comes back only once its weights are loaded again.
+OOM_RELOAD_S = 60.0
+# Benign events (see faults.BENIGN).  A hot but healthy GPU sits in warmer air: +10 C
+# inlet at intensity 1 keeps a fully loaded GPU near 82 C, under the catalog's 85 C
+# headroom and the 87 C slowdown point.  A checkpoint burst writes ~3 GB/s of 1 MiB
+# writes and keeps the disk a third busier, which slows reads ~1.5x.  A traffic ramp
+# adds up to +30 % requests.
+HOT_GPU_INLET_C = 10.0
+CHECKPOINT_WRITES_PER_S = 3000.0
+CHECKPOINT_UTIL = 0.35
+TRAFFIC_RAMP = 0.3
 
 
 class Fleet:
@@ -75,7 +93,9 @@ class Fleet:
         self.osds: list[Osd] = world.osds
         self.t: float = self.spec.start_s  # simulated time of the state
         self.faults: list[FaultSpec] = []
+        self.benign: list[FaultSpec] = []
         self._started: set[int] = set()
+        self._benign_started: set[int] = set()
         self._rng = random.Random(self.spec.seed)
         # Per-tick views of the active faults: (kind, entity key) -> intensity.
         self._active: dict[tuple[str, str], float] = {}
@@ -84,7 +104,17 @@ class Fleet:
 
     def inject(self, fault: FaultSpec) -> FaultSpec:
         """Schedule a fault; raises :class:`FaultError` if the kind or target is unknown."""
-        kind = lookup(fault.kind)
+        self._check(lookup(fault.kind), fault)
+        self.faults.append(fault)
+        return fault
+
+    def inject_benign(self, event: FaultSpec) -> FaultSpec:
+        """Schedule a benign event (:data:`faults.BENIGN`): a real change that is no fault."""
+        self._check(lookup_benign(event.kind), event)
+        self.benign.append(event)
+        return event
+
+    def _check(self, kind: FaultKind, fault: FaultSpec) -> None:
         tk, parts = parse_target(kind, fault.target)
         if fault.duration_s <= 0 or not 0 < fault.intensity <= 1:
             raise FaultError("duration_s must be > 0 and intensity in (0, 1]")
@@ -99,15 +129,18 @@ class Fleet:
             "osd": lambda: int(parts["osd"]) < len(self.osds),
             "service": lambda: any(r.service == parts["service"] for r in self.replicas),
             "replica": lambda: any(r.key == fault.target for r in self.replicas),
+            "fleet": lambda: True,
         }[tk]()
         if not exists:
             raise FaultError(f"fault {fault.kind!r}: no {tk} named {fault.target!r} in this fleet")
-        self.faults.append(fault)
-        return fault
 
     def ground_truth(self) -> list[dict[str, object]]:
         """Every injected fault as ``{kind, target, start_s, duration_s, intensity, end_s}``."""
         return [f.as_dict() for f in self.faults]
+
+    def benign_truth(self) -> list[dict[str, object]]:
+        """Every scheduled benign event, in the same shape as :meth:`ground_truth`."""
+        return [b.as_dict() for b in self.benign]
 
     def _intensity(self, kind: str, key: str) -> float:
         return self._active.get((kind, key), 0.0)
@@ -130,6 +163,16 @@ class Fleet:
                 if i not in self._started:
                     self._started.add(i)
                     self._on_start(f, t)
+        for i, b in enumerate(self.benign):
+            if b.active(t):
+                key = (b.kind, b.target)
+                self._active[key] = max(self._active.get(key, 0.0), b.intensity)
+                if i not in self._benign_started:
+                    self._benign_started.add(i)
+                    if b.kind == "pod_restart":
+                        r = self.replica(b.target)
+                        r.up = False
+                        r.down_until = max(r.down_until, t + RESTART_S)
         self._restarts(t)
         for node in self.nodes:
             node.contention = self._intensity("cpu_throttling", node.name)
@@ -184,6 +227,8 @@ class Fleet:
             if not r.up and t >= r.down_until and all(not g.lost for g in r.gpus):
                 r.up = True
                 r.restart(t)
+                for c in r.pod.containers:
+                    c.start_s = t  # a new container: kubelet reports a new start time
         job = self.training
         if job is not None and not job.up and t >= job.down_until and all(
             not rk.gpu.lost for rk in job.ranks
@@ -208,15 +253,41 @@ class Fleet:
         for name, reps in by_service.items():
             spec = self.services[name]
             noise = max(0.0, self._noise(self.spec.load_noise))
-            service_rps = spec.base_rps * self.diurnal(t) * noise
+            service_rps = spec.base_rps * self.diurnal(t) * noise * self._ramp(name, t)
             up = [r for r in reps if r.up]
+            shares = self._shares(up)
             for r in reps:
                 if not r.up:
                     r.rps = r.running = r.waiting = r.rho = r.gen_tps = 0.0
                     for g in r.gpus:
                         g.demand = 0.0
                     continue
-                self._engine(r, spec, service_rps / len(up), dt)
+                self._engine(r, spec, service_rps * shares[id(r)], dt)
+
+    def _ramp(self, service: str, t: float) -> float:
+        """Load multiplier of the traffic-ramp benign events (fleet-wide or per service)."""
+        out = 1.0
+        for b in self.benign:
+            if b.kind == "traffic_ramp" and b.target in ("fleet", service) and b.active(t):
+                grown = min(1.0, (t - b.start_s) / max(b.duration_s / 2.0, 1e-9))
+                out *= 1.0 + TRAFFIC_RAMP * b.intensity * grown
+        return out
+
+    def _shares(self, up: list[Replica]) -> dict[int, float]:
+        """Each live replica's share of its model's requests.
+
+        ``even``: round robin.  ``least_loaded``: a router that sends more to the
+        replicas that answer faster (least outstanding requests), so a slowed replica
+        sheds load onto its twins, whose queues then grow: the symptom spreads.
+        """
+        if not up:
+            return {}
+        if self.spec.routing == "even":
+            return {id(r): 1.0 / len(up) for r in up}
+        weights = {id(r): max(0.05, min(g.speed for g in r.gpus))
+                   * r.pod.containers[0].cpu_factor for r in up}
+        total = sum(weights.values())
+        return {k: w / total for k, w in weights.items()}
 
     def _engine(self, r: Replica, spec: ServiceSpec, rps: float, dt: float) -> None:
         kv_i = max(self._intensity("kv_cache_pressure", r.service),
@@ -363,7 +434,8 @@ class Fleet:
         power = min(power * self._noise(0.01), limit)
         resistance = g.thermal_resistance * (
             1.0 + COOLING_LOSS * self._intensity("thermal_throttle", key))
-        target = INLET_C + resistance * power
+        inlet = INLET_C + HOT_GPU_INLET_C * self._intensity("hot_gpu", key)
+        target = inlet + resistance * power
         g.temp_c += (target - g.temp_c) * (1.0 - math.exp(-dt / THERMAL_TAU_S))
         g.mem_temp_c = g.temp_c + 4.0 + 2.0 * demand
         g.util = demand
@@ -493,6 +565,8 @@ class Fleet:
         job = self.training
         sat_i = self._intensity("disk_saturation", f"{node.name}/{d.name}")
         data_disk = d.minor == len(node.disks) - 1
+        ckpt_i = max(self._intensity("checkpoint_write", f"{node.name}/{d.name}"),
+                     self._intensity("checkpoint_write", node.name) if data_disk else 0.0)
         reads, writes, rsize, wsize = 30.0, 60.0, 16384.0, 32768.0
         if data_disk:
             reads += 120.0
@@ -505,7 +579,11 @@ class Fleet:
         reads += 20_000.0 * sat_i
         burst = 20_000.0 * sat_i  # 1 MiB reads of the co-located burst
         rsize = (rsize * (reads - burst) + 1048576.0 * burst) / max(reads, 1.0)
-        util = min(1.0, base_util + 0.97 * sat_i)
+        if ckpt_i > 0:
+            burst_w = CHECKPOINT_WRITES_PER_S * ckpt_i * self._noise(0.05)
+            wsize = (wsize * writes + 1048576.0 * burst_w) / (writes + burst_w)
+            writes += burst_w
+        util = min(1.0, base_util + 0.97 * sat_i + CHECKPOINT_UTIL * ckpt_i)
         d.util = util
         d.latency_factor = (1.0 - base_util) / max(0.02, 1.0 - util)
         r_lat_ms, w_lat_ms = 0.09 * d.latency_factor, 0.03 * d.latency_factor
@@ -584,7 +662,7 @@ class Fleet:
                 c.mem_ws_bytes = c.mem_limit_bytes
                 if r is not None:
                     r.up = False
-                    r.down_until = t + 20.0
+                    r.down_until = t + OOM_RELOAD_S
         c.mem_rss_bytes = 0.8 * c.mem_ws_bytes
         c.mem_cache_bytes = 0.3 * c.base_mem_bytes
 

@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from gpuslo.pipeline.config import ConfigError, validation_problems
-from gpuslo.simulator.faults import CATALOG, FaultError, FaultSpec
+from gpuslo.simulator.faults import BENIGN, CATALOG, FaultError, FaultSpec
 from gpuslo.simulator.fleet import Fleet
 from gpuslo.simulator.spec import FleetSpec, ServiceSpec, TrainingSpec, default_services
 
@@ -137,6 +137,10 @@ class FleetModel(_Model):
     disks: int = Field(_FLEET.disks, ge=1, le=8)
     fabric: Literal["infiniband", "roce"] = _FLEET.fabric
     ceph_osds: int = Field(_FLEET.ceph_osds, ge=1, le=MAX_NODES)
+    routing: Literal["even", "least_loaded"] = Field(
+        _FLEET.routing,
+        description="Request split over a model's replicas; least_loaded spreads a slow "
+                    "replica's load (and queue) onto its twins.")
     tick_s: float = Field(_FLEET.tick_s, ge=MIN_TICK_S,
                           description="Simulated seconds per model step.")
     start: datetime = Field(
@@ -177,6 +181,23 @@ class FaultModel(_Model):
         return v
 
 
+class BenignModel(_Model):
+    """One scheduled benign event (a real change that is no fault); ``at`` as for faults."""
+
+    kind: str
+    target: str = Field(min_length=1)
+    at: Duration = Field(0.0, ge=0)
+    duration: Duration = Field(600.0, gt=0)
+    intensity: float = Field(1.0, gt=0, le=1)
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in BENIGN:
+            raise ValueError(f"unknown benign event {v!r}; known: {', '.join(sorted(BENIGN))}")
+        return v
+
+
 class Scenario(_Model):
     """A runnable world: fleet, seed, load, speed, warm-up and fault schedule."""
 
@@ -191,6 +212,10 @@ class Scenario(_Model):
     fleet: FleetModel = Field(default_factory=FleetModel)
     load: LoadModel = Field(default_factory=LoadModel)
     faults: list[FaultModel] = Field(default_factory=list)
+    benign: list[BenignModel] = Field(
+        default_factory=list,
+        description="Unrelated but genuine changes in the same window (checkpoint writes, a "
+                    "hot healthy GPU, a pod restart, a traffic ramp): what an RCA must not blame.")
 
     def fleet_spec(self, nodes: int | None = None) -> FleetSpec:
         """The fleet's spec; ``nodes`` overrides the node count (e.g. a smaller demo)."""
@@ -211,7 +236,7 @@ class Scenario(_Model):
             ib_ports=f.ib_ports, disks=f.disks, fabric=f.fabric, seed=self.seed,
             start_s=f.start.timestamp(), tick_s=f.tick_s, services=services, training=training,
             ceph_osds=f.ceph_osds, diurnal_amplitude=self.load.diurnal_amplitude,
-            load_noise=self.load.noise,
+            load_noise=self.load.noise, routing=f.routing,
         )
 
     def origin_s(self) -> float:
@@ -223,6 +248,12 @@ class Scenario(_Model):
         t0 = self.origin_s()
         return [FaultSpec(f.kind, f.target, t0 + f.at, f.duration, f.intensity)
                 for f in self.faults]
+
+    def benign_specs(self) -> list[FaultSpec]:
+        """The benign events in absolute simulated time."""
+        t0 = self.origin_s()
+        return [FaultSpec(b.kind, b.target, t0 + b.at, b.duration, b.intensity)
+                for b in self.benign]
 
     def build(self, nodes: int | None = None, *, strict: bool = True) -> tuple[Fleet, list[str]]:
         """A warmed fleet with the schedule injected, and what was left out.
@@ -240,6 +271,13 @@ class Scenario(_Model):
                 if strict:
                     raise ScenarioError(self.name, [f"faults[{i}].target: {exc}"]) from exc
                 skipped.append(f"faults[{i}]: {exc}")
+        for i, b in enumerate(self.benign_specs()):
+            try:
+                fleet.inject_benign(b)
+            except FaultError as exc:
+                if strict:
+                    raise ScenarioError(self.name, [f"benign[{i}].target: {exc}"]) from exc
+                skipped.append(f"benign[{i}]: {exc}")
         fleet.advance(self.origin_s())
         return fleet, skipped
 
@@ -270,6 +308,11 @@ def _semantic_problems(sc: Scenario) -> list[str]:
             fleet.inject(f)
         except FaultError as exc:
             problems.append(f"faults[{i}].target: {exc}")
+    for i, b in enumerate(sc.benign_specs()):
+        try:
+            fleet.inject_benign(b)
+        except FaultError as exc:
+            problems.append(f"benign[{i}].target: {exc}")
     return problems
 
 
@@ -353,13 +396,19 @@ def ground_truth_records(fleet: Fleet, scheduled: int = 0) -> list[dict[str, obj
     """One record per fault: fault, entity, start, end (ISO and epoch s), intensity, origin.
 
     The first ``scheduled`` faults of the fleet came from the scenario; the
-    rest were injected while it ran (``gpuslo inject``, ``--inject``).
+    rest were injected while it ran (``gpuslo inject``, ``--inject``).  Benign
+    events follow with origin ``benign``: they happened, but are no fault.
     """
-    return [
+    faults: list[dict[str, object]] = [
         {"fault": f.kind, "entity": f.target, "start": _iso(f.start_s), "end": _iso(f.end_s),
          "start_s": f.start_s, "end_s": f.end_s, "intensity": f.intensity,
          "origin": "scenario" if i < scheduled else "injected"}
         for i, f in enumerate(fleet.faults)
+    ]
+    return faults + [
+        {"fault": b.kind, "entity": b.target, "start": _iso(b.start_s), "end": _iso(b.end_s),
+         "start_s": b.start_s, "end_s": b.end_s, "intensity": b.intensity, "origin": "benign"}
+        for b in fleet.benign
     ]
 
 

@@ -208,7 +208,8 @@ class FleetServer:
         return web.json_response(data)
 
     async def _faults(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"now_s": self.now(), "faults": self.fleet.ground_truth()})
+        return web.json_response({"now_s": self.now(), "faults": self.fleet.ground_truth(),
+                                  "benign": self.fleet.benign_truth()})
 
     async def _inject(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -83,6 +83,9 @@ class FleetSpec:
     diurnal_amplitude: float = 0.35  # +/- share of the mean request rate over a day
     load_noise: float = 0.04  # relative per-tick noise on request rates
     driver_version: str = "570.133.20"
+    # How a model's requests are split over its live replicas: ``even`` (round robin) or
+    # ``least_loaded`` (more to faster replicas, so a slowed replica's twins queue up).
+    routing: Literal["even", "least_loaded"] = "even"
 
     def __post_init__(self) -> None:
         problems: list[str] = []

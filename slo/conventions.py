@@ -229,7 +229,6 @@ M_SLO_ALERTS = ExportedMetric(
 M_ANOMALY_SCORE = ExportedMetric(
     "gpuslo_anomaly_score", "gpuslo.anomaly.score", "1", "gauge",
     "Latest anomaly score per detector and entity (higher is more unusual).")
-# Not in SLO_METRICS until the exporter emits it (the RCA issue).
 M_ALERT_CAUSE = ExportedMetric(
     "gpuslo_slo_alert_cause", "gpuslo.slo.alert.cause", "1", "gauge",
     "Ranked root-cause candidates of each firing alert, the value being the cause's score: "
@@ -290,7 +289,7 @@ M_ALERTMANAGER_QUEUE = ExportedMetric(
 SLO_METRICS: tuple[ExportedMetric, ...] = (
     M_SLO_OBJECTIVE, M_SLO_ERROR_BUDGET, M_SLO_SLI, M_SLO_ERROR_RATIO, M_SLO_BURN_RATE,
     M_SLO_WINDOW_STATE, M_SLO_BUDGET_REMAINING, M_SLO_TIME_TO_EXHAUSTION, M_SLO_EVALUATED_AT,
-    M_SLO_ALERTS, M_ANOMALY_SCORE,
+    M_SLO_ALERTS, M_ANOMALY_SCORE, M_ALERT_CAUSE,
 )
 HEALTH_METRICS: tuple[ExportedMetric, ...] = (
     M_SCRAPE_UP, M_SCRAPE_DURATION, M_SCRAPE_SAMPLES, M_SCRAPES, M_SCRAPE_ERRORS,

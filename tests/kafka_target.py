@@ -66,7 +66,7 @@ def per_test_config(base: KafkaConfig, suffix: str, **overrides: Any) -> KafkaCo
     update: dict[str, Any] = {
         "client_id": f"{prefix}.{suffix}",
         "topics": {"samples": f"{prefix}.samples.{suffix}", "sli": f"{prefix}.sli.{suffix}",
-                   "dlq": f"{prefix}.dlq.{suffix}"},
+                   "dlq": f"{prefix}.dlq.{suffix}", "digests": f"{prefix}.digests.{suffix}"},
         **overrides,
     }
     return KafkaConfig.model_validate({**base.model_dump(), **update})

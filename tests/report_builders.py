@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
+from gpuslo.anomaly.cause import Cause
 from gpuslo.exporters.base import (
     AnomalyScore,
     DeliveryStats,
@@ -122,13 +123,27 @@ def health() -> HealthSnapshot:
     )
 
 
+def causes(now: datetime) -> list[Cause]:
+    """Two ranked causes: a throttled GPU (a cause), then its replica's TTFT (a symptom)."""
+    return [
+        Cause(1, "GPU-8f2c", "gpu-node-1", "gpu", "gpu_clock_reasons", "cause", 0.93,
+              now - timedelta(minutes=7), 0.0, 32.0, "up",
+              "GPU 3 of gpu-node-1 (GPU-8f2c): clock-throttled (HW_SLOWDOWN) since 11:53"),
+        Cause(2, "vllm/llama-70b-0", "gpu-node-1", "pod", "ttft", "symptom", 0.41,
+              now - timedelta(minutes=5), 0.2, 0.9, "up",
+              "pod vllm/llama-70b-0 on gpu-node-1: TTFT up from 200 ms to 900 ms since 11:55"),
+    ]
+
+
 def snapshot(now: datetime | None = None, burn_rate: float = 20.0) -> Snapshot:
-    """A full snapshot: one firing SLO scope, its alerts, an anomaly score, health."""
+    """A full snapshot: one firing SLO scope, its alerts and their causes, an anomaly
+    score, health."""
     now = now or datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
     s = spec()
     ev = AlertEvaluator([s])
     rep, alerts = fire(ev, s, now, burn_rate)
     return Snapshot.build(
+        causes={(s.id, rep.scope_key): causes(now)},
         reports=[rep],
         alerts=alerts,
         health=health(),

@@ -92,6 +92,17 @@ class Server:
         raise TimeoutError(f"{self.name} not ready within {timeout_s}s:\n{self.log_tail()}")
 
 
+def http_get(url: str) -> tuple[int, str] | None:
+    """Status and body of a GET, or None when nothing answers (a probe, a scrape)."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+
+
 def _spawn(name: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,

@@ -1,6 +1,7 @@
 """Every server gpuslo runs listens where its config says, and nowhere else.
 
-``exporters.prometheus.host`` (``/metrics`` and ``/-/healthy``),
+``exporters.prometheus.host`` (``/metrics``, ``/healthz``, ``/readyz`` and the
+status page of a process's one HTTP port),
 ``alerts.receiver.host`` and the embedded broker's host: each is bound to
 127.0.0.2 (loopback, but not 127.0.0.1), and a connection to 127.0.0.1 on the
 same port must be refused: the server took the address it was given, not
@@ -10,6 +11,7 @@ every interface.  (The receiver defaults to 127.0.0.1; ``/metrics`` to
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 
@@ -19,8 +21,10 @@ from pydantic import SecretStr
 
 from gpuslo.alerts.receiver import WebhookReceiver
 from gpuslo.exporters.prometheus import PrometheusExporter
-from gpuslo.pipeline.config import PrometheusExporterConfig, ReceiverConfig
+from gpuslo.pipeline.app.wiring import http_address, serving
+from gpuslo.pipeline.config import GpusloConfig, PrometheusExporterConfig, ReceiverConfig
 from gpuslo.pipeline.kafka.broker import EmbeddedBroker
+from gpuslo.pipeline.readiness import Readiness
 
 ADDRESS = "127.0.0.2"
 
@@ -57,6 +61,19 @@ async def test_the_metrics_endpoint_binds_the_configured_address() -> None:
         assert refused_on_127_0_0_1(exporter.port)
     finally:
         await exporter.shutdown()
+
+
+async def test_a_process_http_port_binds_the_configured_address() -> None:
+    cfg = GpusloConfig.model_validate({"exporters": {
+        "prometheus": {"host": ADDRESS, "port": 0}, "web": {"enabled": True}}})
+    async with serving(cfg, asyncio.Event(), Readiness()) as hub:
+        base = http_address(hub)
+        assert base is not None and base.startswith(f"http://{ADDRESS}:")
+        async with aiohttp.ClientSession() as http:
+            for path in ("/metrics", "/healthz", "/readyz", "/"):
+                async with http.get(base + path) as resp:
+                    assert resp.status == 200, (path, resp.status)
+        assert refused_on_127_0_0_1(int(base.rsplit(":", 1)[1]))
 
 
 async def test_the_webhook_receiver_binds_the_configured_address() -> None:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from gpuslo.anomaly.cause import top_cause_line
 from gpuslo.exporters.base import Snapshot
 from gpuslo.exporters.web.series import (
     AlertState,
@@ -238,7 +239,7 @@ def scopes_now(
         if rep.slo_id not in known:
             known[rep.slo_id] = tier_lines((specs or {}).get(rep.slo_id))
         out.append(scope_now(rep, by_scope.get(key, []), known[rep.slo_id],
-                             (rca or {}).get(key), (episodes or {}).get(key, 0)))
+                             top_cause_line((rca or {}).get(key)), (episodes or {}).get(key, 0)))
     return out
 
 

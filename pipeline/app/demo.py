@@ -33,11 +33,17 @@ from gpuslo.pipeline.app.fleet_targets import collector_configs
 from gpuslo.pipeline.app.keys import key_presses
 from gpuslo.pipeline.app.views.fit import FitStack
 from gpuslo.pipeline.app.views.fleet import DemoTail
-from gpuslo.pipeline.app.views.slo import SloExpander, SloStatusView, report_table
+from gpuslo.pipeline.app.views.slo import (
+    SloExpander,
+    SloStatusView,
+    firing_causes,
+    report_table,
+)
 from gpuslo.pipeline.app.wiring import (
     Aggregation,
     Mount,
     aggregation,
+    aggregation_topics,
     collection,
     connect_kafka,
     http_address,
@@ -299,10 +305,9 @@ async def run_demo(
     stopped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="gpuslo-demo-") as state_dir:
         cfg = demo_config(state_dir, s.alertmanager, s.metrics_port)
-        t = cfg.kafka.topics
         async with serving(cfg, stop, readiness, mounts=mounts) as hub:
             address = http_address(hub)
-            async with connect_kafka(cfg, [t.samples, t.sli, t.dlq], stop, readiness) as servers:
+            async with connect_kafka(cfg, aggregation_topics(cfg), stop, readiness) as servers:
                 console.print(f"[bold]gpuslo demo[/]: embedded Kafka-compatible broker on "
                               f"{servers}")
                 srv = await start_fleet_server(prep.fleet, speed=prep.speed, port=s.sim_port)
@@ -399,8 +404,10 @@ async def _run(
 
             def final() -> Group:
                 snap = agg.engine.board.latest()
+                published = agg.hub.latest
                 return Group(
-                    view.render(), report_table(snap.reports, snap.alerts, snap.evaluated_at)
+                    view.render(), report_table(snap.reports, snap.alerts, snap.evaluated_at),
+                    firing_causes(snap.alerts, published.rca if published is not None else {}),
                 )
 
             with Live(live_view(agg, view, expander), console=console, refresh_per_second=4,

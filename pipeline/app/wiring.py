@@ -61,7 +61,9 @@ from gpuslo.pipeline.errors import GpusloError
 from gpuslo.pipeline.kafka.client import SampleProducer
 from gpuslo.pipeline.kafka.servers import kafka_servers
 from gpuslo.pipeline.readiness import READY_KAFKA, READY_LIFECYCLE, Readiness
+from gpuslo.pipeline.stages.anomaly import ScoreRunner
 from gpuslo.pipeline.stages.board import ReportBoard
+from gpuslo.pipeline.stages.checkpoint import CheckpointStore
 from gpuslo.pipeline.stages.collect import CollectRunner, CollectStats
 from gpuslo.pipeline.stages.publish import health_snapshot, publish_board, publish_health
 from gpuslo.pipeline.stages.slo import STAGES, SloEngine
@@ -411,6 +413,45 @@ class Aggregation:
                           "is re-read from the last checkpoint on restart", self.grace_s)
 
 
+def score_runner(
+    cfg: GpusloConfig, servers: str, *, readiness: Readiness | None = None,
+    clock: Clock = utc_now,
+) -> ScoreRunner:
+    """The anomaly scoring stage over ``servers``, checkpointing under ``slo.checkpoint_dir``."""
+    return ScoreRunner(cfg.kafka, cfg.consumer, CheckpointStore(cfg.slo.checkpoint_dir),
+                       cfg.anomaly, bootstrap_servers=servers, clock=clock,
+                       readiness=readiness)
+
+
+async def scoring(
+    cfg: GpusloConfig, runner: ScoreRunner, stop: asyncio.Event, *,
+    readiness: Readiness | None = None,
+) -> None:
+    """Run the scoring stage alone (``gpuslo anomaly``) until ``stop``: join the group
+    (retried until Kafka answers), score, then drain within ``shutdown.aggregate_grace_s``."""
+    try:
+        await _start(runner.start, stop)
+    except StopRequested:
+        return
+    try:
+        if readiness is not None:
+            readiness.ok(READY_KAFKA, "scoring stage's consumer and producer connected")
+        await runner.run(stop)
+    finally:
+        try:
+            await asyncio.wait_for(runner.stop(), cfg.shutdown.aggregate_grace_s)
+        except TimeoutError:
+            log.error("scoring stage not stopped within %gs: what it had not committed is "
+                      "re-read from the last checkpoint on restart",
+                      cfg.shutdown.aggregate_grace_s)
+
+
+def aggregation_topics(cfg: GpusloConfig) -> list[str]:
+    """The topics the SLO stages (and root-cause analysis, when on) read and write."""
+    t = cfg.kafka.topics
+    return [t.samples, t.sli, t.dlq, *([t.digests] if cfg.anomaly.enabled else [])]
+
+
 @contextlib.asynccontextmanager
 async def aggregation(
     cfg: GpusloConfig,
@@ -444,6 +485,7 @@ __all__ = [
     "Aggregation",
     "Mount",
     "aggregation",
+    "aggregation_topics",
     "build_exporters",
     "build_hub",
     "collection",
@@ -453,6 +495,8 @@ __all__ = [
     "http_address",
     "http_app",
     "mount_routes",
+    "score_runner",
+    "scoring",
     "serving",
     "status_page_url",
 ]

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
+from gpuslo.anomaly.cause import Cause
+from gpuslo.exporters.base import AnomalyScore
 from gpuslo.slo.alerting import AlertReport, AlertStatus
 from gpuslo.slo.budget import SloReport
 
 
 @dataclass(frozen=True)
 class BoardSnapshot:
-    """One evaluation: every SLO scope's report and every non-inactive alert."""
+    """One evaluation: every SLO scope's report and every non-inactive alert, and the
+    ranked causes of the alerts that fired, by (SLO id, scope key)."""
 
     version: int
     evaluated_at: datetime | None
     reports: tuple[SloReport, ...]
     alerts: tuple[AlertReport, ...]
+    causes: Mapping[tuple[str, str], tuple[Cause, ...]] = field(default_factory=dict)
+    anomaly_scores: tuple[AnomalyScore, ...] = ()
 
     def firing(self) -> tuple[AlertReport, ...]:
         """Alerts firing now (what a pager sees)."""
@@ -44,10 +49,16 @@ class ReportBoard:
         self._changed = asyncio.Event()
 
     def publish(
-        self, reports: Sequence[SloReport], alerts: Sequence[AlertReport], now: datetime
+        self,
+        reports: Sequence[SloReport],
+        alerts: Sequence[AlertReport],
+        now: datetime,
+        causes: Mapping[tuple[str, str], tuple[Cause, ...]] | None = None,
+        anomaly_scores: Sequence[AnomalyScore] = (),
     ) -> BoardSnapshot:
         """Replace the snapshot (called by :class:`Stage2Runner`)."""
-        self._snap = BoardSnapshot(self._snap.version + 1, now, tuple(reports), tuple(alerts))
+        self._snap = BoardSnapshot(self._snap.version + 1, now, tuple(reports), tuple(alerts),
+                                   dict(causes or {}), tuple(anomaly_scores))
         self._changed.set()
         self._changed = asyncio.Event()
         return self._snap

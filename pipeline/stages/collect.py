@@ -229,16 +229,20 @@ class CollectRunner:
             return
 
     def _enqueue(self, item: _Pending) -> None:
+        # Counted as it changes, not summed over the buffer: a result joins it for each
+        # target scrape, and the buffer holds a linger window of them.
         if len(self._pending) >= self._max_pending:
             old = self._pending.popleft()
             self.stats.dropped[DROP_RETRY_BUFFER_FULL] += old.frame.height
+            self.stats.pending_samples -= old.frame.height
             log.error(
                 "retry buffer full (%d batches): dropped oldest batch of %d samples",
                 self._max_pending,
                 old.frame.height,
             )
         self._pending.append(item)
-        self._count_pending()
+        self.stats.pending = len(self._pending)
+        self.stats.pending_samples += item.frame.height
 
     def _count_pending(self) -> None:
         self.stats.pending = len(self._pending)

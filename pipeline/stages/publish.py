@@ -92,6 +92,8 @@ async def publish_board(
                 health=health(),
                 taken_at=datetime.now(UTC),
                 specs=specs,
+                causes=snap.causes,
+                anomaly_scores=snap.anomaly_scores,
             )
         )
 

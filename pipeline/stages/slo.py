@@ -37,6 +37,7 @@ from gpuslo.pipeline.config import ConsumerConfig, GpusloConfig, KafkaConfig
 from gpuslo.pipeline.errors import InputError
 from gpuslo.pipeline.kafka.client import HEADER_SCHEMA, ConsumedBatch
 from gpuslo.pipeline.readiness import Readiness
+from gpuslo.pipeline.stages.anomaly import CauseRanker, ScoreRunner
 from gpuslo.pipeline.stages.board import ReportBoard
 from gpuslo.pipeline.stages.checkpoint import CheckpointStore
 from gpuslo.pipeline.stages.runner import StageRunner
@@ -181,7 +182,10 @@ class Stage2Runner(StageRunner):
         checkpoint_interval_s: float = 0.0,
         clock: Clock = utc_now,
         readiness: Readiness | None = None,
+        ranker: CauseRanker | None = None,
     ) -> None:
+        """``ranker``, when given, ranks the causes of every alert that fired at each
+        evaluation; they reach the board beside the alerts."""
         super().__init__(
             kafka_cfg, consumer_cfg, store, kafka_cfg.topics.sli, group_id,
             bootstrap_servers=bootstrap_servers, checkpoint_interval_s=checkpoint_interval_s,
@@ -191,6 +195,7 @@ class Stage2Runner(StageRunner):
         self.open_minutes = open_minutes
         self.board = board if board is not None else ReportBoard()
         self.clock = clock
+        self.ranker = ranker
         self.states: dict[int, Stage2State] = {}
         self.alerts: dict[int, AlertEvaluator] = {}
 
@@ -225,7 +230,9 @@ class Stage2Runner(StageRunner):
                 self._dirty.add(p)  # alert states changed: part of the next checkpoint
         reports.sort(key=lambda r: (r.slo_id, r.scope_key))
         alerts.sort(key=lambda a: (a.slo_id, cv.scope_key(dict(a.scope)), a.severity.value))
-        return self.board.publish(reports, alerts, now).reports
+        causes = self.ranker.causes(alerts, now) if self.ranker is not None else None
+        scores = self.ranker.scores() if self.ranker is not None else ()
+        return self.board.publish(reports, alerts, now, causes, scores).reports
 
     async def run(self, stop: asyncio.Event, tick_interval_s: float = 10.0) -> None:
         """Consume until ``stop`` is set; evaluate and publish every ``tick_interval_s``."""
@@ -270,7 +277,10 @@ STAGES = (1, 2)
 
 
 class SloEngine:
-    """Stage 1 and stage 2 in one process, or one of them, configured from ``cfg.slo``.
+    """Stage 1 and stage 2 in one process, or one of them, configured from ``cfg.slo``,
+    with root-cause analysis from ``cfg.anomaly``: the scoring stage beside stage 1 (unless
+    ``anomaly.score`` is off, when ``gpuslo anomaly`` processes score) and stage 2's ranking
+    of every fired alert's causes (:mod:`~gpuslo.pipeline.stages.anomaly`).
 
     Usage (what ``gpuslo aggregate`` and the demo do)::
 
@@ -283,9 +293,11 @@ class SloEngine:
         engine.board.latest().reports / .alerts
 
     ``stages=(1,)`` runs stage 1 alone (samples in, partials out on
-    ``gpuslo.sli``; its board stays empty), ``stages=(2,)`` stage 2 alone
-    (partials in, reports and alerts on the board).  The stages share nothing
-    but that topic and the checkpoint directory (each under its own scope).
+    ``gpuslo.sli``; its board stays empty) with the scoring stage (samples in,
+    digests out on ``gpuslo.digests``), ``stages=(2,)`` stage 2 alone (partials
+    in, reports and alerts on the board) with the ranking side, which reads the
+    causes' evidence from ``gpuslo.digests``.  The stages share nothing but
+    those topics and the checkpoint directory (each under its own scope).
     """
 
     def __init__(
@@ -302,10 +314,20 @@ class SloEngine:
         unknown = set(stages) - set(STAGES)
         if unknown or not stages:
             raise InputError(f"SLO stages {sorted(stages)}: choose 1, 2 or both")
-        s = cfg.slo
+        s, a = cfg.slo, cfg.anomaly
         store = CheckpointStore(s.checkpoint_dir)
         self.board = board if board is not None else ReportBoard()
         self.tick_interval_s = s.tick_interval_s
+        # Root causes: the scoring stage goes with stage 1 (both consume gpuslo.samples and
+        # produce; unless separate `gpuslo anomaly` processes score), the ranking side with
+        # stage 2 (it reads gpuslo.digests, so stage 2 alone still ranks).
+        self.scorer = ScoreRunner(
+            cfg.kafka, cfg.consumer, store, a, bootstrap_servers=bootstrap_servers,
+            clock=clock, readiness=readiness,
+        ) if 1 in stages and a.enabled and a.score else None
+        self.ranker = CauseRanker(
+            cfg.kafka, a, bootstrap_servers=bootstrap_servers, readiness=readiness,
+        ) if 2 in stages and a.enabled else None
         self.stage1: Stage1Runner | None = None
         self.stage2: Stage2Runner | None = None
         if 1 in stages:
@@ -320,13 +342,14 @@ class SloEngine:
                 group_id=s.stage2_group_id, open_minutes=s.open_minutes,
                 bootstrap_servers=bootstrap_servers,
                 checkpoint_interval_s=s.checkpoint_interval_s, clock=clock, readiness=readiness,
+                ranker=self.ranker,
             )
 
     @property
     def stages(self) -> tuple[StageRunner, ...]:
-        """The stage runners of this process (their consumers' lag and dead letters are
-        health figures)."""
-        return tuple(r for r in (self.stage1, self.stage2) if r is not None)
+        """The stage runners of this process, the scoring stage included (their consumers'
+        lag, dead letters and recoveries are health figures)."""
+        return tuple(r for r in (self.stage1, self.stage2, self.scorer) if r is not None)
 
     async def start(self) -> SloEngine:
         """Join the consumer groups (the first poll completes the join).
@@ -334,8 +357,10 @@ class SloEngine:
         Every start finishes before a failure is raised, so a retried start never
         runs beside one still in flight.
         """
-        results = await asyncio.gather(*(r.start() for r in self.stages),
-                                       return_exceptions=True)
+        starts: list[Awaitable[object]] = [r.start() for r in self.stages]
+        if self.ranker is not None:
+            starts.append(self.ranker.start())
+        results = await asyncio.gather(*starts, return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -343,13 +368,20 @@ class SloEngine:
 
     async def stop(self) -> None:
         """Checkpoint, commit and leave the groups."""
-        await asyncio.gather(*(r.stop() for r in self.stages))
+        stops: list[Awaitable[object]] = [r.stop() for r in self.stages]
+        if self.ranker is not None:
+            stops.append(self.ranker.stop())
+        await asyncio.gather(*stops)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run the stages until ``stop`` is set; the board updates every stage-2 tick."""
-        runs: list[Awaitable[None]] = []
+        runs: list[Awaitable[object]] = []
         if self.stage1 is not None:
             runs.append(self.stage1.run(stop))
         if self.stage2 is not None:
             runs.append(self.stage2.run(stop, self.tick_interval_s))
+        if self.scorer is not None:
+            runs.append(self.scorer.run(stop))
+        if self.ranker is not None:
+            runs.append(self.ranker.run(stop))
         await asyncio.gather(*runs)

@@ -285,8 +285,10 @@ def render_training(job: TrainingJob, ts_ms: int | None = None) -> str:
     """The training job's own exporter (simulator-defined names, client_golang style).
 
     No upstream standard exists for step time; these names are the simulator's:
-    ``training_step_duration_seconds`` (histogram), ``training_steps_total`` and a
-    per-rank ``training_rank_compute_seconds`` gauge (the straggler shows here).
+    ``training_step_duration_seconds`` (histogram), ``training_steps_total``, a
+    per-rank ``training_rank_compute_seconds`` gauge (the straggler shows here) and
+    a per-rank ``training_rank_step_seconds`` gauge (every rank waits for the
+    slowest, so a fault slows every rank's step: the symptom is everywhere).
     """
     lbl = [("job", job.name)]
     fams: list[Family] = []
@@ -308,6 +310,13 @@ def render_training(job: TrainingJob, ts_ms: int | None = None) -> str:
         g.add([*lbl, ("node", rk.gpu.node), ("gpu", str(rk.gpu.index)), ("rank", str(rk.rank))],
               go_float(round(rk.compute_s, 6)))
     fams.append(g)
+    st = Family("training_rank_step_seconds", "gauge",
+                "Wall time of the last step on each rank, waits included (the same on every rank "
+                "of a synchronous job).")
+    for rk in job.ranks:
+        st.add([*lbl, ("node", rk.gpu.node), ("gpu", str(rk.gpu.index)), ("rank", str(rk.rank))],
+               go_float(round(job.step_s, 6)))
+    fams.append(st)
     up = Family("training_job_up", "gauge", "1 while the job's processes run.")
     up.add(lbl, "1" if job.up else "0")
     fams.append(up)

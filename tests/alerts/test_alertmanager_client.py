@@ -10,7 +10,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from pydantic import SecretStr
-from report_builders import SCOPE, fire, report, spec
+from report_builders import SCOPE, causes, fire, report, spec
 
 from gpuslo.alerts.alertmanager import (
     AlertmanagerClient,
@@ -273,6 +273,44 @@ async def test_as_a_push_exporter_it_submits_the_snapshots_alerts(stub: Stub) ->
     sent = [a for _, body in stub.requests for a in body]
     assert {a["annotations"]["rca"] for a in sent} == {"NVLink errors on gpu-node-1"}
     assert {a["labels"]["model_name"] for a in sent} == {SCOPE["model_name"]}
+
+
+async def test_ranked_causes_become_the_rca_annotation_top_three_one_line_each(
+        stub: Stub) -> None:
+    s = spec()
+    now = datetime.now(UTC)
+    rep, alerts = fire(AlertEvaluator([s]), s, now)
+    ranked = [*causes(now), *(
+        replace(c, rank=c.rank + 2, entity=f"other-{c.rank}", evidence=f"third or later {c.rank}")
+        for c in causes(now))]
+    snap = Snapshot.build(reports=[rep], alerts=alerts, taken_at=now, specs=[s],
+                          causes={(s.id, rep.scope_key): ranked})
+    async with _live_client(stub.url) as c:
+        assert await c.export(snap) is ExportResult.SUCCESS
+        await c.flush(5)
+    texts = {a["annotations"]["rca"] for _, body in stub.requests for a in body}
+    assert len(texts) == 1
+    lines = texts.pop().splitlines()
+    assert lines == [
+        f"1. [cause] {ranked[0].evidence}",
+        f"2. [symptom] {ranked[1].evidence}",
+        f"3. [cause] {ranked[2].evidence}",
+    ]
+
+
+async def test_a_firing_alert_whose_causes_are_ranked_anew_is_sent_again_at_once(
+        stub: Stub) -> None:
+    s = spec()
+    now = datetime.now(UTC)
+    rep, alerts = fire(AlertEvaluator([s]), s, now)
+    key = (s.id, rep.scope_key)
+    async with _live_client(stub.url) as c:
+        for text in ("1. [cause] early guess", "1. [cause] early guess", "1. [cause] final"):
+            c.submit(alerts, reports=[rep], rca={key: text}, now=now)
+            await c.flush(5)
+    sent = [a["annotations"]["rca"] for _, body in stub.requests for a in body]
+    # The same text twice is not re-sent within the resend interval; a new one is, at once.
+    assert sent == ["1. [cause] early guess"] * len(alerts) + ["1. [cause] final"] * len(alerts)
 
 
 async def test_shutdown_flushes_what_is_queued(stub: Stub) -> None:

@@ -96,21 +96,9 @@ FAULTS = (
 # scope; it must be among the values Prometheus offers.
 PREFERRED = {("gpuslo-slo-detail", "slo"): "gpu-thermal-headroom"}
 
-_RCA = ("gpuslo_slo_alert_cause is not exported yet: the RCA issue adds it "
-        "(slo.conventions.M_ALERT_CAUSE)")
-_ANOMALY = ("gpuslo_anomaly_score has no producer yet: anomaly/ is a placeholder, so "
-            "Snapshot.anomaly_scores is always empty")
 
 # (dashboard uid, "panel 'Title'" or "variable 'name'", refId) -> why it is empty today.
 EXPECTED_EMPTY: dict[tuple[str, str, str], str] = {
-    ("gpuslo-slo-overview", "panel 'Firing alerts and their top cause'", "B"): _RCA,
-    ("gpuslo-slo-detail", "panel 'Root-cause candidates'", "A"): _RCA,
-    ("gpuslo-anomaly-rca", "panel 'Root-cause candidates of active alerts'", "A"): _RCA,
-    ("gpuslo-anomaly-rca", "panel 'Top cause score per alert'", "A"): _RCA,
-    ("gpuslo-anomaly-rca", "variable 'detector'", ""): _ANOMALY,
-    ("gpuslo-anomaly-rca", "panel 'Most anomalous entities now'", "A"): _ANOMALY,
-    ("gpuslo-anomaly-rca", "panel 'Anomaly score, top 10'", "A"): _ANOMALY,
-    ("gpuslo-anomaly-rca", "panel 'Entities scored per detector'", "A"): _ANOMALY,
 }
 
 DASHBOARDS = {p.stem: json.loads(p.read_text(encoding="utf-8"))

@@ -343,7 +343,7 @@ def test_strimzi_topics_match_the_config_defaults() -> None:
     topics = find(render(KUSTOMIZE / "strimzi-topics"), "KafkaTopic")
     defaults, kafka = TopicsConfig(), KafkaConfig()
     by_name = {t["spec"]["topicName"]: t for t in topics}
-    assert set(by_name) == {defaults.samples, defaults.sli, defaults.dlq}
+    assert set(by_name) == {defaults.samples, defaults.sli, defaults.dlq, defaults.digests}
     for t in topics:
         assert t["spec"]["partitions"] == kafka.partitions
         assert int(t["spec"]["config"]["max.message.bytes"]) > kafka.max_record_bytes

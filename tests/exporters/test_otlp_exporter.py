@@ -112,6 +112,15 @@ async def test_the_sdk_pushes_the_slo_figures_over_otlp_http(collector: Collecto
     alerts = collector.points(cv.M_SLO_ALERTS.otel)
     assert {(a["severity"], a["alertstate"]) for a, _, _ in alerts} == {
         ("page", "firing"), ("ticket", "firing")}
+    # Each firing alert's ranked causes, as attributes of the cause gauge.
+    causes = {(a["severity"], a["cause_rank"]): (a, v)
+              for a, v, _ in collector.points(cv.M_ALERT_CAUSE.otel)}
+    top, score = causes[("page", "1")]
+    assert score == pytest.approx(0.93)
+    assert (top["cause_entity"], top["cause_node"], top["cause_signal"], top["cause_kind"]) == (
+        "GPU-8f2c", "gpu-node-1", "gpu_clock_reasons", "cause")
+    assert top["alertname"] == "VllmTtftBurnRate" and causes[("ticket", "2")][0][
+        "cause_kind"] == "symptom"
     # Counters are monotonic cumulative sums (the OTel <-> Prometheus mapping).
     ((_, dead, dm),) = collector.points(cv.M_DEAD_LETTERS.otel)[:1]
     assert dead == 4

@@ -64,6 +64,30 @@ def test_slo_figures_are_exported_in_base_units(exporter: PrometheusExporter) ->
                   node="gpu-node-1") == 0.87
 
 
+def test_each_firing_alert_exports_its_ranked_causes(exporter: PrometheusExporter) -> None:
+    s = _samples(exporter)
+    alert = {"slo": "vllm-ttft", "service": "vllm", "model_name": "llama-70b",
+             "alertname": "VllmTtftBurnRate"}
+    for sev in ("page", "ticket"):
+        top = _value(s, "gpuslo_slo_alert_cause", severity=sev, cause_rank="1", **alert)
+        assert top == pytest.approx(0.93)
+    first = next(dict(ls) for (n, ls), _ in s.items()
+             if n == "gpuslo_slo_alert_cause" and ("cause_rank", "1") in ls)
+    assert {k: first[k] for k in first if k.startswith("cause_")} == {
+        "cause_rank": "1", "cause_entity": "GPU-8f2c", "cause_node": "gpu-node-1",
+        "cause_signal": "gpu_clock_reasons", "cause_kind": "cause"}
+    assert _value(s, "gpuslo_slo_alert_cause", severity="page", cause_rank="2",
+                  cause_kind="symptom", **alert) == pytest.approx(0.41)
+
+
+def test_alerts_that_do_not_fire_export_no_cause() -> None:
+    snap = snapshot(T0)
+    quiet = Snapshot.build(reports=snap.reports, taken_at=T0, specs=snap.specs,
+                           causes=snap.causes)
+    names = {f.name for f in metric_families(quiet)}
+    assert "gpuslo_slo_alerts" not in names and "gpuslo_slo_alert_cause" not in names
+
+
 def test_self_health_is_exported(exporter: PrometheusExporter) -> None:
     s = _samples(exporter)
     n1, n2 = "http://gpu-node-1:9400/metrics", "http://gpu-node-2:9400/metrics"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from gpuslo.pipeline.app.cli import alerts, collect, core, dashboards, sim, slo
+from gpuslo.pipeline.app.cli import alerts, anomaly, collect, core, dashboards, sim, slo
 
 app = typer.Typer(
     name="gpuslo",
@@ -29,6 +29,7 @@ for command in (
     sim.simulate,
     sim.inject,
     slo.aggregate,
+    anomaly.anomaly,
     slo.rules,
     slo.replay,
     slo.validate_specs,

@@ -21,6 +21,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from gpuslo.anomaly.cause import Cause
+from gpuslo.anomaly.rca import causes_for_alerts
 from gpuslo.collectors.history import OpenMetricsInputError, read_history
 from gpuslo.exporters.base import ExportHub, Snapshot
 from gpuslo.exporters.prometheus import PrometheusExporter
@@ -43,6 +45,7 @@ from gpuslo.pipeline.app.views.fit import FitStack
 from gpuslo.pipeline.app.views.slo import SloExpander, SloStatusView, report_table
 from gpuslo.pipeline.app.wiring import (
     aggregation,
+    aggregation_topics,
     connect_kafka,
     dashboard_links,
     http_address,
@@ -54,6 +57,7 @@ from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.schema import SchemaError
 from gpuslo.pipeline.stages.board import BoardSnapshot
 from gpuslo.pipeline.stages.slo import STAGES
+from gpuslo.slo import conventions as cv
 from gpuslo.slo.backtest import BacktestReport, backtest
 from gpuslo.slo.rules import generate, render_prometheus_rule, render_rules_file
 from gpuslo.slo.spec import SloSpec, SpecError, load_specs, parse_duration
@@ -104,7 +108,11 @@ def write_board_json(path: Path, snap: BoardSnapshot) -> None:
         "version": snap.version,
         "evaluated_at": snap.evaluated_at.isoformat() if snap.evaluated_at else None,
         "reports": [r.to_dict() for r in snap.reports],
-        "alerts": [a.to_dict() for a in snap.alerts],
+        "alerts": [
+            {**a.to_dict(), "rca": [c.to_dict() for c in
+                                    snap.causes.get((a.slo_id, cv.scope_key(dict(a.scope))), ())]}
+            for a in snap.alerts
+        ],
     }
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
@@ -183,6 +191,10 @@ def replay(
     port: Annotated[
         int, typer.Option(help="Port --serve listens on (0: any free port).", min=0, max=65535)
     ] = 9464,
+    rca: Annotated[
+        bool, typer.Option("--rca", help="Rank the root causes of every alert (topology from "
+                                         "the samples' labels); in the table and in --json.")
+    ] = False,
 ) -> None:
     """Backtest specs over recorded samples: SLIs, budgets, and when alerts would fire."""
     slos = _specs(specs)
@@ -213,9 +225,13 @@ def replay(
                             at=t.strftime("%Y-%m-%d %H:%M"))
 
         result = backtest(slos, frame, step=step_td, progress=advance)
+    causes: list[list[Cause]] = []
+    if rca and result.alerts:
+        with err_console.status("ranking root causes"):
+            causes = causes_for_alerts(frame, result.alerts)
     out = console if json_out is None or str(json_out) != "-" else err_console
     out.print(report_table(result.final, (), result.end))
-    for a in result.alerts:
+    for i, a in enumerate(result.alerts):
         scope = ",".join(f"{k}={v}" for k, v in sorted(a.scope.items()))
         out.print(
             f"{a.severity.value} {a.slo_id} {{{scope}}} fired {a.fired_at:%Y-%m-%d %H:%M}, "
@@ -223,8 +239,18 @@ def replay(
                else "still firing at the end"),
             highlight=False,
         )
+        if rca:
+            for c in causes[i][:3]:
+                out.print(f"  {c.rank}. [{c.kind}] {c.evidence}", highlight=False,
+                          markup=False, soft_wrap=True)
+            if not causes[i]:
+                out.print("  no cause found", highlight=False)
     if json_out is not None:
-        text = json.dumps(result.to_dict(), indent=2)
+        doc = result.to_dict()
+        if rca:
+            for entry, ranked in zip(doc["alerts"], causes, strict=True):
+                entry["rca"] = [c.to_dict() for c in ranked]
+        text = json.dumps(doc, indent=2)
         if str(json_out) == "-":
             sys.stdout.write(text + "\n")
         else:
@@ -296,8 +322,9 @@ def aggregate(
     ] = None,
     stage: Annotated[
         str, typer.Option("--stage",
-                          help="Which SLO stage to run: 1 (samples -> gpuslo.sli), 2 "
-                               "(gpuslo.sli -> reports, alerts, exporters) or both.")
+                          help="Which SLO stage to run: 1 (samples -> gpuslo.sli, and "
+                               "anomaly scoring -> gpuslo.digests), 2 (gpuslo.sli -> "
+                               "reports, alerts with ranked causes, exporters) or both.")
     ] = "both",
 ) -> None:
     """Run SLO stage 1 and stage 2 in one process (or one of them, --stage) and show a
@@ -323,7 +350,7 @@ def aggregate(
         stopped: list[str] = []
         async with serving(cfg, stop, readiness) as hub:
             address = http_address(hub)
-            async with connect_kafka(cfg, [t.samples, t.sli, t.dlq], stop, readiness) as servers, \
+            async with connect_kafka(cfg, aggregation_topics(cfg), stop, readiness) as servers, \
                     aggregation(cfg, slos, servers, hub=hub, readiness=readiness,
                                 stages=stages) as agg:
                 console.print(

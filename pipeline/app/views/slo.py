@@ -21,9 +21,11 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
+from gpuslo.anomaly.cause import top_cause_line
 from gpuslo.exporters.web.history import scopes_now
 from gpuslo.exporters.web.series import ScopeNow
 from gpuslo.exporters.web.views import scope_state, tier_cells, worst_first
+from gpuslo.slo import conventions as cv
 from gpuslo.slo.alerting import AlertReport, AlertStatus
 from gpuslo.slo.budget import SloReport
 from gpuslo.slo.spec import SloSpec
@@ -68,6 +70,21 @@ def report_table(
     return table
 
 
+def firing_causes(alerts: Sequence[AlertReport], rca: Mapping[tuple[str, str], str]) -> Text:
+    """One line per firing SLO scope with its top cause (what a demo or ``aggregate`` prints
+    beside the final table, as the live view shows it while running)."""
+    out = Text()
+    seen: set[tuple[str, str]] = set()
+    for a in alerts:
+        key = (a.slo_id, cv.scope_key(dict(a.scope)))
+        if a.status is not AlertStatus.FIRING or key in seen:
+            continue
+        seen.add(key)
+        cause = top_cause_line(rca.get(key))
+        out.append(f"firing {a.slo_id} {{{_scope_text(a.scope)}}}: ", style="bold red")
+        out.append(f"cause: {cause}\n" if cause else "cause: not known yet\n",
+                   style="red" if cause else "dim")
+    return out
 
 
 # --- the live view that fits a terminal -------------------------------------------------------

@@ -50,6 +50,7 @@ def good_payload(i: int) -> str:
 class Served:
     base: str
     huge_bytes_sent: list[int] = field(default_factory=list)
+    trickle_cut_after_s: list[float] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -93,6 +94,22 @@ async def server() -> AsyncIterator[Served]:
             served.huge_bytes_sent.append(sent)
         return resp
 
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        # Headers at once, then a valid page one byte every 100 ms (a peer that is alive
+        # but stalls): never idle long enough for a read timeout, so only a bound on the
+        # whole request cuts it.  It records when the client hung up.
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain; version=0.0.4"})
+        await resp.prepare(request)
+        started = time.monotonic()
+        page = good_payload(9).encode() * 100
+        try:
+            for i in range(len(page)):
+                await resp.write(page[i:i + 1])
+                await asyncio.sleep(0.1)
+        except (ConnectionResetError, RuntimeError):
+            served.trickle_cut_after_s.append(time.monotonic() - started)
+        return resp
+
     app = web.Application()
     app.router.add_get("/good/{i}", good)
     app.router.add_get("/hang", hang)
@@ -101,6 +118,7 @@ async def server() -> AsyncIterator[Served]:
     app.router.add_get("/503", not_ready)
     app.router.add_get("/many", many)
     app.router.add_get("/huge", huge)
+    app.router.add_get("/trickle", trickle)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -112,7 +130,7 @@ async def server() -> AsyncIterator[Served]:
 
 
 BAD = {"hang": "timeout", "500": "http_500", "garbage": "parse", "huge": "too_large",
-       "503": "not_ready", "many": "too_many_series"}
+       "503": "not_ready", "many": "too_many_series", "trickle": "timeout"}
 
 
 def targets(base: str, good: int = 2) -> list[ScrapeTarget]:
@@ -141,7 +159,8 @@ async def test_one_collect_reports_every_failure_by_reason(server: Served) -> No
     async with ScrapeEngine("t", settings(timeout_s=0.5), targets(server.base),
                             PrometheusMapping("dcgm")) as engine:
         started = time.perf_counter()
-        results = await engine.collect(NOW)
+        # Bounded here too: an engine that let the trickle run would fail, not hang.
+        results = await asyncio.wait_for(engine.collect(NOW), 10.0)
         elapsed = time.perf_counter() - started
     by_path = {r.target.rsplit("/", 1)[-1]: r for r in results}
     assert elapsed < 3.0
@@ -166,6 +185,10 @@ async def test_one_collect_reports_every_failure_by_reason(server: Served) -> No
     # The 50 MB body was abandoned soon after the limit, not read to the end.
     await asyncio.sleep(0.2)
     assert server.huge_bytes_sent and server.huge_bytes_sent[0] < 50 * MB
+    # The trickling page (alive, a byte every 100 ms) was cut by the whole-request
+    # timeout: the client hung up near 0.5 s, not after the page's half hour (20 kB).
+    assert "within 0.5s" in (by_path["trickle"].error or "")
+    assert server.trickle_cut_after_s and server.trickle_cut_after_s[0] < 1.5
 
 
 def label_values(frame: pl.DataFrame, name: str) -> list[str]:
@@ -221,6 +244,10 @@ async def test_bad_targets_do_not_hold_back_good_batches_on_their_way_to_kafka(
         assert len(arrivals[good]) >= 5, arrivals
         assert arrivals[good][0] - started < 0.6
     assert arrivals["hang"][0] - started >= 1.5
+    # The trickle too: its bytes kept coming, but only its 1.5 s timeout ended it, and
+    # the good targets' batches did not wait for it.
+    assert arrivals["trickle"][0] - started >= 1.5
+    assert sum(t < arrivals["trickle"][0] for t in arrivals["0"]) >= 3, arrivals
     # Each target's loop kept its own parser cache: re-scrapes only re-read the numbers,
     # and one target's shapes never evict another's.
     caches = [engine.shape_caches[f"{server.base}/good/{i}"] for i in (0, 1)]

@@ -74,3 +74,17 @@ def test_a_scope_gone_for_longer_than_the_history_is_forgotten() -> None:
     assert h.series("vllm-ttft", BAD_KEY) is None
     assert h.series("vllm-ttft", GOOD_KEY) is not None
     assert [s.scope_key for s in h.status().scopes] == [GOOD_KEY]
+
+
+def test_the_overview_shows_the_top_cause_of_a_three_line_rca_annotation() -> None:
+    """The page (and the terminal view, same rows) has one line per alert: the first of
+    the ranked causes Alertmanager gets, without its rank."""
+    h = StatusHistory(points=1000)
+    for snap in snapshots(minutes=40):
+        key = next(iter(snap.rca), None)
+        if key is not None:
+            snap = dataclasses.replace(snap, rca={key: (
+                f"1. [cause] {CAUSE}\n2. [symptom] TTFT up\n3. [cause] a disk is slow")})
+        h.publish(snap)
+    bad = {s.scope_key: s for s in h.status().scopes}[BAD_KEY]
+    assert bad.cause == f"[cause] {CAUSE}"

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 import yaml
 from servers import require_binary
+from sim_samples import hot_gpu_incident
 from typer.testing import CliRunner
 
 from gpuslo.pipeline.app.cli.main import app
@@ -96,3 +97,37 @@ def test_replay_rejects_a_file_that_is_not_samples(tmp_path: Path) -> None:
     result = runner.invoke(app, ["replay", str(CATALOG), "--samples", str(path)])
     assert result.exit_code == 2
     assert "missing column 'ts'" in result.stderr
+
+
+def test_replay_rca_ranks_every_alerts_causes_in_the_table_and_the_json(tmp_path: Path) -> None:
+    incident = hot_gpu_incident(datetime(2026, 3, 2, 13, 0, tzinfo=UTC))
+    path = tmp_path / "samples.parquet"
+    incident.samples.write_parquet(path)
+    report = tmp_path / "report.json"
+    result = runner.invoke(app, ["replay", str(CATALOG / "gpu-thermal-headroom.yaml"),
+                                 "--samples", str(path), "--rca", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["alerts"], result.output
+    for alert in data["alerts"]:
+        rca = alert["rca"]
+        assert [c["rank"] for c in rca] == list(range(1, len(rca) + 1))
+        assert {"rank", "entity", "node", "signal", "kind", "score", "onset",
+                "evidence"} <= rca[0].keys()
+        assert (rca[0]["entity"], rca[0]["node"], rca[0]["kind"]) == (
+            incident.hot_uuid, incident.hot_node, "cause")
+    # The table: each alert line is followed by its top causes, the faulted GPU first.
+    lines = result.stdout.splitlines()
+    fired = next(i for i, line in enumerate(lines) if " fired " in line)
+    causes = [line for line in lines[fired:] if line.startswith("  ")]
+    assert causes[0].startswith(f"  1. [cause] GPU 0 of {incident.hot_node} "), causes
+
+
+def test_replay_without_rca_adds_no_causes(tmp_path: Path) -> None:
+    path = tmp_path / "samples.parquet"
+    _samples().write_parquet(path)
+    report = tmp_path / "report.json"
+    result = runner.invoke(app, ["replay", str(CATALOG / "request-success.yaml"),
+                                 "--samples", str(path), "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "rca" not in json.loads(report.read_text())["alerts"][0]

@@ -23,8 +23,6 @@ import sys
 import termios
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from servers import http_get
 
 from gpuslo.pipeline.config import KafkaConfig
 from gpuslo.pipeline.kafka.broker import EmbeddedBroker, free_port
@@ -93,16 +92,6 @@ def gpuslo(args: list[str], log: Path) -> subprocess.Popen[bytes]:
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
 
-
-def get(url: str) -> tuple[int, str] | None:
-    """Status and body, or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 def wait_for(cond: Callable[[], Any], proc: subprocess.Popen[bytes], log: Path,
@@ -185,18 +174,19 @@ def test_collect_is_alive_at_once_and_ready_only_once_kafka_answers(
     proc = gpuslo(["collect", "--config", str(config)], log)
     broker: EmbeddedBroker | None = None
     try:
-        assert wait_for(lambda: get(f"{base}/healthz"), proc, log, 30, "/healthz") == (200, "ok\n")
+        healthz = wait_for(lambda: http_get(f"{base}/healthz"), proc, log, 30, "/healthz")
+        assert healthz == (200, "ok\n")
         # No Kafka yet: alive, not ready, and /readyz says why.
-        status, body = wait_for(lambda: get(f"{base}/readyz"), proc, log, 5, "/readyz")
+        status, body = wait_for(lambda: http_get(f"{base}/readyz"), proc, log, 5, "/readyz")
         assert status == 503
         kafka = json.loads(body)["checks"]["kafka"]
         assert kafka["ok"] is False and f"127.0.0.1:{broker_port}" in kafka["reason"]
         time.sleep(1.5)  # and it stays so, retrying, instead of exiting
-        again = get(f"{base}/readyz")
+        again = http_get(f"{base}/readyz")
         assert again is not None and again[0] == 503 and proc.poll() is None
 
         broker = EmbeddedBroker(port=broker_port).start()
-        status, body = wait_for(lambda: (r := get(f"{base}/readyz")) and r[0] == 200 and r,
+        status, body = wait_for(lambda: (r := http_get(f"{base}/readyz")) and r[0] == 200 and r,
                                 proc, log, 30, "ready once the broker is up")
         checks = json.loads(body)["checks"]
         assert {n for n, c in checks.items() if c["ok"]} == {"lifecycle", "kafka", "targets"}
@@ -204,7 +194,7 @@ def test_collect_is_alive_at_once_and_ready_only_once_kafka_answers(
         # Its own health on /metrics, per target with collector, source and node.
         target = f"{pages}/node-a/metrics"
         text = wait_for(
-            lambda: (r := get(f"{base}/metrics")) and (sample(
+            lambda: (r := http_get(f"{base}/metrics")) and (sample(
                 r[1], "gpuslo_records_produced_total") or 0) > 0 and r[1],
             proc, log, 30, "records produced on /metrics")
         assert sample(text, "gpuslo_scrape_up", collector="fabric", source="node",
@@ -214,7 +204,7 @@ def test_collect_is_alive_at_once_and_ready_only_once_kafka_answers(
         assert sample(text, "gpuslo_dropped_total", reason="retry_buffer_full") == 0.0
         assert sample(text, "gpuslo_scrapes_total", collector="fabric") is not None
         if host != "127.0.0.1":  # bound to the configured address, not every address
-            assert get(f"http://127.0.0.1:{http_port}/healthz") is None
+            assert http_get(f"http://127.0.0.1:{http_port}/healthz") is None
 
         rc, _ = stop_and_wait(proc, signal.SIGTERM, COLLECT_GRACE_S)
         assert rc == 0, log.read_text(errors="replace")[-3000:]
@@ -242,10 +232,10 @@ def test_sigterm_mid_run_exits_0_in_the_grace_period_and_loses_nothing(
     base = f"http://127.0.0.1:{http_port}"
     proc = gpuslo(["collect", "--config", str(config)], log)
     try:
-        wait_for(lambda: (r := get(f"{base}/readyz")) and r[0] == 200, proc, log, 40, "ready")
+        wait_for(lambda: (r := http_get(f"{base}/readyz")) and r[0] == 200, proc, log, 40, "ready")
 
         def produced() -> float:
-            r = get(f"{base}/metrics")
+            r = http_get(f"{base}/metrics")
             return (sample(r[1], "gpuslo_records_produced_total") or 0) if r else 0
 
         before = wait_for(lambda: (n := produced()) >= 10 and n, proc, log, 30,
@@ -349,7 +339,7 @@ def test_ctrl_c_in_a_terminal_ends_the_demo_within_5s_and_leaves_no_broker() -> 
         listener = m.group(1)
         assert len(_broker_processes(listener)) == 1
         # Running: every check of its /readyz ok (Kafka, targets, both stages' groups).
-        while (get(f"http://127.0.0.1:{metrics}/readyz") or (0,))[0] != 200:
+        while (http_get(f"http://127.0.0.1:{metrics}/readyz") or (0,))[0] != 200:
             assert proc.poll() is None and time.monotonic() < deadline, plain(screen)[-3000:]
             time.sleep(0.2)
         time.sleep(1.0)  # collectors, stages and the live view all at work
@@ -388,12 +378,13 @@ def test_receiver_serves_its_probes_on_the_configured_address(tmp_path: Path) ->
     proc = gpuslo(["receiver", "--config", str(config)], log)
     try:
         base = f"http://{host}:{port}"
-        assert wait_for(lambda: get(f"{base}/healthz"), proc, log, 30, "/healthz") == (200, "ok\n")
-        status, body = get(f"{base}/readyz") or (0, "")
+        healthz = wait_for(lambda: http_get(f"{base}/healthz"), proc, log, 30, "/healthz")
+        assert healthz == (200, "ok\n")
+        status, body = http_get(f"{base}/readyz") or (0, "")
         assert status == 200 and json.loads(body)["ready"] is True
-        assert (get(f"{base}/alertmanager/webhook") or (0, ""))[0] == 401  # still guarded
+        assert (http_get(f"{base}/alertmanager/webhook") or (0, ""))[0] == 401  # still guarded
         if host != "127.0.0.1":
-            assert get(f"http://127.0.0.1:{port}/healthz") is None
+            assert http_get(f"http://127.0.0.1:{port}/healthz") is None
         rc, _ = stop_and_wait(proc, signal.SIGTERM, 10)
         assert rc == 0
         assert "stopped (SIGTERM)" in log.read_text()

@@ -67,7 +67,7 @@ def write_config(tmp_path: Path, kafka_cfg: KafkaConfig, *, partitions: int,
                  max_records: int, log_level: str = "WARNING",
                  extra: dict[str, Any] | None = None) -> Path:
     """A config for `gpuslo aggregate` on the test's topics, checkpointing after every poll."""
-    cfg = {
+    cfg: dict[str, Any] = {
         "log_level": log_level,
         # The test's cluster (embedded or GPUSLO_TEST_KAFKA_*), topics and security.
         "kafka": {**kafka_settings(kafka_cfg), "partitions": partitions, "linger_ms": 5},
@@ -78,8 +78,11 @@ def write_config(tmp_path: Path, kafka_cfg: KafkaConfig, *, partitions: int,
                 # Groups of this test only, as the in-process consumers' are (conftest).
                 "stage1_group_id": f"{kafka_cfg.client_id}.sli",
                 "stage2_group_id": f"{kafka_cfg.client_id}.slo"},
-        **(extra or {}),
+        "anomaly": {"group_id": f"{kafka_cfg.client_id}.anomaly"},
     }
+    for key, value in (extra or {}).items():
+        cfg[key] = {**cfg[key], **value} if key == "anomaly" else value
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "gpuslo.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

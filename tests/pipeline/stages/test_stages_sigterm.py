@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from aggregate_process import (
 )
 from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from servers import http_get
 from test_stages_sigkill import MINUTES, SPEC_FILES, fleet
 
 from gpuslo.pipeline.config import KafkaConfig
@@ -46,15 +45,6 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 4
 AGGREGATE_GRACE_S = 50.0  # shutdown.aggregate_grace_s, the default
 
-
-def get(url: str) -> tuple[int, str] | None:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 def lag(text: str, group: str) -> float | None:
@@ -113,7 +103,7 @@ async def test_sigterm_checkpoints_commits_and_exits_0_within_the_grace_period(
     proc = start(config, report, log, SPEC_FILES)
     try:
         # Ready once both groups have assigned their partitions (checkpoints restored).
-        ready = wait(lambda: (r := get(f"{base}/readyz")) and r[0] == 200 and r, [proc], [log],
+        ready = wait(lambda: (r := http_get(f"{base}/readyz")) and r[0] == 200 and r, [proc], [log],
                      40, "/readyz 200")
         checks = json.loads(ready[1])["checks"]
         assert {"kafka", "stage1", "stage2", "lifecycle"} <= {n for n, c in checks.items()
@@ -128,7 +118,7 @@ async def test_sigterm_checkpoints_commits_and_exits_0_within_the_grace_period(
 
         wait(caught_up, [proc], [log], 40, "reports over every sample")
         # Consumer lag per group on /metrics (read every 5 s): nothing left to read.
-        wait(lambda: (r := get(f"{base}/metrics")) and lag(r[1], g1) == 0
+        wait(lambda: (r := http_get(f"{base}/metrics")) and lag(r[1], g1) == 0
              and lag(r[1], g2) == 0, [proc], [log], 20, "lag 0 on /metrics")
         # Checkpoints once an hour: so far nothing is checkpointed or committed.
         assert not list(state.glob("stage*/p*.ckpt"))
