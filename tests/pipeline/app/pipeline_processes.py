@@ -1,8 +1,9 @@
 """The whole pipeline as separate real processes, for the fault tests.
 
 ``gpuslo simulate`` serves a small simulated fleet with a fault scenario;
-``gpuslo collect``, ``gpuslo aggregate --stage 1`` and ``--stage 2`` run as
-their own processes on one Kafka, as three Deployments would.  A
+``gpuslo collect``, ``gpuslo aggregate --stage 1`` (with the anomaly scoring
+stage) and ``--stage 2`` (with the ranking of causes) run as their own
+processes on one Kafka, as three Deployments would.  A
 :class:`Proc` can be SIGKILLed and started again with the same command line.
 What reached ``gpuslo.samples`` is read back whole (:func:`read_samples`), so
 a test can compute the uninterrupted verdict with the pure engine.
@@ -175,6 +176,8 @@ def write_config(tmp_path: Path, kafka_cfg: KafkaConfig, collectors: list[dict[s
                 "tick_interval_s": 0.3,
                 "stage1_group_id": f"{kafka_cfg.client_id}.sli",
                 "stage2_group_id": f"{kafka_cfg.client_id}.slo"},
+        # The scoring stage runs in the stage-1 process, the ranking in stage 2's.
+        "anomaly": {"group_id": f"{kafka_cfg.client_id}.anomaly", "checkpoint_interval_s": 0},
         "collectors": collectors,
         # Each process its own HTTP port.
         "exporters": {"prometheus": {"enabled": True, "host": "127.0.0.1", "port": 0}},
@@ -219,6 +222,14 @@ async def read_samples(kafka_cfg: KafkaConfig, bootstrap: str | None = None) -> 
             if not got and consumer.assignment() and await consumer.lag() == 0:
                 break
     return pl.concat(frames) if frames else pl.DataFrame()
+
+
+async def log_ends(kafka_cfg: KafkaConfig, topic: str, partitions: Sequence[int],
+                   bootstrap: str | None = None) -> dict[int, int]:
+    """The log end offset of each of ``partitions`` of ``topic``."""
+    cfg = ConsumerConfig(session_timeout_ms=6000, group_id=f"read-back-{uuid.uuid4().hex}")
+    async with SampleConsumer(kafka_cfg, cfg, [topic], bootstrap_servers=bootstrap) as consumer:
+        return await consumer.end_offsets(topic, partitions)
 
 
 def verdict(specs: Sequence[SloSpec], samples: pl.DataFrame,

@@ -1,6 +1,7 @@
 """The whole pipeline as separate processes, each SIGKILLed at random points and restarted.
 
-``gpuslo collect``, ``gpuslo aggregate --stage 1`` and ``--stage 2`` run as
+``gpuslo collect``, ``gpuslo aggregate --stage 1`` (which also runs the
+anomaly scoring stage) and ``--stage 2`` (which also ranks causes) run as
 three processes over a simulated fleet whose GPU overheats (its thermal SLO
 pages), with a real Alertmanager paging a webhook.  Each process is killed
 twice at seeded random moments (no drain, no checkpoint, no commit) and
@@ -13,7 +14,12 @@ started again.  Then, on the samples that really reached ``gpuslo.samples``:
   missed);
 * Alertmanager was never sent an alert that the verdict does not fire, never
   resolved one that is still firing, and paged each with one start time (a
-  restarted stage 2 restores its alert states: it does not page anew).
+  restarted stage 2 restores its alert states: it does not page anew);
+* the scoring stage, killed with stage 1, resumed from its checkpoints and
+  scored every record of the samples topic (its checkpoints reach the log end
+  of each partition).  Digests need a closed minute, which this run need not
+  reach: scoring restored from a checkpoint is compared with the pure scorer
+  in tests/pipeline/stages/test_anomaly_stage.py.
 
 What a killed collector had scraped but not produced is lost: the verdict is
 over what reached Kafka (README "Guarantees").
@@ -33,6 +39,7 @@ from pipeline_processes import (
     Webhook,
     alertmanager_config,
     canonical,
+    log_ends,
     pipeline_procs,
     read_json,
     read_samples,
@@ -45,12 +52,14 @@ from servers import start_alertmanager
 
 from gpuslo.pipeline.config import KafkaConfig
 from gpuslo.pipeline.kafka.client import ensure_topics
+from gpuslo.pipeline.stages.checkpoint import CheckpointStore
 from gpuslo.slo.catalog import CATALOG_DIR
 from gpuslo.slo.spec import load_specs
 
 pytestmark = pytest.mark.integration
 
 SEED = 17
+PARTITIONS = 2
 SPEC_FILES = [CATALOG_DIR / "request-success.yaml", CATALOG_DIR / "gpu-thermal-headroom.yaml"]
 RUN_S = 16.0  # of faults; then the collector drains and the stages catch up
 KILLS_EACH = 2
@@ -69,7 +78,7 @@ async def test_each_process_killed_twice_gives_the_uninterrupted_verdict_and_pag
     rng = random.Random(SEED)
     specs = load_specs(SPEC_FILES)
     t = kafka_cfg.topics
-    await ensure_topics(kafka_cfg, [t.samples, t.sli, t.dlq], partitions=2)
+    await ensure_topics(kafka_cfg, [t.samples, t.sli, t.dlq, t.digests], partitions=PARTITIONS)
     hook = Webhook().start()
     am = start_alertmanager(alertmanager_config(hook.url), tmp_path / "am")
     sim, collectors = start_simulator(tmp_path, 0.5, ("dcgm", "kvcache"))
@@ -141,6 +150,21 @@ async def test_each_process_killed_twice_gives_the_uninterrupted_verdict_and_pag
             starts.setdefault(tuple(sorted(a["labels"].items())), set()).add(a["startsAt"])
         assert all(len(s) == 1 for s in starts.values()), starts
         assert [p.kills for p in procs.values()] == [KILLS_EACH] * 3
+
+        # The scoring stage lived and died with stage 1: it resumed each time and has
+        # scored the whole samples topic (its checkpoint interval is 0: each applied
+        # poll is checkpointed).
+        ends = await log_ends(kafka_cfg, t.samples, range(PARTITIONS))
+        store = CheckpointStore(tmp_path / "state")
+        scope = f"anomaly.{kafka_cfg.client_id}.anomaly.{t.samples}"
+
+        def scored() -> dict[int, int]:
+            got = {p: (c.next_offset if (c := store.read(scope, p)) else 0)
+                   for p in range(PARTITIONS)}
+            return got if got == ends else {}
+
+        wait_until(scored, [procs["stage1"]], 15,
+                   f"the scoring stage to score every sample record (log ends {ends})")
         print(f"{samples.height} samples, {len(received)} alert notifications, "
               f"{len(plan)} kills, {time.monotonic() - started:.1f}s")
     finally:
