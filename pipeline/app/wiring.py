@@ -363,9 +363,7 @@ class Aggregation:
             consumer_lag_records=self.lag,
             dead_letters_total=sum(s.consumer.dead_letters for s in self.engine.stages),
             consumer_recoveries_total={
-                (s.group_id, reason): n for s in self.engine.stages
-                for reason, n in (("log_reset", s.stats.log_resets),
-                                  ("stalled", s.stats.consumer_restarts))},
+                k: n for s in self.engine.stages for k, n in s.recoveries().items()},
             deliveries=deliveries,
         )
 

@@ -166,6 +166,12 @@ class StageRunner:
         """Partitions this member holds state for."""
         return set(self._owned)
 
+    def recoveries(self) -> dict[tuple[str, str], int]:
+        """The progress watchdog's recoveries by (consumer group, reason), as
+        ``gpuslo_consumer_recoveries_total`` exports them."""
+        return {(self.group_id, "log_reset"): self.stats.log_resets,
+                (self.group_id, "stalled"): self.stats.consumer_restarts}
+
     def _crash_point(self, where: str) -> None:
         if self.fault is not None:
             self.fault(where)
