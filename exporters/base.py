@@ -98,6 +98,8 @@ class HealthSnapshot:
     dropped_total: Mapping[str, int] = field(default_factory=dict)  # by reason
     consumer_lag_records: Mapping[str, int] = field(default_factory=dict)  # by consumer group
     dead_letters_total: int = 0
+    # by (consumer group, reason): log_reset, stalled (the stages' progress watchdog)
+    consumer_recoveries_total: Mapping[tuple[str, str], int] = field(default_factory=dict)
     deliveries: Mapping[str, DeliveryStats] = field(default_factory=dict)  # by Alertmanager URL
 
 

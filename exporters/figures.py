@@ -101,6 +101,9 @@ def _health(snapshot: Snapshot) -> Iterator[Figure]:
     for consumer, lag in sorted(h.consumer_lag_records.items()):
         yield Figure(cv.M_CONSUMER_LAG, {cv.EXPORT_LABEL_CONSUMER: consumer}, lag)
     yield Figure(cv.M_DEAD_LETTERS, {}, h.dead_letters_total)
+    for (consumer, reason), n in sorted(h.consumer_recoveries_total.items()):
+        yield Figure(cv.M_CONSUMER_RECOVERIES,
+                     {cv.EXPORT_LABEL_CONSUMER: consumer, cv.EXPORT_LABEL_REASON: reason}, n)
     for url, d in sorted(h.deliveries.items()):
         am = {cv.EXPORT_LABEL_ALERTMANAGER: url}
         yield Figure(cv.M_ALERTMANAGER_SENT, am, d.sent_total)

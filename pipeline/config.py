@@ -166,6 +166,14 @@ class ConsumerConfig(_Model):
         "earliest", description="Where a new group starts reading."
     )
     session_timeout_ms: int = Field(10_000, gt=0, description="Group session timeout.")
+    stall_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="A stage whose consumer applies no record for this long while the log "
+        "end of its partitions moves past its position (or the offsets cannot be read) "
+        "recreates the consumer from its last checkpoint: aiokafka consumers can stop "
+        "fetching silently after a broker restart.",
+    )
 
 
 class SloConfig(_Model):

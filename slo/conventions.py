@@ -285,6 +285,11 @@ M_CONSUMER_LAG = ExportedMetric(
 M_DEAD_LETTERS = ExportedMetric(
     "gpuslo_dead_letters_total", "gpuslo.dead_letters", "{record}", "counter",
     "Records sent to the dead-letter topic.")
+M_CONSUMER_RECOVERIES = ExportedMetric(
+    "gpuslo_consumer_recoveries_total", "gpuslo.consumer.recoveries", "{recovery}", "counter",
+    "Consumer recoveries by the progress watchdog: log_reset (a partition's log was lost, "
+    "e.g. an in-memory broker restarted: records not yet consumed are lost) or stalled "
+    "(consumer recreated).")
 M_ALERTMANAGER_SENT = ExportedMetric(
     "gpuslo_alertmanager_alerts_sent_total", "gpuslo.alertmanager.alerts.sent", "{alert}",
     "counter", "Alerts accepted by an Alertmanager.")
@@ -306,8 +311,8 @@ SLO_METRICS: tuple[ExportedMetric, ...] = (
 HEALTH_METRICS: tuple[ExportedMetric, ...] = (
     M_SCRAPE_UP, M_SCRAPE_DURATION, M_SCRAPE_SAMPLES, M_SCRAPES, M_SCRAPE_ERRORS,
     M_SAMPLES_PRODUCED, M_RECORDS_PRODUCED, M_PRODUCE_FAILURES, M_DROPPED, M_CONSUMER_LAG,
-    M_DEAD_LETTERS, M_ALERTMANAGER_SENT, M_ALERTMANAGER_ERRORS, M_ALERTMANAGER_DROPPED,
-    M_ALERTMANAGER_QUEUE,
+    M_DEAD_LETTERS, M_CONSUMER_RECOVERIES, M_ALERTMANAGER_SENT, M_ALERTMANAGER_ERRORS,
+    M_ALERTMANAGER_DROPPED, M_ALERTMANAGER_QUEUE,
 )
 
 # Alertmanager payloads (labels beyond ALERT_LABEL_SLO / ALERT_LABEL_SEVERITY, annotations).

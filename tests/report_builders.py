@@ -118,6 +118,7 @@ def health() -> HealthSnapshot:
         dropped_total={"queue_full": 2, "too_many_series": 5},
         consumer_lag_records={"gpuslo-sli": 17},
         dead_letters_total=4,
+        consumer_recoveries_total={("gpuslo-sli", "log_reset"): 1, ("gpuslo-sli", "stalled"): 2},
         deliveries={"http://am-0:9093": DeliveryStats(10, 1, 0, 2)},
     )
 

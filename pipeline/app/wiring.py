@@ -65,8 +65,8 @@ from gpuslo.pipeline.stages.anomaly import ScoreRunner
 from gpuslo.pipeline.stages.board import ReportBoard
 from gpuslo.pipeline.stages.checkpoint import CheckpointStore
 from gpuslo.pipeline.stages.collect import CollectRunner, CollectStats
-from gpuslo.pipeline.stages.publish import health_snapshot, publish_board
-from gpuslo.pipeline.stages.slo import SloEngine
+from gpuslo.pipeline.stages.publish import health_snapshot, publish_board, publish_health
+from gpuslo.pipeline.stages.slo import STAGES, SloEngine
 from gpuslo.slo.spec import SloSpec
 
 log = logging.getLogger(__name__)
@@ -362,6 +362,8 @@ class Aggregation:
             collect,
             consumer_lag_records=self.lag,
             dead_letters_total=sum(s.consumer.dead_letters for s in self.engine.stages),
+            consumer_recoveries_total={
+                k: n for s in self.engine.stages for k, n in s.recoveries().items()},
             deliveries=deliveries,
         )
 
@@ -391,12 +393,14 @@ class Aggregation:
                 return  # stopped while joining the groups: nothing applied, nothing to save
             if self.readiness is not None:
                 self.readiness.ok(READY_KAFKA, "SLO stages' consumers and producers connected")
-            await asyncio.gather(
-                self.engine.run(stop),
+            # Stage 1 alone has no reports: its health (lag, recoveries) is published alone.
+            publish = (
                 publish_board(self.engine.board, self.hub, self.specs, stop,
-                              lambda: self.health(collect)),
-                self.watch_lag(stop),
+                              lambda: self.health(collect))
+                if self.engine.stage2 is not None
+                else publish_health(self.hub, stop, lambda: self.health(collect))
             )
+            await asyncio.gather(self.engine.run(stop), publish, self.watch_lag(stop))
         finally:
             try:
                 await asyncio.wait_for(self.engine.stop(), self.grace_s)
@@ -456,13 +460,15 @@ async def aggregation(
     hub: ExportHub | None = None,
     board: ReportBoard | None = None,
     readiness: Readiness | None = None,
+    stages: Collection[int] = STAGES,
 ) -> AsyncIterator[Aggregation]:
     """The SLO stages over ``servers``, publishing to ``hub`` (default: the exporters ``cfg``
     switches on, open for the block); ``clock`` is the engine's (the demo's runs on
     simulated time); ``board`` the engine's board (give one to mount routes over it
-    before the hub starts); ``readiness`` gets ``kafka``, ``stage1`` and ``stage2``."""
+    before the hub starts); ``readiness`` gets ``kafka`` and ``stage1``/``stage2``
+    for the ``stages`` run here (default both; ``gpuslo aggregate --stage``)."""
     engine = SloEngine(cfg, specs, bootstrap_servers=servers, clock=clock, board=board,
-                       readiness=readiness)
+                       readiness=readiness, stages=stages)
     grace = cfg.shutdown.aggregate_grace_s
     if hub is not None:
         yield Aggregation(engine, hub, specs, readiness, grace)

@@ -36,6 +36,7 @@ from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     TopicAlreadyExistsError,
+    UnknownError,
 )
 from aiokafka.helpers import create_ssl_context
 
@@ -62,6 +63,10 @@ HEADER_DLQ_ORIGIN = "gpuslo-dlq-origin"
 
 # Key, headers and record framing on top of the value, with room to spare.
 _RECORD_OVERHEAD = 1024
+
+# How long a producer whose send failed may take to close; what it still holds is then
+# abandoned (the caller resends it).
+PRODUCER_ABANDON_S = 0.5
 
 
 class TransportError(GpusloError):
@@ -236,11 +241,13 @@ class SampleProducer:
         self.cfg = cfg
         self._bootstrap = bootstrap_servers
         self._producer: AIOKafkaProducer | None = None
+        self._started = False  # start() called and not stopped: a replaced client restarts
         self._series = SeriesCache()  # keyed blocks' series in Arrow form, between records
 
     async def start(self) -> SampleProducer:
         if self._producer is not None:
             return self
+        self._started = True
         cfg = self.cfg
         producer = AIOKafkaProducer(
             **client_options(cfg, self._bootstrap),
@@ -266,6 +273,7 @@ class SampleProducer:
         what was not acknowledged).
         """
         producer, self._producer = self._producer, None
+        self._started = False
         if producer is None:
             return
         if timeout_s is None:
@@ -327,9 +335,21 @@ class SampleProducer:
         key: str,
         records: Sequence[tuple[bytes, list[tuple[str, bytes]]]],
     ) -> list[SentRecord]:
-        """Send raw ``(value, headers)`` records under one key; wait for all acks."""
+        """Send raw ``(value, headers)`` records under one key; wait for all acks.
+
+        After a retriable failure the aiokafka producer is closed (what it still
+        holds is abandoned: the caller keeps and resends its records) and the
+        next send starts a new one.  A producer that lives through a broker
+        restart otherwise delivers its held batches late, beside the caller's
+        resend (records doubled), and on the embedded broker everything it
+        writes after the restart is unreadable (tests/pipeline/app/
+        test_faults_broker_restart.py).
+        """
         if self._producer is None:
-            raise TransportError("producer is not started", retriable=False)
+            if not self._started:
+                raise TransportError("producer is not started", retriable=False)
+            await self.start()  # replaced after a failure; raises retriable while Kafka is away
+        assert self._producer is not None
         key_bytes = key.encode()
         producer = self._producer
 
@@ -350,21 +370,42 @@ class SampleProducer:
         if not done:
             task.cancel()
             task.add_done_callback(_consume_result)
+            await self._replace(producer)
             raise TransportError(
                 f"produce to {topic!r} not acknowledged within {limit_s:g}s", retriable=True
             )
         try:
             metas = task.result()
         except KafkaError as exc:
+            # UnknownError: what the embedded broker answers for a topic it lost.
+            retriable = bool(getattr(exc, "retriable", False)) or isinstance(
+                exc, (KafkaConnectionError, KafkaTimeoutError, UnknownError))
+            if retriable:
+                await self._replace(producer)
             raise TransportError(
                 f"produce to {topic!r} failed: {type(exc).__name__}: {exc}",
-                retriable=bool(getattr(exc, "retriable", False))
-                or isinstance(exc, (KafkaConnectionError, KafkaTimeoutError)),
+                retriable=retriable,
             ) from exc
         return [
             SentRecord(m.topic, m.partition, m.offset, len(v))
             for m, (v, _) in zip(metas, records, strict=True)
         ]
+
+    async def renew(self) -> None:
+        """Close the aiokafka producer; the next send starts a new one (after a broker lost
+        its state, see :meth:`send_many`)."""
+        if self._producer is not None:
+            await self._replace(self._producer)
+
+    async def _replace(self, failed: AIOKafkaProducer) -> None:
+        """Close a producer whose send failed; the next send starts a new one."""
+        if id(self._producer) != id(failed):
+            return  # another send replaced it already
+        self._producer = None
+        try:
+            await asyncio.wait_for(failed.stop(), PRODUCER_ABANDON_S)
+        except (TimeoutError, KafkaError):
+            log.debug("failed producer closed with batches abandoned")
 
 
 class _ConnectErrors(logging.Handler):
@@ -575,6 +616,63 @@ class SampleConsumer:
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment()) if self._consumer else set()
 
+    @property
+    def started(self) -> bool:
+        """Whether the aiokafka consumer is running (false after a failed :meth:`restart`)."""
+        return self._consumer is not None
+
+    async def restart(self, timeout_s: float) -> None:
+        """Replace the aiokafka consumer by a new one that joins the group afresh.
+
+        What a stage does when its consumer stopped making progress (after a
+        broker restart aiokafka can stop fetching without an error).  Closing
+        the old one is given ``timeout_s`` (it may wait on a dead coordinator)
+        and then abandoned.  The new member starts from the group's committed
+        offsets; a caller with checkpoints skips what they already cover.
+
+        Raises:
+            TransportError: the new consumer could not start (retriable); the
+                consumer is then not started, and ``restart`` may be called again.
+        """
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                await asyncio.wait_for(consumer.stop(), timeout_s)
+            except TimeoutError:
+                log.warning("stalled consumer of %s not closed within %gs: abandoned",
+                            self.topics, timeout_s)
+            except KafkaError as exc:
+                log.warning("stalled consumer of %s closed with %s", self.topics, exc)
+        await self._start_consumer()
+
+    async def end_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        """The log end offset of each of ``partitions`` of ``topic`` (one request).
+
+        Raises:
+            TransportError: the offsets could not be read (retriable).
+        """
+        if self._consumer is None:
+            raise TransportError("consumer is not started", retriable=True)
+        tps = [TopicPartition(topic, p) for p in partitions]
+        try:
+            ends = await self._consumer.end_offsets(tps)
+        except (KafkaError, IllegalStateError) as exc:
+            raise TransportError(f"end offsets of {topic} not read: {type(exc).__name__}: "
+                                 f"{exc}", retriable=True) from exc
+        return {tp.partition: int(off) for tp, off in ends.items()}
+
+    async def rewind(self, topic: str, partitions: Iterable[int]) -> None:
+        """Read ``partitions`` of ``topic`` again from the start of their logs."""
+        if self._consumer is None:
+            raise TransportError("consumer is not started", retriable=True)
+        parts = sorted(partitions)
+        tps = [TopicPartition(topic, p) for p in parts]
+        try:
+            await self._consumer.seek_to_beginning(*tps)
+        except (KafkaError, IllegalStateError) as exc:
+            raise TransportError(f"cannot rewind {topic} {parts}: "
+                                 f"{type(exc).__name__}: {exc}", retriable=True) from exc
+
     async def poll(self, timeout_ms: int | None = None) -> list[ConsumedBatch]:
         """Fetch the next records, decoded, in partition order.
 
@@ -652,8 +750,13 @@ class SampleConsumer:
             offsets[tp] = max(offsets.get(tp, 0), b.offset + 1)
         if not offsets:
             return True
+        # Bounded: aiokafka retries a commit to a topic the broker lost for ever.
+        limit_s = 2 * self.cfg.request_timeout_ms / 1000
         try:
-            await self._consumer.commit(offsets)
+            await asyncio.wait_for(self._consumer.commit(offsets), limit_s)
+        except TimeoutError as exc:
+            raise TransportError(f"commit of {len(offsets)} partition(s) not done within "
+                                 f"{limit_s:g}s", retriable=True) from exc
         except (CommitFailedError, IllegalStateError) as exc:
             log.warning("commit of %s skipped after rebalance: %s", offsets, exc)
             return False

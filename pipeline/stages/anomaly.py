@@ -45,6 +45,7 @@ from gpuslo.anomaly.scorer import NodeScorer, ScorerSettings
 from gpuslo.exporters.base import AnomalyScore
 from gpuslo.pipeline.aio import Clock, utc_now
 from gpuslo.pipeline.config import AnomalyConfig, ConsumerConfig, KafkaConfig
+from gpuslo.pipeline.errors import GpusloError
 from gpuslo.pipeline.kafka.client import HEADER_SCHEMA, ConsumedBatch
 from gpuslo.pipeline.kafka.reader import TopicReader
 from gpuslo.pipeline.readiness import Readiness
@@ -88,6 +89,7 @@ class ScoreRunner(StageRunner):
         self._last_record: dict[int, float] = {}  # monotonic time of the last record
         self._entities_sent: dict[int, tuple[int, datetime]] = {}  # rows, event time sent
         self.digests_out = 0
+        self.output_topics = [kafka_cfg.topics.digests]  # recreated with the input on recovery
 
     def _scorer(self, partition: int) -> NodeScorer:
         sc = self.scorers.get(partition)
@@ -129,7 +131,12 @@ class ScoreRunner(StageRunner):
 
     async def close_idle(self) -> None:
         """Close the minutes of partitions silent for ``idle_close_s`` on the clock, so a
-        node whose every sample stopped still has its last minutes scored."""
+        node whose every sample stopped still has its last minutes scored.
+
+        A produce that fails (Kafka away) leaves minutes closed whose digests were not
+        sent: as after a failed produce in :meth:`step`, the next step goes back to the
+        last checkpoint (the minutes open again) instead of the process ending.
+        """
         async with self._lock:
             now = time.monotonic()
             idle = [p for p in sorted(self._owned)
@@ -138,7 +145,15 @@ class ScoreRunner(StageRunner):
             for p in idle:
                 at = self.clock()
                 records = await asyncio.to_thread(self._close, p, at)
-                await self._send(records)
+                try:
+                    await self._send(records)
+                except GpusloError as exc:
+                    if not exc.retriable:
+                        raise
+                    log.warning("%s: digests of idle partition %d not produced (%s); back "
+                                "to the last checkpoint", self.stage, p, exc)
+                    self._rollback = True
+                    return
                 self._dirty.add(p)
                 self._last_record[p] = now
 
@@ -202,6 +217,8 @@ class ScoreRunner(StageRunner):
         if frames is None:
             return
         self._scorer(partition).restore(frames)
+        # Heard from now: if nothing more comes, its open minutes still close on the clock.
+        self._last_record[partition] = time.monotonic()
         if meta.get("watermark"):
             self._watermark[partition] = datetime.fromisoformat(meta["watermark"])
         sent = meta.get("entities_sent")

@@ -27,6 +27,7 @@ def health_snapshot(
     *,
     consumer_lag_records: Mapping[str, int] | None = None,
     dead_letters_total: int = 0,
+    consumer_recoveries_total: Mapping[tuple[str, str], int] | None = None,
     deliveries: Mapping[str, DeliveryStats] | None = None,
     extra_dropped: Mapping[str, int] | None = None,
 ) -> HealthSnapshot:
@@ -34,6 +35,7 @@ def health_snapshot(
 
     ``consumer_lag_records`` comes from ``await SampleConsumer.lag()`` per consumer
     group, ``dead_letters_total`` from ``SampleConsumer.dead_letters`` (summed),
+    ``consumer_recoveries_total`` by (group, reason) from the stages' watchdog,
     ``deliveries`` from :meth:`~gpuslo.alerts.alertmanager.AlertmanagerClient.stats`.
     ``collect.dropped`` holds every known drop reason from the start (at 0), so
     ``gpuslo_dropped_total{reason}`` exists before the first drop.
@@ -47,6 +49,7 @@ def health_snapshot(
         dropped_total=dict(dropped),
         consumer_lag_records=dict(consumer_lag_records or {}),
         dead_letters_total=dead_letters_total,
+        consumer_recoveries_total=dict(consumer_recoveries_total or {}),
         deliveries=dict(deliveries or {}),
     )
     if collect is None:

@@ -14,6 +14,32 @@ group share), so a partition's state follows it to its new owner.  Processing
 a poll and handling a rebalance take the same lock, so a partition never
 changes hands half-applied.
 
+Progress watchdog.  After a broker restart an aiokafka consumer can stop
+fetching without raising anything, and a broker that keeps its log in memory
+(the embedded one) comes back with every partition empty, so the offsets this
+stage has applied lie beyond the new log's end.  So the runner checks the log
+end offsets of its partitions (a) after each assignment, (b) when a poll
+brought only records it had already applied, and (c) when it has applied
+nothing for ``consumer.stall_timeout_s``:
+
+* a log end *below* the next offset it would apply means the log was lost
+  (impossible on a persistent log, whose offsets never go back): it is logged,
+  counted (``log_resets``, exported as
+  ``gpuslo_consumer_recoveries_total{reason="log_reset"}``), and the
+  partition is read again from the start of the new log, which holds only
+  records produced after the loss.  The state built before it is kept.
+* a log end *above* it with nothing applied for the stall timeout, or offsets
+  that cannot be read for that long, means the consumer is stuck: what was
+  applied is checkpointed, the state dropped, the topic created if it is gone,
+  and a new consumer joins the group and restores from the checkpoints, as a
+  restarted process would (``consumer_restarts``, ``reason="stalled"``).
+
+The one case it cannot see: a new log that has already grown past the old
+position when first looked at; its records below that position are then
+skipped as already applied.  With the checks above this needs a stage that
+stayed away from a restarted in-memory broker for longer than the new log
+took to outgrow the old one.
+
 A stage is a subclass that says how to apply records to its per-partition
 state, and how to write, restore and drop that state.
 """
@@ -31,11 +57,13 @@ from typing import Any
 import polars as pl
 
 from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
+from gpuslo.pipeline.errors import GpusloError
 from gpuslo.pipeline.kafka.client import (
     ConsumedBatch,
     SampleConsumer,
     SampleProducer,
     TopicPartition,
+    ensure_topics,
 )
 from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.stages.checkpoint import CheckpointStore
@@ -55,6 +83,8 @@ class StageStats:
     checkpoints: int = 0
     commits_failed: int = 0
     rebalances: int = 0
+    log_resets: int = 0  # partitions found shorter than what was applied (log lost)
+    consumer_restarts: int = 0  # consumers recreated by the progress watchdog
 
 
 class StageRunner:
@@ -96,6 +126,11 @@ class StageRunner:
         self._uncommitted: dict[int, ConsumedBatch] = {}  # newest applied record per partition
         self._dirty: set[int] = set()  # applied since the last checkpoint
         self._last_flush = time.monotonic()
+        self._stall_s = consumer_cfg.stall_timeout_s
+        self._progress_at = time.monotonic()  # last record applied, or found at the log end
+        self._verify: set[int] = set()  # assigned since the last look at the log ends
+        self._rollback = False  # an apply failed half-way: back to the checkpoints
+        self.output_topics: list[str] = []  # produced to: recreated with the input on recovery
         self._crashed = False
         self.stats = StageStats()
         self.fault: Callable[[str], None] | None = None  # test hook: raise to simulate a crash
@@ -131,6 +166,12 @@ class StageRunner:
         """Partitions this member holds state for."""
         return set(self._owned)
 
+    def recoveries(self) -> dict[tuple[str, str], int]:
+        """The progress watchdog's recoveries by (consumer group, reason), as
+        ``gpuslo_consumer_recoveries_total`` exports them."""
+        return {(self.group_id, "log_reset"): self.stats.log_resets,
+                (self.group_id, "stalled"): self.stats.consumer_restarts}
+
     def _crash_point(self, where: str) -> None:
         if self.fault is not None:
             self.fault(where)
@@ -140,13 +181,21 @@ class StageRunner:
 
         With ``stop``, a poll still waiting for records is abandoned once it is set
         (a drain need not wait out the poll timeout); records already returned
-        are applied as usual.
+        are applied as usual.  Then the progress watchdog looks at the log ends
+        when due (see the module's doc).
         """
-        batches = await self._poll(timeout_ms, stop)
-        if not batches:
-            async with self._lock:
-                await self._flush(force=False)
+        if not self.consumer.started:  # a recovery could not start its consumer
+            await self._recover("the last recovery could not start a consumer", stop)
             return 0
+        try:
+            batches = await self._poll(timeout_ms, stop)
+        except GpusloError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("%s poll of %s failed: %s", self.stage, self.topic, exc)
+            batches = []
+        applied = 0
+        failed: GpusloError | None = None
         async with self._lock:
             fresh: list[ConsumedBatch] = []
             for b in batches:
@@ -158,15 +207,114 @@ class StageRunner:
                 fresh.append(b)
             if fresh:
                 self._crash_point("polled")
-                await self._apply(fresh)
+                try:
+                    await self._apply(fresh)
+                except GpusloError as exc:
+                    if not exc.retriable:
+                        raise
+                    failed = exc
+            if failed is not None:
+                # Applied but its output not produced (Kafka away): as after a crash here,
+                # the state goes back to the last checkpoint and the records are read again.
+                self._rollback = True
+            elif fresh:
                 for b in fresh:
                     self._next_offset[b.partition] = b.offset + 1
                     self._uncommitted[b.partition] = b
                     self._dirty.add(b.partition)
                 self.stats.records += len(fresh)
                 self.stats.dead_records += sum(1 for b in fresh if b.dead)
-            await self._flush(force=False)
-            return len(fresh)
+                self._progress_at = time.monotonic()
+                applied = len(fresh)
+            if not self._rollback:
+                await self._flush(force=False)
+        if self._rollback:
+            await self._recover(f"output not produced ({failed}); back to the last "
+                                "checkpoint", stop, checkpoint=False)
+            return 0
+        if (self._verify or (batches and not applied)
+                or time.monotonic() - self._progress_at >= self._stall_s):
+            await self._watch(stop)
+        return applied
+
+    async def _watch(self, stop: asyncio.Event | None) -> None:
+        """Compare the log ends with what was applied: reset, stalled, or fine."""
+        self._verify.clear()
+        owned = sorted(self._owned)
+        if not owned:
+            self._progress_at = time.monotonic()
+            return
+        try:
+            ends = await asyncio.wait_for(
+                self.consumer.end_offsets(self.topic, owned),
+                self.kafka_cfg.request_timeout_ms / 1000)
+        except (GpusloError, TimeoutError) as exc:
+            if time.monotonic() - self._progress_at >= self._stall_s:
+                await self._recover(f"log end offsets not readable: {exc}", stop)
+            return
+        async with self._lock:
+            reset = [p for p in owned
+                     if p in self._owned and ends.get(p, 0) < self._next_offset.get(p, 0)]
+            for p in reset:
+                self.stats.log_resets += 1
+                log.warning(
+                    "%s: partition %d of %s ends at offset %d, below the %d already applied: "
+                    "the broker lost its log (an in-memory broker restarted?). Records not "
+                    "yet applied before the loss are lost; reading the new log from its start",
+                    self.stage, p, self.topic, ends.get(p, 0), self._next_offset[p])
+                self._next_offset[p] = 0
+                self._uncommitted.pop(p, None)  # its offset means nothing in the new log
+                self._dirty.add(p)  # the checkpoint must say so too
+            behind = any(ends.get(p, 0) > self._next_offset.get(p, 0)
+                         for p in owned if p in self._owned)
+        if reset:
+            # A producer that lived through the broker's restart may write what the
+            # embedded broker cannot serve (see SampleProducer.send_many): a new one.
+            await self._producer.renew()
+            try:
+                await self.consumer.rewind(self.topic, reset)
+            except GpusloError as exc:
+                await self._recover(f"cannot rewind after a log reset: {exc}", stop)
+                return
+        if reset or not behind:
+            self._progress_at = time.monotonic()
+        elif time.monotonic() - self._progress_at >= self._stall_s:
+            await self._recover(f"nothing applied for {self._stall_s:g}s while the log "
+                                "ends moved past the position", stop)
+
+    async def _recover(self, why: str, stop: asyncio.Event | None, *,
+                       checkpoint: bool = True) -> None:
+        """Checkpoint (unless the state is not to be trusted), drop the state, recreate
+        the topics if gone and the consumer; the new member restores from the
+        checkpoints (as a restarted process does)."""
+        self.stats.consumer_restarts += 1
+        self._rollback = False
+        log.warning("%s consumer of %s recreated: %s", self.stage, self.topic, why)
+        async with self._lock:
+            for p in sorted(self._dirty & self._owned) if checkpoint else ():
+                self._write_checkpoint(p)
+                self.stats.checkpoints += 1
+            self._dirty.clear()
+            self._uncommitted.clear()
+            for p in sorted(self._owned):
+                self._drop(p)
+            self._owned.clear()
+            self._next_offset.clear()
+        try:
+            if self.kafka_cfg.create_topics:
+                await ensure_topics(self.kafka_cfg, [self.topic, *self.output_topics],
+                                    bootstrap_servers=self._bootstrap)
+            await self.consumer.restart(self.kafka_cfg.request_timeout_ms / 1000)
+        except GpusloError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("%s consumer of %s not restarted yet: %s", self.stage, self.topic, exc)
+            if stop is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+            else:
+                await asyncio.sleep(1.0)
+        self._progress_at = time.monotonic()
 
     async def _poll(
         self, timeout_ms: int | None, stop: asyncio.Event | None
@@ -202,7 +350,16 @@ class StageRunner:
         self._crash_point("checkpointed")
         pending = [b for p, b in self._uncommitted.items() if p in self._owned]
         self._uncommitted.clear()
-        if pending and not await self.consumer.commit(pending):
+        try:
+            committed = not pending or await self.consumer.commit(pending)
+        except GpusloError as exc:
+            if not exc.retriable:
+                raise
+            # Kafka away (a broker restarting): the checkpoint covers these records, so
+            # whoever reads them again skips them; the next flush commits further.
+            log.warning("%s commit failed, the checkpoint covers it: %s", self.stage, exc)
+            committed = False
+        if not committed:
             # Rebalanced meanwhile: the new owner restores our checkpoint and skips them.
             self.stats.commits_failed += 1
 
@@ -226,6 +383,7 @@ class StageRunner:
                               ckpt.meta if ckpt else {})
                 self._next_offset[tp.partition] = ckpt.next_offset if ckpt else 0
                 self._owned.add(tp.partition)
+                self._verify.add(tp.partition)
             log.info("%s owns %s partitions %s", self.stage, self.topic, sorted(self._owned))
             if self._readiness is not None:
                 self._readiness.ok(self.stage, f"group {self.group_id}: partitions "

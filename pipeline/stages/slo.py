@@ -11,7 +11,10 @@
   every tick, publishes the reports and alerts to a
   :class:`~gpuslo.pipeline.stages.board.ReportBoard`, which the demo, the
   exporters and the alert sender read.
-* :class:`SloEngine` runs both in one process.
+* :class:`SloEngine` runs both in one process, or only one of them
+  (``gpuslo aggregate --stage 1|2``): the stages hand over through
+  ``gpuslo.sli`` only, so each can be its own process (and Deployment), killed
+  and restarted without the other.
 
 Both are :class:`~gpuslo.pipeline.stages.runner.StageRunner` s, which gives the
 durability and rebalance guarantees.  Partials are cumulative upserts keyed by
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +34,7 @@ import polars as pl
 
 from gpuslo.pipeline.aio import Clock, utc_now
 from gpuslo.pipeline.config import ConsumerConfig, GpusloConfig, KafkaConfig
+from gpuslo.pipeline.errors import InputError
 from gpuslo.pipeline.kafka.client import HEADER_SCHEMA, ConsumedBatch
 from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.stages.anomaly import CauseRanker, ScoreRunner
@@ -74,6 +78,7 @@ class Stage1Runner(StageRunner):
             readiness=readiness,
         )
         self.state = Stage1State(specs, open_minutes=open_minutes)
+        self.output_topics = [kafka_cfg.topics.sli]
 
     async def _apply(self, batches: list[ConsumedBatch]) -> None:
         # One apply per Kafka record (one scrape batch), in offset order: how the state
@@ -267,11 +272,15 @@ class Stage2Runner(StageRunner):
 # --------------------------------------------------------------------------------------------
 
 
+STAGES = (1, 2)
+"""The SLO stages a process can run (``gpuslo aggregate --stage``)."""
+
+
 class SloEngine:
-    """Stage 1 and stage 2 in one process, configured from ``cfg.slo``, with root-cause
-    analysis from ``cfg.anomaly``: the scoring stage (unless ``anomaly.score`` is off, when
-    ``gpuslo anomaly`` processes score) and stage 2's ranking of every fired alert's causes
-    (:mod:`~gpuslo.pipeline.stages.anomaly`).
+    """Stage 1 and stage 2 in one process, or one of them, configured from ``cfg.slo``,
+    with root-cause analysis from ``cfg.anomaly``: the scoring stage beside stage 1 (unless
+    ``anomaly.score`` is off, when ``gpuslo anomaly`` processes score) and stage 2's ranking
+    of every fired alert's causes (:mod:`~gpuslo.pipeline.stages.anomaly`).
 
     Usage (what ``gpuslo aggregate`` and the demo do)::
 
@@ -282,6 +291,13 @@ class SloEngine:
         finally:
             await engine.stop()
         engine.board.latest().reports / .alerts
+
+    ``stages=(1,)`` runs stage 1 alone (samples in, partials out on
+    ``gpuslo.sli``; its board stays empty) with the scoring stage (samples in,
+    digests out on ``gpuslo.digests``), ``stages=(2,)`` stage 2 alone (partials
+    in, reports and alerts on the board) with the ranking side, which reads the
+    causes' evidence from ``gpuslo.digests``.  The stages share nothing but
+    those topics and the checkpoint directory (each under its own scope).
     """
 
     def __init__(
@@ -293,42 +309,52 @@ class SloEngine:
         board: ReportBoard | None = None,
         clock: Clock = utc_now,
         readiness: Readiness | None = None,
+        stages: Collection[int] = STAGES,
     ) -> None:
+        unknown = set(stages) - set(STAGES)
+        if unknown or not stages:
+            raise InputError(f"SLO stages {sorted(stages)}: choose 1, 2 or both")
         s, a = cfg.slo, cfg.anomaly
         store = CheckpointStore(s.checkpoint_dir)
         self.board = board if board is not None else ReportBoard()
         self.tick_interval_s = s.tick_interval_s
-        # Root causes: the scoring stage (unless separate `gpuslo anomaly` processes score)
-        # and stage 2's ranking side.
+        # Root causes: the scoring stage goes with stage 1 (both consume gpuslo.samples and
+        # produce; unless separate `gpuslo anomaly` processes score), the ranking side with
+        # stage 2 (it reads gpuslo.digests, so stage 2 alone still ranks).
         self.scorer = ScoreRunner(
             cfg.kafka, cfg.consumer, store, a, bootstrap_servers=bootstrap_servers,
             clock=clock, readiness=readiness,
-        ) if a.enabled and a.score else None
+        ) if 1 in stages and a.enabled and a.score else None
         self.ranker = CauseRanker(
             cfg.kafka, a, bootstrap_servers=bootstrap_servers, readiness=readiness,
-        ) if a.enabled else None
-        self.stage1 = Stage1Runner(
-            specs, cfg.kafka, cfg.consumer, store, group_id=s.stage1_group_id,
-            open_minutes=s.open_minutes, bootstrap_servers=bootstrap_servers,
-            checkpoint_interval_s=s.checkpoint_interval_s, readiness=readiness,
-        )
-        self.stage2 = Stage2Runner(
-            specs, cfg.kafka, cfg.consumer, store, board=self.board,
-            group_id=s.stage2_group_id, open_minutes=s.open_minutes,
-            bootstrap_servers=bootstrap_servers, checkpoint_interval_s=s.checkpoint_interval_s,
-            clock=clock, readiness=readiness, ranker=self.ranker,
-        )
+        ) if 2 in stages and a.enabled else None
+        self.stage1: Stage1Runner | None = None
+        self.stage2: Stage2Runner | None = None
+        if 1 in stages:
+            self.stage1 = Stage1Runner(
+                specs, cfg.kafka, cfg.consumer, store, group_id=s.stage1_group_id,
+                open_minutes=s.open_minutes, bootstrap_servers=bootstrap_servers,
+                checkpoint_interval_s=s.checkpoint_interval_s, readiness=readiness,
+            )
+        if 2 in stages:
+            self.stage2 = Stage2Runner(
+                specs, cfg.kafka, cfg.consumer, store, board=self.board,
+                group_id=s.stage2_group_id, open_minutes=s.open_minutes,
+                bootstrap_servers=bootstrap_servers,
+                checkpoint_interval_s=s.checkpoint_interval_s, clock=clock, readiness=readiness,
+                ranker=self.ranker,
+            )
 
     @property
     def stages(self) -> tuple[StageRunner, ...]:
-        """The stage runners (their consumers' lag and dead letters are health figures)."""
-        scorer = (self.scorer,) if self.scorer is not None else ()
-        return (self.stage1, self.stage2, *scorer)
+        """The stage runners of this process, the scoring stage included (their consumers'
+        lag, dead letters and recoveries are health figures)."""
+        return tuple(r for r in (self.stage1, self.stage2, self.scorer) if r is not None)
 
     async def start(self) -> SloEngine:
-        """Join both consumer groups (the first poll completes the join).
+        """Join the consumer groups (the first poll completes the join).
 
-        Both starts finish before a failure is raised, so a retried start never
+        Every start finishes before a failure is raised, so a retried start never
         runs beside one still in flight.
         """
         starts: list[Awaitable[object]] = [r.start() for r in self.stages]
@@ -348,9 +374,12 @@ class SloEngine:
         await asyncio.gather(*stops)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run both stages until ``stop`` is set; the board updates every tick."""
-        runs: list[Awaitable[object]] = [
-            self.stage1.run(stop), self.stage2.run(stop, self.tick_interval_s)]
+        """Run the stages until ``stop`` is set; the board updates every stage-2 tick."""
+        runs: list[Awaitable[object]] = []
+        if self.stage1 is not None:
+            runs.append(self.stage1.run(stop))
+        if self.stage2 is not None:
+            runs.append(self.stage2.run(stop, self.tick_interval_s))
         if self.scorer is not None:
             runs.append(self.scorer.run(stop))
         if self.ranker is not None:

@@ -103,6 +103,10 @@ def test_self_health_is_exported(exporter: PrometheusExporter) -> None:
     assert _value(s, "gpuslo_dropped_total", reason="too_many_series") == 5
     assert _value(s, "gpuslo_consumer_lag_records", consumer="gpuslo-sli") == 17
     assert _value(s, "gpuslo_dead_letters_total") == 4
+    assert _value(s, "gpuslo_consumer_recoveries_total", consumer="gpuslo-sli",
+                  reason="log_reset") == 1
+    assert _value(s, "gpuslo_consumer_recoveries_total", consumer="gpuslo-sli",
+                  reason="stalled") == 2
     assert _value(s, "gpuslo_alertmanager_alerts_sent_total",
                   alertmanager="http://am-0:9093") == 10
     assert _value(s, "gpuslo_alertmanager_queue_length", alertmanager="http://am-0:9093") == 2

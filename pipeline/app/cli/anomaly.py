@@ -52,7 +52,8 @@ def anomaly(config: ConfigOption = None, duration: DurationOption = None) -> Non
                               f"(group {cfg.anomaly.group_id})", highlight=False)
                 await run_until(stop, duration, scoring(cfg, runner, stop, readiness=readiness),
                                 publish_health(hub, stop, lambda: health_snapshot(
-                                    dead_letters_total=runner.consumer.dead_letters)))
+                                    dead_letters_total=runner.consumer.dead_letters,
+                                    consumer_recoveries_total=runner.recoveries())))
                 console.print(f"scored {runner.stats.rows_in} samples; {runner.digests_out} "
                               f"digest rows in {runner.stats.records_out} records",
                               highlight=False)

@@ -34,6 +34,7 @@ from gpuslo.pipeline.app.wiring import (
 )
 from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.stages.board import BoardSnapshot
+from gpuslo.pipeline.stages.slo import STAGES
 from gpuslo.slo import conventions as cv
 from gpuslo.slo.rules import generate, render_prometheus_rule, render_rules_file
 from gpuslo.slo.spec import SloSpec, SpecError, load_specs
@@ -126,6 +127,16 @@ def rules(
         )
 
 
+def _stages(value: str) -> tuple[int, ...]:
+    """``--stage``: 1, 2 or both; exit 2 naming the option otherwise."""
+    chosen = {"1": (1,), "2": (2,), "both": STAGES}.get(value.strip().lower())
+    if chosen is None:
+        err_console.print(f"[red]bad --stage[/] {value!r}: choose 1, 2 or both",
+                          highlight=False)
+        raise typer.Exit(2)
+    return chosen
+
+
 def aggregate(
     config: ConfigOption = None,
     specs: Annotated[
@@ -139,8 +150,15 @@ def aggregate(
                      help="Keep the latest reports and alerts in this JSON file "
                           "(replaced atomically on every tick)."),
     ] = None,
+    stage: Annotated[
+        str, typer.Option("--stage",
+                          help="Which SLO stage to run: 1 (samples -> gpuslo.sli, and "
+                               "anomaly scoring -> gpuslo.digests), 2 (gpuslo.sli -> "
+                               "reports, alerts with ranked causes, exporters) or both.")
+    ] = "both",
 ) -> None:
-    """Run SLO stage 1 and stage 2 in one process and show a live table of SLO reports.
+    """Run SLO stage 1 and stage 2 in one process (or one of them, --stage) and show a
+    live table of SLO reports.
 
     Serves /metrics, /healthz and /readyz on exporters.prometheus.  SIGTERM or
     Ctrl-C drains: the poll in hand finishes, state is checkpointed, offsets
@@ -152,20 +170,23 @@ def aggregate(
         err_console.print("[red]no SLO specs[/]: set slo.specs or pass --specs")
         raise typer.Exit(2)
     slos = _specs(paths)
+    stages = _stages(stage)
     drained = True
 
     async def main(stop: StopEvent) -> None:
         nonlocal drained
         t = cfg.kafka.topics
-        s = cfg.slo
         readiness = Readiness()
         stopped: list[str] = []
         async with serving(cfg, stop, readiness) as hub:
             address = http_address(hub)
             async with connect_kafka(cfg, aggregation_topics(cfg), stop, readiness) as servers, \
-                    aggregation(cfg, slos, servers, hub=hub, readiness=readiness) as agg:
+                    aggregation(cfg, slos, servers, hub=hub, readiness=readiness,
+                                stages=stages) as agg:
                 console.print(
-                    f"aggregating {len(slos)} SLO(s) from {t.samples} on {servers}; "
+                    f"SLO stage {' and '.join(map(str, stages))}: "
+                    f"aggregating {len(slos)} SLO(s) from "
+                    f"{t.samples if 1 in stages else t.sli} on {servers}; "
                     f"exporters: {', '.join(e.name for e in agg.hub.exporters) or 'none'}"
                     + (f"; /metrics, /healthz, /readyz on {address}" if address else ""),
                     highlight=False)
@@ -203,8 +224,8 @@ def aggregate(
                     console.line()  # rich's Live leaves its last frame without a newline
                 drained = bool(agg.drained)
                 done = "checkpointed, committed and out of" if drained else "cut short in"
-                stopped.append(f"SLO stages {done} groups {s.stage1_group_id}, "
-                               f"{s.stage2_group_id}")
+                groups = ", ".join(r.group_id for r in agg.engine.stages)
+                stopped.append(f"SLO stages {done} groups {groups}")
                 if not cfg.kafka.bootstrap_servers:
                     stopped.append(f"embedded broker {servers}")
             stopped.append("exporters" + (f" and HTTP server {address}" if address else ""))

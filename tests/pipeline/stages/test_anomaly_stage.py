@@ -7,6 +7,7 @@ only by the digests topic, must rank the alert like the pure ranking does.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from sim_samples import hot_gpu_incident
 from gpuslo.anomaly.digest import DIGEST_KEY
 from gpuslo.anomaly.rca import RcaAlert, rank_causes, score_samples
 from gpuslo.pipeline.config import AnomalyConfig, ConsumerConfig, KafkaConfig
-from gpuslo.pipeline.kafka.client import SampleProducer, ensure_topics
+from gpuslo.pipeline.kafka.client import SampleProducer, TransportError, ensure_topics
 from gpuslo.pipeline.stages.anomaly import CauseRanker, ScoreRunner
 from gpuslo.pipeline.stages.checkpoint import CheckpointStore
 from gpuslo.slo import conventions as cv
@@ -117,3 +118,69 @@ async def test_scoring_restarted_from_its_checkpoint_gives_the_pure_scorers_dige
     assert any(s.entity == incident.hot_uuid and s.labels.get("node") == incident.hot_node
                and s.score >= 4.0 for s in scores), scores
     assert {s.detector for s in scores} <= {"baseline", "peer", "event", "vanished", "model"}
+
+
+async def test_an_idle_close_whose_digests_cannot_be_produced_goes_back_to_the_checkpoint(
+    kafka_cfg: KafkaConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kafka away while the clock closes a silent node's last minutes: the process does
+    not end (the produce error used to escape ``run``), the next step recreates the
+    consumer from the checkpoint (those minutes open again), and the next idle close
+    sends them: no digest lost."""
+    incident = hot_gpu_incident(END)
+    t = kafka_cfg.topics
+    await ensure_topics(kafka_cfg, [t.samples, t.digests, t.dlq], partitions=PARTITIONS)
+    store = CheckpointStore(tmp_path / "state")
+    acfg = AnomalyConfig(group_id="anomaly-idle", checkpoint_interval_s=0,
+                         retention_minutes=1440, idle_close_s=0.05)
+    ccfg = ConsumerConfig(max_records=20, poll_timeout_ms=200, session_timeout_ms=6000)
+    async with SampleProducer(kafka_cfg) as producer:
+        for node, frame in incident.batches:
+            await producer.send_frame(t.samples, node, frame)
+    # The clock five minutes past the last sample: an idle close closes the last minutes.
+    later = END + timedelta(minutes=5)
+    runner = await ScoreRunner(kafka_cfg, ccfg, store, acfg, clock=lambda: later).start()
+    try:
+        await drive(runner, len(incident.batches))
+        sent_before = runner.stats.records_out
+        real_send = runner._producer.send_many
+
+        async def kafka_away(*args: object, **kw: object) -> list[object]:
+            raise TransportError("produce not acknowledged (test)", retriable=True)
+
+        monkeypatch.setattr(runner._producer, "send_many", kafka_away)
+        await asyncio.sleep(0.1)
+        await runner.close_idle()  # must not raise
+        assert runner.stats.records_out == sent_before
+        monkeypatch.setattr(runner._producer, "send_many", real_send)
+        for _ in range(100):
+            await runner.step(200)
+            if runner.stats.consumer_restarts and runner.owned() == set(range(PARTITIONS)):
+                break
+        else:
+            pytest.fail(f"not recovered: {runner.stats}, owns {runner.owned()}")
+        assert runner.stats.consumer_restarts == 1
+        await asyncio.sleep(0.1)
+        await runner.close_idle()
+        assert runner.stats.records_out > sent_before
+    finally:
+        await runner.stop()
+
+    ranker = await CauseRanker(kafka_cfg, acfg).start()
+    try:
+        await read_all(ranker)
+    finally:
+        await ranker.stop()
+    streamed = ranker.window.snapshot()["digests"]
+    parts = [score_samples(pl.concat([f for n, f in incident.batches if partition_of(n) == p]))
+             for p in range(PARTITIONS)]
+    pure = pl.concat([d for d, _ in parts])
+    last = incident.samples["ts"].max()
+    assert isinstance(last, datetime)
+    closed = pl.col("minute") <= last - timedelta(seconds=90)
+    # Minutes closed by event time: as the pure scorer; the last ones, closed on the clock
+    # after the failed produce, arrived too (the recording's last minutes, as the backtest
+    # helper closes them at its end).
+    assert canonical(streamed.filter(closed)).equals(canonical(pure.filter(closed)))
+    late = set(pure.filter(~closed)["minute"].to_list())
+    assert late and late <= set(streamed.filter(~closed)["minute"].to_list())

@@ -14,9 +14,11 @@ alert.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,16 @@ def start_scorer(config: Path, log: Path) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL)
 
 
+def scorer_metrics(log: str) -> str:
+    """The ``gpuslo anomaly`` process's /metrics page (its address is in its log)."""
+    # The console wraps the line where it likes, the address included.
+    found = re.findall(r"health on\s+(http://[\d.:\s]+?):\s+/metrics", log)
+    assert found, log
+    with urllib.request.urlopen(re.sub(r"\s", "", found[-1]) + "/metrics", timeout=5) as resp:
+        text: str = resp.read().decode()
+    return text
+
+
 def top(causes: list[dict[str, Any]]) -> tuple[str, str, str] | None:
     return (causes[0]["entity"], causes[0]["node"], causes[0]["kind"]) if causes else None
 
@@ -61,9 +73,12 @@ async def test_scorer_and_alerting_in_two_processes_name_the_same_top_cause(
                         partitions=PARTITIONS)
     off = {"prometheus": {"enabled": False}, "otlp": {"enabled": False}}
     group = f"{kafka_cfg.client_id}.anomaly"
+    # The scorer serves its health: its consumer's recoveries are among the figures.
+    health = {"prometheus": {"enabled": True, "host": "127.0.0.1", "port": 0},
+              "otlp": {"enabled": False}}
     scorer_cfg = write_config(tmp_path / "scorer", kafka_cfg, partitions=PARTITIONS,
                               max_records=50, log_level="INFO",
-                              extra={"exporters": off, "anomaly": {"group_id": group}})
+                              extra={"exporters": health, "anomaly": {"group_id": group}})
     alerting_cfg = write_config(tmp_path / "alerting", kafka_cfg, partitions=PARTITIONS,
                                 max_records=50,
                                 extra={"exporters": off,
@@ -94,6 +109,9 @@ async def test_scorer_and_alerting_in_two_processes_name_the_same_top_cause(
 
         alert, expected = wait(ranked, procs, logs, 60,
                                "the alerting process to rank the alert's causes as one does")
+        metrics = scorer_metrics(logs[0].read_text(errors="replace"))
+        assert re.search(rf'^gpuslo_consumer_recoveries_total{{[^}}]*consumer="{group}"'
+                         r'[^}]*reason="stalled"[^}]*} 0\.0$', metrics, re.M), metrics
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -1,0 +1,112 @@
+"""A stage whose broker lost its log: counted as a log reset, the new log read from its start.
+
+An in-memory broker (the embedded one) restarted on its port comes back with
+empty partitions, so the offsets a stage has applied lie beyond the new log's
+end, and the new log's records arrive at offsets the stage takes for "already
+applied".  Without the runner's check the stage skips them silently, for as
+long as the new log is shorter than the old one: checked by making
+``StageRunner._watch`` return at once, when the stage still holds only records
+0..19 after its 60 polls and the assertion fails with "Right contains 5 more
+items, first extra item: 20".  With it: ``log_resets == 1`` and all 25 records
+applied once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from kafka_target import new_suffix, per_test_config
+
+from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
+from gpuslo.pipeline.kafka.broker import EmbeddedBroker
+from gpuslo.pipeline.kafka.client import ConsumedBatch, SampleProducer, ensure_topics
+from gpuslo.pipeline.stages.checkpoint import CheckpointStore
+from gpuslo.pipeline.stages.runner import StageRunner
+
+pytestmark = pytest.mark.integration
+
+
+def record(i: int) -> bytes:
+    return pl.DataFrame({"i": [i]}).write_ipc(None).getvalue()
+
+
+def read(value: bytes) -> pl.DataFrame:
+    return pl.read_ipc(value)
+
+
+class Counting(StageRunner):
+    """The smallest stage: the record numbers it applied, per partition."""
+
+    stage = "counting"
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw, decoder=read)
+        self.seen: dict[int, list[int]] = {}
+
+    async def _apply(self, batches: list[ConsumedBatch]) -> None:
+        for b in batches:
+            assert b.frame is not None
+            self.seen.setdefault(b.partition, []).extend(b.frame["i"].to_list())
+
+    def _write_checkpoint(self, partition: int) -> None:
+        frame = pl.DataFrame({"i": self.seen.get(partition, [])}, schema={"i": pl.Int64})
+        self.store.write(self.scope, partition, self._next_offset.get(partition, 0),
+                         {"seen": frame})
+
+    def _restore(self, partition: int, frames: dict[str, pl.DataFrame] | None,
+                 meta: dict[str, Any]) -> None:
+        self.seen[partition] = frames["seen"]["i"].to_list() if frames else []
+
+    def _drop(self, partition: int) -> None:
+        self.seen.pop(partition, None)
+
+
+async def produce(cfg: KafkaConfig, numbers: range) -> None:
+    async with SampleProducer(cfg) as producer:
+        for i in numbers:
+            await producer.send_many(cfg.topics.samples, "one-key", [(record(i), [])])
+
+
+async def test_a_log_lost_by_the_broker_is_counted_and_the_new_log_read_whole(
+    external_cluster: KafkaConfig | None, tmp_path: Path
+) -> None:
+    if external_cluster is not None:
+        pytest.skip("restarts the embedded broker (a real cluster is configured)")
+    broker = EmbeddedBroker().start()
+    try:
+        cfg = per_test_config(KafkaConfig(bootstrap_servers=broker.bootstrap_servers,
+                                          request_timeout_ms=2000),
+                              new_suffix(), partitions=4, linger_ms=0)
+        await ensure_topics(cfg, [cfg.topics.samples, cfg.topics.dlq])
+        stage = Counting(cfg, ConsumerConfig(max_records=50, poll_timeout_ms=200,
+                                             session_timeout_ms=6000, stall_timeout_s=2.0),
+                         CheckpointStore(tmp_path), cfg.topics.samples, f"g-{new_suffix()}")
+        await produce(cfg, range(20))
+        await stage.start()
+        try:
+            for _ in range(60):
+                await stage.step()
+                if sum(map(len, stage.seen.values())) == 20:
+                    break
+            assert sorted(n for v in stage.seen.values() for n in v) == list(range(20))
+            assert stage.stats.log_resets == 0
+
+            broker.stop()
+            broker.start()  # same port, every log empty
+            await ensure_topics(cfg, [cfg.topics.samples, cfg.topics.dlq])
+            await produce(cfg, range(20, 25))  # fewer than before: the new log ends below
+            for _ in range(60):
+                await stage.step()
+                if sum(map(len, stage.seen.values())) == 25:
+                    break
+            # Every record of both logs applied once: none of the new log skipped as
+            # "already applied", none of the old one applied twice.
+            assert sorted(n for v in stage.seen.values() for n in v) == list(range(25))
+            assert stage.stats.log_resets == 1  # one partition held the key
+        finally:
+            await stage.stop()
+    finally:
+        broker.stop()
