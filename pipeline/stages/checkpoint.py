@@ -16,11 +16,11 @@ checkpoint its previous owner wrote.
 File format: ``MAGIC + version byte + 4-byte big-endian header length + JSON
 header + Arrow IPC streams``; the header lists each frame's name and length,
 a BLAKE2b digest of the frames' bytes, and small JSON metadata (offset, alert
-states).  The digest turns a damaged file (a bad disk, a torn copy onto a
-shared volume) into a clear error before any byte of it is parsed as Arrow;
-files written before it existed have none and are read without it.  Every way
-a file can be wrong raises :class:`CorruptCheckpointError` naming the file;
-it never crashes the process.
+states, the fingerprint of the last record covered).  The digest turns a
+damaged file (a bad disk, a torn copy onto a shared volume) into a clear error
+before any byte of it is parsed as Arrow; files written before it existed have
+none and are read without it.  Every way a file can be wrong raises
+:class:`CorruptCheckpointError` naming the file; it never crashes the process.
 """
 
 from __future__ import annotations
