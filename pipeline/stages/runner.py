@@ -95,6 +95,7 @@ class StageStats:
 
     records: int = 0
     records_skipped: int = 0  # already covered by a restored checkpoint
+    resumed: int = 0  # partitions resumed at the record their checkpoint covers last
     dead_records: int = 0
     rows_in: int = 0
     records_out: int = 0
@@ -237,6 +238,9 @@ class StageRunner:
                        "outside its log)" if seen is not None and b.offset < seen else None)
                 if why is not None:
                     lost[b.partition] = why
+                    continue
+                if expected is not None and b.offset == expected[0]:
+                    self.stats.resumed += 1  # the check's record, applied already
                     continue
                 if b.offset < self._next_offset.get(b.partition, 0):
                     self.stats.records_skipped += 1
