@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import ssl
@@ -480,6 +481,21 @@ def _consume_result(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+def record_fingerprint(key: bytes | None, timestamp_ms: int, value: bytes | None) -> int:
+    """A 64-bit digest of a record's key, timestamp and value.
+
+    Offsets say where a record is, not which one: a log recreated after a broker
+    lost it (an in-memory broker restarted) numbers its own records from 0 again,
+    so once it has grown past a consumer's position, an offset alone cannot tell
+    the new log from the old one.  The record's content can.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    for part in (key or b"", str(timestamp_ms).encode(), value or b""):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return int.from_bytes(h.digest(), "big")
+
+
 @dataclass(frozen=True)
 class ConsumedBatch:
     """One Kafka record: a decoded frame, or a dead record already sent to the DLQ."""
@@ -492,6 +508,9 @@ class ConsumedBatch:
     headers: dict[str, bytes] = field(default_factory=dict)
     frame: pl.DataFrame | None = None
     error: str | None = None
+    # What the record is, not where it is (see record_fingerprint): a stage that resumes
+    # at an offset checks that the log there still holds the record it applied last.
+    fingerprint: int = 0
 
     @property
     def dead(self) -> bool:
@@ -591,8 +610,14 @@ class SampleConsumer:
         )
         if self._listener is not None:
             consumer.subscribe(topics=self.topics, listener=self._listener)
-        await _start_client(consumer, f"start consumer for {self.topics}")
+        # Set before the start, which completes the group join: the listener's
+        # on_assigned may seek already (see seek).
         self._consumer = consumer
+        try:
+            await _start_client(consumer, f"start consumer for {self.topics}")
+        except BaseException:
+            self._consumer = None
+            raise
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -661,6 +686,17 @@ class SampleConsumer:
                                  f"{exc}", retriable=True) from exc
         return {tp.partition: int(off) for tp, off in ends.items()}
 
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read ``partition`` of ``topic`` from ``offset`` next (an assigned partition; from
+        a rebalance handler's ``on_assigned`` too)."""
+        if self._consumer is None:
+            raise TransportError("consumer is not started", retriable=True)
+        try:
+            self._consumer.seek(TopicPartition(topic, partition), offset)
+        except (KafkaError, IllegalStateError) as exc:
+            raise TransportError(f"cannot seek {topic} [{partition}] to {offset}: "
+                                 f"{type(exc).__name__}: {exc}", retriable=True) from exc
+
     async def rewind(self, topic: str, partitions: Iterable[int]) -> None:
         """Read ``partitions`` of ``topic`` again from the start of their logs."""
         if self._consumer is None:
@@ -720,6 +756,7 @@ class SampleConsumer:
             headers=headers,
             frame=frame,
             error=reason,
+            fingerprint=record_fingerprint(msg.key, msg.timestamp, msg.value),
         )
 
     async def _dead_letter(self, msg: Any, reason: str) -> None:

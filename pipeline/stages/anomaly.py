@@ -207,8 +207,7 @@ class ScoreRunner(StageRunner):
             "watermark": mark.isoformat() if mark is not None else None,
             "entities_sent": [sent[0], sent[1].isoformat()] if sent is not None else None,
         }
-        self.store.write(self.scope, partition, self._next_offset.get(partition, 0),
-                         sc.snapshot(), meta)
+        self._save(partition, sc.snapshot(), meta)
 
     def _restore(
         self, partition: int, frames: dict[str, pl.DataFrame] | None, meta: dict[str, Any]

@@ -16,11 +16,11 @@ checkpoint its previous owner wrote.
 File format: ``MAGIC + version byte + 4-byte big-endian header length + JSON
 header + Arrow IPC streams``; the header lists each frame's name and length,
 a BLAKE2b digest of the frames' bytes, and small JSON metadata (offset, alert
-states).  The digest turns a damaged file (a bad disk, a torn copy onto a
-shared volume) into a clear error before any byte of it is parsed as Arrow;
-files written before it existed have none and are read without it.  Every way
-a file can be wrong raises :class:`CorruptCheckpointError` naming the file;
-it never crashes the process.
+states, the fingerprint of the last record covered).  The digest turns a
+damaged file (a bad disk, a torn copy onto a shared volume) into a clear error
+before any byte of it is parsed as Arrow; files written before it existed have
+none and are read without it.  Every way a file can be wrong raises
+:class:`CorruptCheckpointError` naming the file; it never crashes the process.
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ class Checkpoint:
     next_offset: int
     frames: dict[str, pl.DataFrame] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    # Fingerprint of the record at next_offset - 1 (the last one covered), when known:
+    # whoever resumes checks that the log still holds it there (see StageRunner).
+    last_record: int | None = None
 
 
 def _encode(ckpt: Checkpoint) -> bytes:
@@ -83,6 +86,7 @@ def _encode(ckpt: Checkpoint) -> bytes:
             "frames": [[n, len(b)] for n, b in blobs],
             "blake2b": _digest(body),
             "meta": ckpt.meta,
+            **({"last_record": ckpt.last_record} if ckpt.last_record is not None else {}),
         },
         separators=(",", ":"),
     ).encode()
@@ -115,6 +119,10 @@ def _decode(data: bytes, where: str) -> Checkpoint:
         meta = header.get("meta") or {}
         if not isinstance(meta, dict):
             raise ValueError("meta is not a JSON object")
+        last_record = header.get("last_record")
+        if last_record is not None and (isinstance(last_record, bool)
+                                        or not isinstance(last_record, int)):
+            raise ValueError(f"last_record {last_record!r} is not a record fingerprint")
         frames: dict[str, pl.DataFrame] = {}
         for name, length in header["frames"]:
             length = int(length)
@@ -124,7 +132,7 @@ def _decode(data: bytes, where: str) -> Checkpoint:
             pos += length
         if pos != len(data):
             raise ValueError(f"{len(data) - pos} trailing bytes")
-        return Checkpoint(next_offset, frames, meta)
+        return Checkpoint(next_offset, frames, meta, last_record)
     except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
         # JSON, Arrow and the header's shape all mean the same here.
         raise CorruptCheckpointError(
@@ -164,10 +172,12 @@ class CheckpointStore:
         next_offset: int,
         frames: Mapping[str, pl.DataFrame],
         meta: Mapping[str, Any] | None = None,
+        *,
+        last_record: int | None = None,
     ) -> None:
         """Replace the checkpoint of ``partition`` atomically and durably."""
         path = self.path(scope, partition)
-        data = _encode(Checkpoint(next_offset, dict(frames), dict(meta or {})))
+        data = _encode(Checkpoint(next_offset, dict(frames), dict(meta or {}), last_record))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)

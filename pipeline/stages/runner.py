@@ -34,11 +34,29 @@ nothing for ``consumer.stall_timeout_s``:
   and a new consumer joins the group and restores from the checkpoints, as a
   restarted process would (``consumer_restarts``, ``reason="stalled"``).
 
-The one case it cannot see: a new log that has already grown past the old
-position when first looked at; its records below that position are then
-skipped as already applied.  With the checks above this needs a stage that
-stayed away from a restarted in-memory broker for longer than the new log
-took to outgrow the old one.
+A log end cannot show a new log that has already grown past the old position
+when first looked at (a stage whose consumer took longer to rejoin than the new
+log took to outgrow the old one): its records below that position would be
+skipped as already applied, and the ones above applied before them.  So the
+runner also remembers *which* record it applied last in each partition (a
+fingerprint of its key, timestamp and value, kept in the checkpoint), and every
+member that is assigned a partition (a restart, a rebalance, and the rejoin
+that follows any broker restart, since the new broker does not know the group)
+resumes one record early, at that record, before applying anything: the log
+must hold it there.  A different record there, or a first record below it (the
+position fell outside the new log and the consumer was reset to its start), is
+a log reset as above; a first record above it is a log cut by retention below
+the position, which a persistent log may do, and is read on.  A member that
+keeps its partitions through the restart sees the reset as its position going
+back: Kafka found it outside the new log and moved it to the log's start, so a
+record arrives below one already delivered since the assignment.  Either way
+the partition is rewound before any record of the new log is applied.
+
+Left uncovered: a member whose fetch position still lies inside the new log
+when it reconnects (the new log grew past the old position within the moment
+the member took to reconnect) and that applies records there before the group
+rejoin that follows; on the embedded broker this needs a partition's new log to
+outgrow its old one within about a heartbeat interval of the restart.
 
 A stage is a subclass that says how to apply records to its per-partition
 state, and how to write, restore and drop that state.
@@ -77,6 +95,7 @@ class StageStats:
 
     records: int = 0
     records_skipped: int = 0  # already covered by a restored checkpoint
+    resumed: int = 0  # partitions resumed at the record their checkpoint covers last
     dead_records: int = 0
     rows_in: int = 0
     records_out: int = 0
@@ -129,6 +148,13 @@ class StageRunner:
         self._stall_s = consumer_cfg.stall_timeout_s
         self._progress_at = time.monotonic()  # last record applied, or found at the log end
         self._verify: set[int] = set()  # assigned since the last look at the log ends
+        self._last_fp: dict[int, int] = {}  # fingerprint of the record at next_offset - 1
+        # Assigned partitions resumed one record early: (offset, fingerprint) it must hold.
+        self._expect: dict[int, tuple[int, int]] = {}
+        # Offset of the last record delivered per partition since it was assigned (or
+        # rewound): a consumer's position never goes back on its own, except when Kafka
+        # finds it outside the log and resets it to the log's start.
+        self._delivered: dict[int, int] = {}
         self._rollback = False  # an apply failed half-way: back to the checkpoints
         self.output_topics: list[str] = []  # produced to: recreated with the input on recovery
         self._crashed = False
@@ -196,15 +222,33 @@ class StageRunner:
             batches = []
         applied = 0
         failed: GpusloError | None = None
+        lost: dict[int, str] = {}  # partitions whose log was replaced: why
         async with self._lock:
             fresh: list[ConsumedBatch] = []
             for b in batches:
                 if b.partition not in self._owned:
                     continue  # revoked while the poll was in flight: the new owner has it
+                if b.partition in lost:
+                    continue  # read again from the new log's start
+                seen = self._delivered.get(b.partition)
+                self._delivered[b.partition] = b.offset
+                expected = self._expect.pop(b.partition, None)
+                why = (self._check_resume(b, *expected) if expected is not None
+                       else f"went back from offset {seen} to {b.offset} (the position lay "
+                       "outside its log)" if seen is not None and b.offset < seen else None)
+                if why is not None:
+                    lost[b.partition] = why
+                    continue
+                if expected is not None and b.offset == expected[0]:
+                    self.stats.resumed += 1  # the check's record, applied already
+                    continue
                 if b.offset < self._next_offset.get(b.partition, 0):
                     self.stats.records_skipped += 1
                     continue
                 fresh.append(b)
+            if lost:
+                self._mark_reset(lost)
+                fresh = [b for b in fresh if b.partition not in lost]
             if fresh:
                 self._crash_point("polled")
                 try:
@@ -220,6 +264,7 @@ class StageRunner:
             elif fresh:
                 for b in fresh:
                     self._next_offset[b.partition] = b.offset + 1
+                    self._last_fp[b.partition] = b.fingerprint
                     self._uncommitted[b.partition] = b
                     self._dirty.add(b.partition)
                 self.stats.records += len(fresh)
@@ -228,6 +273,8 @@ class StageRunner:
                 applied = len(fresh)
             if not self._rollback:
                 await self._flush(force=False)
+        if lost and not await self._reread(sorted(lost), stop):
+            return applied
         if self._rollback:
             await self._recover(f"output not produced ({failed}); back to the last "
                                 "checkpoint", stop, checkpoint=False)
@@ -253,34 +300,66 @@ class StageRunner:
                 await self._recover(f"log end offsets not readable: {exc}", stop)
             return
         async with self._lock:
-            reset = [p for p in owned
-                     if p in self._owned and ends.get(p, 0) < self._next_offset.get(p, 0)]
-            for p in reset:
-                self.stats.log_resets += 1
-                log.warning(
-                    "%s: partition %d of %s ends at offset %d, below the %d already applied: "
-                    "the broker lost its log (an in-memory broker restarted?). Records not "
-                    "yet applied before the loss are lost; reading the new log from its start",
-                    self.stage, p, self.topic, ends.get(p, 0), self._next_offset[p])
-                self._next_offset[p] = 0
-                self._uncommitted.pop(p, None)  # its offset means nothing in the new log
-                self._dirty.add(p)  # the checkpoint must say so too
+            reset = {p: f"ends at offset {ends.get(p, 0)}, below the "
+                        f"{self._next_offset[p]} already applied"
+                     for p in owned
+                     if p in self._owned and ends.get(p, 0) < self._next_offset.get(p, 0)}
+            self._mark_reset(reset)
             behind = any(ends.get(p, 0) > self._next_offset.get(p, 0)
                          for p in owned if p in self._owned)
-        if reset:
-            # A producer that lived through the broker's restart may write what the
-            # embedded broker cannot serve (see SampleProducer.send_many): a new one.
-            await self._producer.renew()
-            try:
-                await self.consumer.rewind(self.topic, reset)
-            except GpusloError as exc:
-                await self._recover(f"cannot rewind after a log reset: {exc}", stop)
-                return
+        if reset and not await self._reread(sorted(reset), stop):
+            return
         if reset or not behind:
             self._progress_at = time.monotonic()
         elif time.monotonic() - self._progress_at >= self._stall_s:
             await self._recover(f"nothing applied for {self._stall_s:g}s while the log "
                                 "ends moved past the position", stop)
+
+    def _check_resume(self, b: ConsumedBatch, offset: int, fingerprint: int) -> str | None:
+        """The first record read from a partition resumed at ``offset``: None when the log
+        still holds the record applied last there (skipped as applied) or was cut below it
+        (retention: read on), else why the log is not the one applied."""
+        if b.offset == offset and b.fingerprint == fingerprint:
+            return None
+        if b.offset == offset:
+            return (f"holds another record at offset {offset} than the one applied there "
+                    "(a new log has grown past the position)")
+        if b.offset < offset:
+            return (f"restarts at offset {b.offset}, below the {offset + 1} already applied "
+                    "(the position lies outside its log)")
+        log.warning("%s: partition %d of %s resumes at offset %d: the records from %d were "
+                    "deleted (retention) before they were read", self.stage, b.partition,
+                    self.topic, b.offset, offset + 1)
+        return None
+
+    def _mark_reset(self, lost: dict[int, str]) -> None:
+        """Count and log a log reset of each partition of ``lost`` and start it again at
+        offset 0, keeping its state (lock held; :meth:`_reread` then rewinds)."""
+        for p, why in sorted(lost.items()):
+            self.stats.log_resets += 1
+            log.warning(
+                "%s: partition %d of %s %s: the broker lost its log (an in-memory broker "
+                "restarted?). Records not yet applied before the loss are lost; reading the "
+                "new log from its start", self.stage, p, self.topic, why)
+            self._next_offset[p] = 0
+            self._last_fp.pop(p, None)
+            self._expect.pop(p, None)
+            self._delivered.pop(p, None)
+            self._uncommitted.pop(p, None)  # its offset means nothing in the new log
+            self._dirty.add(p)  # the checkpoint must say so too
+
+    async def _reread(self, partitions: list[int], stop: asyncio.Event | None) -> bool:
+        """Read ``partitions`` again from the start of their (new) logs; False when the
+        consumer had to be recreated for it."""
+        # A producer that lived through the broker's restart may write what the
+        # embedded broker cannot serve (see SampleProducer.send_many): a new one.
+        await self._producer.renew()
+        try:
+            await self.consumer.rewind(self.topic, partitions)
+        except GpusloError as exc:
+            await self._recover(f"cannot rewind after a log reset: {exc}", stop)
+            return False
+        return True
 
     async def _recover(self, why: str, stop: asyncio.Event | None, *,
                        checkpoint: bool = True) -> None:
@@ -300,6 +379,9 @@ class StageRunner:
                 self._drop(p)
             self._owned.clear()
             self._next_offset.clear()
+            self._last_fp.clear()
+            self._expect.clear()
+            self._delivered.clear()
         try:
             if self.kafka_cfg.create_topics:
                 await ensure_topics(self.kafka_cfg, [self.topic, *self.output_topics],
@@ -372,6 +454,9 @@ class StageRunner:
                     self._drop(tp.partition)
                     self._owned.discard(tp.partition)
                     self._next_offset.pop(tp.partition, None)
+                    self._last_fp.pop(tp.partition, None)
+                    self._expect.pop(tp.partition, None)
+                    self._delivered.pop(tp.partition, None)
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self._lock:
@@ -384,6 +469,18 @@ class StageRunner:
                 self._next_offset[tp.partition] = ckpt.next_offset if ckpt else 0
                 self._owned.add(tp.partition)
                 self._verify.add(tp.partition)
+                self._delivered.pop(tp.partition, None)
+                if ckpt is not None and ckpt.next_offset > 0 and ckpt.last_record is not None:
+                    # Resume at the record applied last: the first poll checks it is there
+                    # (see the module's doc).
+                    self._last_fp[tp.partition] = ckpt.last_record
+                    self._expect[tp.partition] = (ckpt.next_offset - 1, ckpt.last_record)
+                    try:
+                        self.consumer.seek(self.topic, tp.partition, ckpt.next_offset - 1)
+                    except GpusloError as exc:
+                        self._expect.pop(tp.partition, None)
+                        log.warning("%s: cannot resume %s [%d] at its last record: %s",
+                                    self.stage, self.topic, tp.partition, exc)
             log.info("%s owns %s partitions %s", self.stage, self.topic, sorted(self._owned))
             if self._readiness is not None:
                 self._readiness.ok(self.stage, f"group {self.group_id}: partitions "
@@ -394,6 +491,13 @@ class StageRunner:
         """Consume until ``stop`` is set."""
         while not stop.is_set():
             await self.step(stop=stop)
+
+    def _save(self, partition: int, frames: dict[str, pl.DataFrame],
+              meta: dict[str, Any] | None = None) -> None:
+        """Write ``partition``'s checkpoint: the stage's ``frames`` and ``meta`` with the
+        offset and the fingerprint of the last record they cover."""
+        self.store.write(self.scope, partition, self._next_offset.get(partition, 0), frames,
+                         meta, last_record=self._last_fp.get(partition))
 
     # -- per-stage ---------------------------------------------------------------------------
 

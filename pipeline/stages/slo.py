@@ -111,8 +111,7 @@ class Stage1Runner(StageRunner):
         self._crash_point("produced")
 
     def _write_checkpoint(self, partition: int) -> None:
-        self.store.write(self.scope, partition, self._next_offset[partition],
-                         self.state.snapshot(partition))
+        self._save(partition, self.state.snapshot(partition))
 
     def _restore(
         self, partition: int, frames: dict[str, pl.DataFrame] | None, meta: dict[str, Any]
@@ -250,8 +249,7 @@ class Stage2Runner(StageRunner):
     def _write_checkpoint(self, partition: int) -> None:
         st = self._state(partition)
         meta = {"alerts": alert_states_to_json(self.alerts[partition].states())}
-        self.store.write(self.scope, partition, self._next_offset.get(partition, 0),
-                         st.snapshot(), meta)
+        self._save(partition, st.snapshot(), meta)
 
     def _restore(
         self, partition: int, frames: dict[str, pl.DataFrame] | None, meta: dict[str, Any]

@@ -81,6 +81,7 @@ async def test_scoring_restarted_from_its_checkpoint_gives_the_pure_scorers_dige
     try:
         await drive(second, len(incident.batches) - half)
         assert second.stats.records_skipped == 0  # nothing re-read: the checkpoint covered it
+        assert second.stats.resumed >= 1  # at the last record its checkpoint covers
     finally:
         await second.stop()
 

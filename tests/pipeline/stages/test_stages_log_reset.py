@@ -53,8 +53,7 @@ class Counting(StageRunner):
 
     def _write_checkpoint(self, partition: int) -> None:
         frame = pl.DataFrame({"i": self.seen.get(partition, [])}, schema={"i": pl.Int64})
-        self.store.write(self.scope, partition, self._next_offset.get(partition, 0),
-                         {"seen": frame})
+        self._save(partition, {"seen": frame})
 
     def _restore(self, partition: int, frames: dict[str, pl.DataFrame] | None,
                  meta: dict[str, Any]) -> None:
@@ -106,6 +105,60 @@ async def test_a_log_lost_by_the_broker_is_counted_and_the_new_log_read_whole(
             # "already applied", none of the old one applied twice.
             assert sorted(n for v in stage.seen.values() for n in v) == list(range(25))
             assert stage.stats.log_resets == 1  # one partition held the key
+        finally:
+            await stage.stop()
+    finally:
+        broker.stop()
+
+
+async def test_a_new_log_longer_than_the_old_one_is_found_by_the_record_at_the_position(
+    external_cluster: KafkaConfig | None, tmp_path: Path
+) -> None:
+    """The stage is away (stopped) while the broker restarts and the new log grows past
+    the offset it had reached, so no log end is below what it applied.  It resumes at the
+    record it applied last and finds another one there.  Checked to fail without that
+    check (``on_assigned`` not seeking): the new log's first 20 records (20..39) are
+    skipped as "already applied" and the assertion on all 50 fails."""
+    if external_cluster is not None:
+        pytest.skip("restarts the embedded broker (a real cluster is configured)")
+    broker = EmbeddedBroker().start()
+    try:
+        cfg = per_test_config(KafkaConfig(bootstrap_servers=broker.bootstrap_servers,
+                                          request_timeout_ms=2000),
+                              new_suffix(), partitions=4, linger_ms=0)
+        await ensure_topics(cfg, [cfg.topics.samples, cfg.topics.dlq])
+        consumer_cfg = ConsumerConfig(max_records=50, poll_timeout_ms=200,
+                                      session_timeout_ms=6000, stall_timeout_s=2.0)
+        store, group = CheckpointStore(tmp_path), f"g-{new_suffix()}"
+
+        def new_stage() -> Counting:
+            return Counting(cfg, consumer_cfg, store, cfg.topics.samples, group)
+
+        async def run_until(stage: Counting, n: int) -> None:
+            for _ in range(60):
+                await stage.step()
+                if sum(map(len, stage.seen.values())) >= n:
+                    break
+
+        await produce(cfg, range(20))
+        stage = await new_stage().start()
+        try:
+            await run_until(stage, 20)
+            assert sorted(n for v in stage.seen.values() for n in v) == list(range(20))
+        finally:
+            await stage.stop()  # checkpointed at offset 20
+
+        broker.stop()
+        broker.start()  # same port, every log empty
+        await ensure_topics(cfg, [cfg.topics.samples, cfg.topics.dlq])
+        await produce(cfg, range(20, 50))  # the new log ends at 30, past the old 20
+        stage = await new_stage().start()
+        try:
+            await run_until(stage, 50)
+            for _ in range(5):  # a record applied twice would show here
+                await stage.step(timeout_ms=100)
+            assert sorted(n for v in stage.seen.values() for n in v) == list(range(50))
+            assert stage.stats.log_resets == 1
         finally:
             await stage.stop()
     finally:
