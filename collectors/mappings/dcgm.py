@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from gpuslo.collectors.base import ScrapeTarget
+from gpuslo.collectors.exposition import ShapeCache
 from gpuslo.collectors.mappings.normalise import (
     ParseFn,
     Signal,
@@ -285,7 +286,8 @@ class DcgmMapping(PrometheusMapping):
         return cls(source=config.source, xid_events=config.xid_events,
                    xid_on_first_sight=config.xid_on_first_sight)
 
-    def transform(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
+    def transform(self, frame: pl.DataFrame, target: ScrapeTarget,
+                  shape_cache: ShapeCache | None = None) -> pl.DataFrame:
         result = map_frame(frame)
         self.blank_samples += result.blank_samples
         if not self.xid_events:

@@ -44,8 +44,12 @@ from dataclasses import dataclass
 import polars as pl
 
 from gpuslo.collectors.base import Partial, ScrapeTarget, target_path
+from gpuslo.collectors.exposition import ShapeCache
 from gpuslo.collectors.mappings.normalise import (
+    Derivation,
     Signal,
+    layout_derivation,
+    normalised_derivation,
     normalised_rows,
     ref,
     signal,
@@ -347,6 +351,21 @@ def map_node_exporter(frame: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([with_entities.select(COLUMNS), normal, saturation_rows(normal)])
 
 
+def node_exporter_derivation(frame: pl.DataFrame) -> Derivation:
+    """:func:`map_node_exporter` but its saturation rows, as a :class:`Derivation` of ``frame``.
+
+    Saturation rows compare values with a bound, so they are made per scrape from
+    the normalised rows (:func:`with_saturation`).
+    """
+    with_entities = node_exporter_entities(frame)
+    return Derivation.upstream(with_entities).then(normalised_derivation(with_entities, SIGNALS))
+
+
+def with_saturation(mapped: pl.DataFrame, upstream_rows: int) -> pl.DataFrame:
+    """``mapped`` (upstream rows, then normalised rows) with the saturation rows appended."""
+    return pl.concat([mapped, saturation_rows(mapped.slice(upstream_rows))])
+
+
 def read_result_partial(result: RdmaReadResult) -> Partial:
     """A sysfs read as the engine's :class:`~gpuslo.collectors.base.Partial`.
 
@@ -378,12 +397,22 @@ class RdmaMapping(PrometheusMapping):
     def from_config(cls, config: RdmaCollectorConfig) -> RdmaMapping:
         return cls(config.source, own_families_only=config.own_families_only)
 
-    def transform(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
+    def transform(self, frame: pl.DataFrame, target: ScrapeTarget,
+                  shape_cache: ShapeCache | None = None) -> pl.DataFrame:
         if target_path(target) is not None:
             return map_sysfs(RdmaReadResult(frame, ()))
+        kept = layout_derivation(shape_cache, frame, self._derivation)
+        if kept is not None:
+            return with_saturation(kept.apply(frame), kept.upstream_rows)
         if self.own_families_only:
             frame = frame.filter(pl.col("metric").str.starts_with(NODE_EXPORTER_PREFIX))
         return map_node_exporter(frame)
+
+    def _derivation(self, frame: pl.DataFrame) -> Derivation:
+        if not self.own_families_only:
+            return node_exporter_derivation(frame)
+        own = frame.get_column("metric").str.starts_with(NODE_EXPORTER_PREFIX)
+        return node_exporter_derivation(frame.filter(own)).through(own)
 
 
 __all__ = [
