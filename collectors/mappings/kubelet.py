@@ -455,7 +455,7 @@ class KubeletMapping(PrometheusMapping):
         skip = self._skip.get(target.url, frozenset())
         if endpoint != "summary":
             kept = layout_derivation(shape_cache, frame,
-                                     lambda f: _derivation(f, endpoint, skip))
+                                     lambda f: _derivation(f, endpoint, skip), Derivation)
             if kept is not None:
                 self.aggregates_dropped += kept.dropped
                 return kept.apply(frame)

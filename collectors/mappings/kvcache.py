@@ -308,5 +308,6 @@ class KvCacheMapping(PrometheusMapping):
 
     def transform(self, frame: pl.DataFrame, target: ScrapeTarget,
                   shape_cache: ShapeCache | None = None) -> pl.DataFrame:
-        kept = layout_derivation(shape_cache, frame, lambda f: map_derivation(f, target.replica))
+        kept = layout_derivation(shape_cache, frame, lambda f: map_derivation(f, target.replica),
+                                 Derivation)
         return map_frame(frame, target.replica) if kept is None else kept.apply(frame)

@@ -34,6 +34,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import polars as pl
 
@@ -408,6 +409,7 @@ def _joined_rows(candidates: pl.DataFrame, lookups: tuple[_Lookup, ...]) -> pl.D
 
 
 _EMPTY = empty_frame()
+_D = TypeVar("_D")
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,8 +517,11 @@ class Derivation:
 
 
 def layout_derivation(shape_cache: ShapeCache | None, frame: pl.DataFrame,
-                      derive: Callable[[pl.DataFrame], Derivation]) -> Derivation | None:
+                      derive: Callable[[pl.DataFrame], _D], kind: type[_D]) -> _D | None:
     """``derive(frame)``, kept per layout in ``shape_cache`` (``frame`` was parsed through it).
+
+    ``kind``: what ``derive`` returns (a :class:`Derivation`, or a mapping's own
+    layout record that holds one).
 
     ``None`` when the last parse through ``shape_cache`` named no layout (a file,
     a JSON page, a general-path parse): the caller takes its uncached path.  The
@@ -527,7 +532,7 @@ def layout_derivation(shape_cache: ShapeCache | None, frame: pl.DataFrame,
     if shape_cache is None or serial is None:
         return None
     kept = shape_cache.derived(serial)
-    if isinstance(kept, Derivation):
+    if isinstance(kept, kind):
         return kept
     made = derive(frame)
     shape_cache.keep_derived(serial, made)

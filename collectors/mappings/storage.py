@@ -382,7 +382,7 @@ class StorageMapping(PrometheusMapping):
 
     def transform(self, frame: pl.DataFrame, target: ScrapeTarget,
                   shape_cache: ShapeCache | None = None) -> pl.DataFrame:
-        kept = layout_derivation(shape_cache, frame, self._derivation)
+        kept = layout_derivation(shape_cache, frame, self._derivation, Derivation)
         if kept is not None:
             return kept.apply(frame)
         if self.own_families_only:
