@@ -26,6 +26,7 @@ a sliding-window count that goes down, so it is kept raw and not normalised.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -250,7 +251,8 @@ class XidTracker:
 
 
 def _code(v: float) -> str:
-    return str(int(v)) if v == int(v) else repr(v)
+    # An infinite gauge is nonsense from upstream, but must not fail the whole scrape.
+    return str(int(v)) if math.isfinite(v) and v == int(v) else repr(v)
 
 
 def canonical_attributes(frame: pl.DataFrame) -> pl.DataFrame:
