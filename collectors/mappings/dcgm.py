@@ -34,12 +34,16 @@ import polars as pl
 from gpuslo.collectors.base import ScrapeTarget
 from gpuslo.collectors.exposition import ShapeCache
 from gpuslo.collectors.mappings.normalise import (
+    Derivation,
     ParseFn,
     Signal,
     default_parse,
     first_label,
+    layout_derivation,
+    normalised_derivation,
     normalised_rows,
     ref,
+    row_wise,
     signal,
     with_entity,
 )
@@ -183,6 +187,42 @@ def map_frame(frame: pl.DataFrame) -> DcgmResult:
     return DcgmResult(out, blanks)
 
 
+@dataclass(frozen=True)
+class DcgmLayout:
+    """:func:`map_frame` of one layout, less its numbers (see :class:`Derivation`).
+
+    Blank sentinels are values, so they are found per scrape; a blank upstream
+    row drops its normalised rows (``normal_src`` names each one's upstream row),
+    which is what normalising the clean rows alone gives because every DCGM
+    signal is row-wise (:func:`row_wise`).
+    """
+
+    mapped: Derivation
+    normal_src: pl.Series
+
+    def map(self, frame: pl.DataFrame) -> DcgmResult:
+        out = self.mapped.apply(frame)
+        blank = (frame.get_column("value") >= BLANK_THRESHOLD).fill_null(False)
+        blanks = int(blank.sum())
+        if blanks:
+            keep = pl.concat([pl.repeat(True, self.mapped.upstream_rows, eager=True),
+                              ~blank.gather(self.normal_src)])
+            out = out.filter(keep)
+        return DcgmResult(out, blanks)
+
+
+def dcgm_layout(frame: pl.DataFrame) -> DcgmLayout:
+    """:func:`map_frame`'s output for ``frame``'s layout, blanks aside."""
+    with_entities = derive_entities(frame)
+    mapped = Derivation.upstream(with_entities).then(
+        normalised_derivation(with_entities, SIGNALS))
+    return DcgmLayout(mapped, mapped.rows.slice(mapped.upstream_rows))
+
+
+# Whether map_frame may be derived per layout (every signal row-wise; checked, not assumed).
+_ROW_WISE = row_wise(SIGNALS)
+
+
 def parse(
     text: str,
     *,
@@ -290,7 +330,9 @@ class DcgmMapping(PrometheusMapping):
 
     def transform(self, frame: pl.DataFrame, target: ScrapeTarget,
                   shape_cache: ShapeCache | None = None) -> pl.DataFrame:
-        result = map_frame(frame)
+        kept = layout_derivation(shape_cache, frame, dcgm_layout, DcgmLayout) if _ROW_WISE \
+            else None
+        result = map_frame(frame) if kept is None else kept.map(frame)
         self.blank_samples += result.blank_samples
         if not self.xid_events:
             return result.frame

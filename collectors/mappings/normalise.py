@@ -601,6 +601,16 @@ def _normalised(frame: pl.DataFrame, signals: tuple[Signal, ...],
     return body.with_columns(out.get_column(_SRC), out.get_column(_FACTOR)) if traced else body
 
 
+def row_wise(signals: Iterable[Signal]) -> bool:
+    """Whether each normalised row depends on its own upstream row alone.
+
+    True unless a ref is superseded (its rows depend on which other series an
+    entity has) or rewrites a histogram's bounds: then dropping upstream rows drops
+    exactly their normalised rows, so a mapping may filter after deriving.
+    """
+    return not _compiled(tuple(signals)).special
+
+
 def normalise(frame: pl.DataFrame, signals: Iterable[Signal]) -> pl.DataFrame:
     """``frame`` with the normalised rows of ``signals`` appended (upstream rows untouched)."""
     return pl.concat([frame.select(COLUMNS), normalised_rows(frame, signals)], how="vertical")

@@ -20,6 +20,7 @@ from polars.testing import assert_frame_equal
 
 from gpuslo.collectors.base import ScrapeTarget, SourceMapping
 from gpuslo.collectors.exposition import ShapeCache
+from gpuslo.collectors.mappings.dcgm import DcgmLayout, DcgmMapping
 from gpuslo.collectors.mappings.kubelet import KubeletMapping
 from gpuslo.collectors.mappings.kvcache import KvCacheMapping
 from gpuslo.collectors.mappings.normalise import Derivation, layout_derivation
@@ -56,12 +57,14 @@ def _cases() -> list[tuple[str, Endpoint, Callable[[], SourceMapping]]]:
             # With every endpoint read, some usage signals are skipped on this one.
             cases += [(e.kind + "-alone", e, _kubelet([_target(e)])),
                       (e.kind + "-with-summary", e, _kubelet(kubelet_all))]
+        elif e.kind == "dcgm":
+            cases.append(("dcgm", e, DcgmMapping))
         elif e.kind == "ceph":
             cases.append(("ceph", e, StorageMapping))
         elif e.kind in ("vllm", "sglang", "triton"):
             cases.append((e.kind, e, KvCacheMapping))
     kinds = {c[0] for c in cases}
-    assert {"rdma", "storage", "kubelet_cadvisor-with-summary", "vllm", "sglang", "triton",
+    assert {"dcgm", "rdma", "storage", "kubelet_cadvisor-with-summary", "vllm", "sglang", "triton",
             "ceph"} <= kinds, kinds
     return cases
 
@@ -77,6 +80,17 @@ def fewer_series(text: str) -> str:
     """The page without its last sample line (a series went away)."""
     lines = text.split("\n")
     del lines[_sample_lines(text)[-1]]
+    return "\n".join(lines)
+
+
+def blanked(text: str) -> str:
+    """The same layout with odd values: DCGM's blank sentinel, NaN, -0 and +Inf."""
+    lines = text.split("\n")
+    odd = ["9223372036854775794", "NaN", "-0", "+Inf"]
+    for k, i in enumerate(_sample_lines(text)[::3]):
+        cut = lines[i].rfind("}") + 1 or lines[i].index(" ")
+        head, (_, _value, *stamp) = lines[i][:cut], lines[i][cut:].split(" ")
+        lines[i] = " ".join([head, odd[k % len(odd)], *stamp])
     return "\n".join(lines)
 
 
@@ -100,23 +114,27 @@ def test_cached_transform_equals_uncached_across_layout_changes(
     cache = ShapeCache()
     # (page, step, reuses the derivation last made for that page): the cache holds
     # two layouts, so "same" is evicted by "relabelled" and derived afresh at the end.
+    # "blanked" is "same" with odd values, so the same layout.
     steps = [("same", 0, False), ("same", 1, True), ("fewer", 2, False), ("fewer", 3, True),
-             ("same", 4, True), ("relabelled", 5, False), ("relabelled", 6, True),
-             ("same", 7, False)]
+             ("blanked", 4, True), ("relabelled", 5, False), ("relabelled", 6, True),
+             ("same", 7, False), ("blanked", 8, True)]
     kept: dict[str, object] = {}
     for layout, t, reused in steps:
         # New values every step (Ceph's mgr serves only after its first collection).
         fleet.advance(fleet.spec.start_s + fleet.spec.ceph_ready_after_s + 30.0 * (t + 1))
         page = ep.render(fleet, 1_700_000_000_000 + t)
         assert page is not None
-        text = {"same": page, "fewer": fewer_series(page), "relabelled": relabelled(page)}[layout]
+        text = {"same": page, "blanked": blanked(page), "fewer": fewer_series(page),
+                "relabelled": relabelled(page)}[layout]
+        layout = "same" if layout == "blanked" else layout
         ts_ms = 1_700_000_000_000 + 1000 * t
         frame = cached_mapping.parse(text, False, target, ts_ms, cache)
         assert isinstance(frame, pl.DataFrame)
         assert cache.last is not None, "the page must take the parser's cached path"
         got = cached_mapping.transform(frame, target, cache)
         derivation = cache.derived(cache.last)
-        assert isinstance(derivation, (Derivation, NodeExporterLayout)), "cached path not taken"
+        assert isinstance(derivation, (Derivation, NodeExporterLayout, DcgmLayout)), \
+            "the cached path must have been taken"
         plain = plain_mapping.parse(text, False, target, ts_ms, None)
         assert isinstance(plain, pl.DataFrame)
         want = plain_mapping.transform(plain, target)
@@ -124,6 +142,9 @@ def test_cached_transform_equals_uncached_across_layout_changes(
         assert_frame_equal(got, want, check_exact=True)
         assert (derivation is kept.get(layout)) == reused, (layout, t)
         kept[layout] = derivation
+    if isinstance(cached_mapping, DcgmMapping):
+        assert isinstance(plain_mapping, DcgmMapping)
+        assert cached_mapping.blank_samples == plain_mapping.blank_samples > 0
     if isinstance(cached_mapping, KubeletMapping):
         assert isinstance(plain_mapping, KubeletMapping)
         assert cached_mapping.aggregates_dropped == plain_mapping.aggregates_dropped
