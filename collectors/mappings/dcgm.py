@@ -199,6 +199,7 @@ class DcgmLayout:
 
     mapped: Derivation
     normal_src: pl.Series
+    xid_at: pl.Series  # the XID gauge's rows (upstream rows, which blanks never drop)
 
     def map(self, frame: pl.DataFrame) -> DcgmResult:
         out = self.mapped.apply(frame)
@@ -216,7 +217,9 @@ def dcgm_layout(frame: pl.DataFrame) -> DcgmLayout:
     with_entities = derive_entities(frame)
     mapped = Derivation.upstream(with_entities).then(
         normalised_derivation(with_entities, SIGNALS))
-    return DcgmLayout(mapped, mapped.rows.slice(mapped.upstream_rows))
+    upstream = mapped.series.slice(0, mapped.upstream_rows)
+    xid_at = (upstream.get_column("metric") == XID_METRIC).arg_true()
+    return DcgmLayout(mapped, mapped.rows.slice(mapped.upstream_rows), xid_at)
 
 
 # Whether map_frame may be derived per layout (every signal row-wise; checked, not assumed).
@@ -336,7 +339,9 @@ class DcgmMapping(PrometheusMapping):
         self.blank_samples += result.blank_samples
         if not self.xid_events:
             return result.frame
-        events = self.xids.apply(result.frame.filter(pl.col("metric") == XID_METRIC))
+        xids = (result.frame.filter(pl.col("metric") == XID_METRIC) if kept is None
+                else result.frame[kept.xid_at])
+        events = self.xids.apply(xids)
         return pl.concat([result.frame, events]) if events.height else result.frame
 
 

@@ -410,6 +410,8 @@ def _joined_rows(candidates: pl.DataFrame, lookups: tuple[_Lookup, ...]) -> pl.D
 
 _EMPTY = empty_frame()
 _D = TypeVar("_D")
+_TS_AT = COLUMNS.index("ts")
+_VALUE_AT = COLUMNS.index("value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,7 +515,11 @@ class Derivation:
         value = frame.get_column("value").gather(self.rows)
         if self.scaled_at is not None and self.factors is not None:
             value = value.scatter(self.scaled_at, value.gather(self.scaled_at) * self.factors)
-        return self.series.with_columns(ts, value)
+        # In place on a shallow copy: with_columns would plan and run a query.
+        out = self.series.clone()
+        out.replace_column(_TS_AT, ts)
+        out.replace_column(_VALUE_AT, value)
+        return out
 
 
 def layout_derivation(shape_cache: ShapeCache | None, frame: pl.DataFrame,
