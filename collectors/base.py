@@ -114,7 +114,8 @@ class SourceMapping(Protocol):
     :class:`Partial` when only some of it was readable); ``transform`` adds
     entities and normalised signals (and events) to them.  ``shape_cache`` is
     the target's own parser cache, handed in by the engine's loop for that
-    target, so a repeated scrape only re-reads the numbers.
+    target, so a repeated scrape only re-reads the numbers; ``transform`` gets
+    it too (see there).
 
     ``structural``: ``transform``'s names, kinds, entities and labels depend only
     on those of its input and on the target (never on values or on state), so
@@ -129,8 +130,14 @@ class SourceMapping(Protocol):
         """Upstream rows of one payload; raises ``ValueError`` (an ``InputError``) if malformed."""
         ...
 
-    def transform(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
-        """Upstream + normalised rows to produce for one target's scrape."""
+    def transform(self, frame: pl.DataFrame, target: ScrapeTarget,
+                  shape_cache: ShapeCache | None = None) -> pl.DataFrame:
+        """Upstream + normalised rows to produce for one target's scrape.
+
+        ``shape_cache`` is the one ``frame`` was parsed through: a structural
+        mapping may keep what it derived from the frame's shape there, so a
+        repeated scrape only moves the numbers.
+        """
         ...
 
 

@@ -968,8 +968,8 @@ class ShapeCache:
     ``None`` when the last parse took the general path.
     """
 
-    __slots__ = ("_entries", "_frames", "_template", "capacity", "hits", "last", "max_chars",
-                 "misses")
+    __slots__ = ("_derived", "_entries", "_frames", "_template", "capacity", "hits", "last",
+                 "max_chars", "misses")
 
     def __init__(self, capacity: int = 2, max_chars: int = 2_000_000) -> None:
         self.capacity = capacity
@@ -978,6 +978,9 @@ class ShapeCache:
         # A shape's frame for one (node, source), ts and values to be replaced: building
         # a frame from eight columns costs more than parsing a small page's numbers.
         self._frames: dict[tuple[int, str, str], pl.DataFrame] = {}
+        # What the target's source mapping derived from a shape (its row selection and
+        # series columns), opaque here: the mapping owns its meaning.
+        self._derived: dict[int, object] = {}
         self.hits = 0
         self.misses = 0
         self.last: int | None = None
@@ -1002,6 +1005,7 @@ class ShapeCache:
         self._entries[key] = (shape, serial)
         live = {s for _, s in self._entries.values()}
         self._frames = {k: f for k, f in self._frames.items() if k[0] in live}
+        self._derived = {k: d for k, d in self._derived.items() if k in live}
         if self._template is not None and self._template.serial not in live:
             self._template = None
 
@@ -1027,9 +1031,23 @@ class ShapeCache:
         if any(s == serial for _, s in self._entries.values()):
             self._frames[serial, node, source] = frame
 
+    def derived(self, serial: int) -> object | None:
+        """What the mapping kept for shape ``serial`` (see ``keep_derived``), if any."""
+        return self._derived.get(serial)
+
+    def keep_derived(self, serial: int, value: object) -> None:
+        """Keep a mapping's derivation of shape ``serial`` while the shape is cached.
+
+        Valid for one target and one mapping (the loop's): the shape fixes every
+        row's metric, kind, entity and labels, the target fixes node and source.
+        """
+        if any(s == serial for _, s in self._entries.values()):
+            self._derived[serial] = value
+
     def clear(self) -> None:
         self._entries.clear()
         self._frames.clear()
+        self._derived.clear()
         self._template = None
 
     def __len__(self) -> int:

@@ -26,18 +26,24 @@ a sliding-window count that goes down, so it is kept raw and not normalised.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from gpuslo.collectors.base import ScrapeTarget
+from gpuslo.collectors.exposition import ShapeCache
 from gpuslo.collectors.mappings.normalise import (
+    Derivation,
     ParseFn,
     Signal,
     default_parse,
     first_label,
+    layout_derivation,
+    normalised_derivation,
     normalised_rows,
     ref,
+    row_wise,
     signal,
     with_entity,
 )
@@ -181,6 +187,45 @@ def map_frame(frame: pl.DataFrame) -> DcgmResult:
     return DcgmResult(out, blanks)
 
 
+@dataclass(frozen=True)
+class DcgmLayout:
+    """:func:`map_frame` of one layout, less its numbers (see :class:`Derivation`).
+
+    Blank sentinels are values, so they are found per scrape; a blank upstream
+    row drops its normalised rows (``normal_src`` names each one's upstream row),
+    which is what normalising the clean rows alone gives because every DCGM
+    signal is row-wise (:func:`row_wise`).
+    """
+
+    mapped: Derivation
+    normal_src: pl.Series
+    xid_at: pl.Series  # the XID gauge's rows (upstream rows, which blanks never drop)
+
+    def map(self, frame: pl.DataFrame) -> DcgmResult:
+        out = self.mapped.apply(frame)
+        blank = (frame.get_column("value") >= BLANK_THRESHOLD).fill_null(False)
+        blanks = int(blank.sum())
+        if blanks:
+            keep = pl.concat([pl.repeat(True, self.mapped.upstream_rows, eager=True),
+                              ~blank.gather(self.normal_src)])
+            out = out.filter(keep)
+        return DcgmResult(out, blanks)
+
+
+def dcgm_layout(frame: pl.DataFrame) -> DcgmLayout:
+    """:func:`map_frame`'s output for ``frame``'s layout, blanks aside."""
+    with_entities = derive_entities(frame)
+    mapped = Derivation.upstream(with_entities).then(
+        normalised_derivation(with_entities, SIGNALS))
+    upstream = mapped.series.slice(0, mapped.upstream_rows)
+    xid_at = (upstream.get_column("metric") == XID_METRIC).arg_true()
+    return DcgmLayout(mapped, mapped.rows.slice(mapped.upstream_rows), xid_at)
+
+
+# Whether map_frame may be derived per layout (every signal row-wise; checked, not assumed).
+_ROW_WISE = row_wise(SIGNALS)
+
+
 def parse(
     text: str,
     *,
@@ -249,7 +294,8 @@ class XidTracker:
 
 
 def _code(v: float) -> str:
-    return str(int(v)) if v == int(v) else repr(v)
+    # An infinite gauge is nonsense from upstream, but must not fail the whole scrape.
+    return str(int(v)) if math.isfinite(v) and v == int(v) else repr(v)
 
 
 def canonical_attributes(frame: pl.DataFrame) -> pl.DataFrame:
@@ -285,12 +331,17 @@ class DcgmMapping(PrometheusMapping):
         return cls(source=config.source, xid_events=config.xid_events,
                    xid_on_first_sight=config.xid_on_first_sight)
 
-    def transform(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
-        result = map_frame(frame)
+    def transform(self, frame: pl.DataFrame, target: ScrapeTarget,
+                  shape_cache: ShapeCache | None = None) -> pl.DataFrame:
+        kept = layout_derivation(shape_cache, frame, dcgm_layout, DcgmLayout) if _ROW_WISE \
+            else None
+        result = map_frame(frame) if kept is None else kept.map(frame)
         self.blank_samples += result.blank_samples
         if not self.xid_events:
             return result.frame
-        events = self.xids.apply(result.frame.filter(pl.col("metric") == XID_METRIC))
+        xids = (result.frame.filter(pl.col("metric") == XID_METRIC) if kept is None
+                else result.frame[kept.xid_at])
+        events = self.xids.apply(xids)
         return pl.concat([result.frame, events]) if events.height else result.frame
 
 

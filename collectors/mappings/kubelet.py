@@ -40,7 +40,10 @@ import polars as pl
 from gpuslo.collectors.base import Partial, ScrapeTarget
 from gpuslo.collectors.exposition import ShapeCache
 from gpuslo.collectors.mappings.normalise import (
+    Derivation,
     Signal,
+    layout_derivation,
+    normalised_derivation,
     normalised_rows,
     ref,
     signal,
@@ -164,6 +167,16 @@ def filter_cadvisor(frame: pl.DataFrame) -> FilterResult:
     series (``image`` set), which are the pod's only network counters.  The
     pod and QoS cgroups (no ``image``) never survive, so nothing is summed twice.
     """
+    kept = frame.filter(_cadvisor_kept())
+    return FilterResult(kept, frame.height - kept.height)
+
+
+def filter_cadvisor_mask(frame: pl.DataFrame) -> pl.Series:
+    """The rows :func:`filter_cadvisor` keeps, as a mask."""
+    return frame.select(_cadvisor_kept()).to_series()
+
+
+def _cadvisor_kept() -> pl.Expr:
     ctr = label("container")
     aggregate = ctr.is_in(["", "POD"]).fill_null(False)
     sandbox_net = (
@@ -171,8 +184,7 @@ def filter_cadvisor(frame: pl.DataFrame) -> FilterResult:
         & label("image").is_not_null()
         & (label("image") != "")
     )
-    kept = frame.filter(~aggregate | sandbox_net)
-    return FilterResult(kept, frame.height - kept.height)
+    return ~aggregate | sandbox_net
 
 
 def map_cadvisor(frame: pl.DataFrame, *, with_usage: bool = True) -> tuple[pl.DataFrame, int]:
@@ -185,6 +197,22 @@ def map_cadvisor(frame: pl.DataFrame, *, with_usage: bool = True) -> tuple[pl.Da
     mapped = pl.concat([with_entities.select(COLUMNS),
                         normalised_rows(with_entities, cadvisor_signals(with_usage))])
     return mapped, filtered.dropped
+
+
+def cadvisor_derivation(frame: pl.DataFrame, *, with_usage: bool = True) -> Derivation:
+    """:func:`map_cadvisor`'s frame as a :class:`Derivation` of ``frame``."""
+    kept = filter_cadvisor_mask(frame)
+    with_entities = derive_entities(frame.filter(kept))
+    return (Derivation.upstream(with_entities)
+            .then(normalised_derivation(with_entities, cadvisor_signals(with_usage)))
+            .through(kept))
+
+
+def resource_derivation(frame: pl.DataFrame) -> Derivation:
+    """:func:`map_resource` as a :class:`Derivation` of ``frame``."""
+    with_entities = derive_entities(frame)
+    return Derivation.upstream(with_entities).then(
+        normalised_derivation(with_entities, _USAGE_SIGNALS))
 
 
 def map_resource(frame: pl.DataFrame) -> pl.DataFrame:
@@ -421,9 +449,16 @@ class KubeletMapping(PrometheusMapping):
             return summary_partial(result)
         return super().parse(text, openmetrics, target, scrape_ts_ms, shape_cache)
 
-    def transform(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
+    def transform(self, frame: pl.DataFrame, target: ScrapeTarget,
+                  shape_cache: ShapeCache | None = None) -> pl.DataFrame:
         endpoint = _endpoint(target)
         skip = self._skip.get(target.url, frozenset())
+        if endpoint != "summary":
+            kept = layout_derivation(shape_cache, frame,
+                                     lambda f: _derivation(f, endpoint, skip), Derivation)
+            if kept is not None:
+                self.aggregates_dropped += kept.dropped
+                return kept.apply(frame)
         if endpoint == "cadvisor":
             mapped, dropped = map_cadvisor(frame, with_usage=not (skip & USAGE_SIGNAL_NAMES))
             self.aggregates_dropped += dropped
@@ -432,6 +467,15 @@ class KubeletMapping(PrometheusMapping):
         else:
             mapped = map_resource(frame)
         return mapped.filter(~pl.col("metric").is_in(list(skip))) if skip else mapped
+
+
+def _derivation(frame: pl.DataFrame, endpoint: str, skip: frozenset[str]) -> Derivation:
+    """What :meth:`KubeletMapping.transform` makes of a resource or cAdvisor frame."""
+    if endpoint == "cadvisor":
+        made = cadvisor_derivation(frame, with_usage=not (skip & USAGE_SIGNAL_NAMES))
+    else:
+        made = resource_derivation(frame)
+    return made.where(~made.series.get_column("metric").is_in(list(skip))) if skip else made
 
 
 def kubelet_targets(config: KubeletCollectorConfig, default_node: str) -> list[ScrapeTarget]:

@@ -62,13 +62,17 @@ from __future__ import annotations
 import polars as pl
 
 from gpuslo.collectors.base import ScrapeTarget
+from gpuslo.collectors.exposition import ShapeCache
 from gpuslo.collectors.mappings.normalise import (
+    Derivation,
     ParseFn,
     Signal,
     default_parse,
     first_label,
     histogram,
+    layout_derivation,
     normalise,
+    normalised_derivation,
     ref,
     signal,
     with_entity,
@@ -256,6 +260,12 @@ def map_frame(frame: pl.DataFrame, replica: str | None = None) -> pl.DataFrame:
     return normalise(derive_entities(frame, replica), SIGNALS)
 
 
+def map_derivation(frame: pl.DataFrame, replica: str | None = None) -> Derivation:
+    """:func:`map_frame` as a :class:`Derivation` of ``frame`` (for a repeated layout)."""
+    with_entities = derive_entities(frame, replica)
+    return Derivation.upstream(with_entities).then(normalised_derivation(with_entities, SIGNALS))
+
+
 def parse(
     text: str,
     *,
@@ -296,5 +306,8 @@ class KvCacheMapping(PrometheusMapping):
     def from_config(cls, config: KvCacheCollectorConfig) -> KvCacheMapping:
         return cls(config.source)
 
-    def transform(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
-        return map_frame(frame, target.replica)
+    def transform(self, frame: pl.DataFrame, target: ScrapeTarget,
+                  shape_cache: ShapeCache | None = None) -> pl.DataFrame:
+        kept = layout_derivation(shape_cache, frame, lambda f: map_derivation(f, target.replica),
+                                 Derivation)
+        return map_frame(frame, target.replica) if kept is None else kept.apply(frame)

@@ -34,10 +34,11 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import polars as pl
 
-from gpuslo.collectors.exposition import parse_text
+from gpuslo.collectors.exposition import ShapeCache, parse_text
 from gpuslo.pipeline.schema import COLUMNS, KIND_DTYPE, SAMPLE_SCHEMA, Kind, empty_frame, label
 
 ParseFn = Callable[..., pl.DataFrame]
@@ -190,8 +191,13 @@ def _upstream_names(sig: Signal, metric: str) -> dict[str, str]:
     return {metric: sig.name, metric + "_total": sig.name}
 
 
-def _rows_for(frame: pl.DataFrame, sig: Signal, r: SeriesRef) -> pl.DataFrame:
-    """The normalised rows that one ref of one signal yields from ``frame``."""
+def _rows_for(frame: pl.DataFrame, sig: Signal, r: SeriesRef,
+              traced: bool = False) -> pl.DataFrame:
+    """The normalised rows that one ref of one signal yields from ``frame``.
+
+    ``traced``: keep ``frame``'s ``_SRC`` column and add ``_FACTOR``, the factor
+    each row's value was scaled by (see :class:`Derivation`).
+    """
     names = _upstream_names(sig, r.metric)
     rows = frame.filter(pl.col("metric").is_in(list(names)))
     if sig.histogram:
@@ -224,10 +230,17 @@ def _rows_for(frame: pl.DataFrame, sig: Signal, r: SeriesRef) -> pl.DataFrame:
         else:
             value = pl.col("value") * r.scale
     kind = pl.col("kind") if sig.kind is None else pl.lit(sig.kind.value, dtype=KIND_DTYPE)
+    trace: dict[str, pl.Expr] = {}
+    if traced:
+        factor = pl.lit(r.scale, dtype=pl.Float64)
+        if sig.histogram and r.scale != 1.0:
+            factor = pl.when(pl.col("metric") == r.metric + "_sum").then(factor).otherwise(1.0)
+        trace[_FACTOR] = factor
     out = rows.with_columns(
         value=value,
         kind=kind,
         metric=pl.col("metric").replace_strict(names, return_dtype=pl.String),
+        **trace,
     )
     if sig.histogram and r.scale != 1.0:
         # Bucket bounds are in the upstream unit too (e.g. Triton's ms histogram).
@@ -239,7 +252,7 @@ def _rows_for(frame: pl.DataFrame, sig: Signal, r: SeriesRef) -> pl.DataFrame:
             dtype=SAMPLE_SCHEMA["labels"],
         )
         out = pl.concat([out.filter(~is_bucket), buckets.with_columns(scaled)])
-    return out.select(COLUMNS)
+    return out.select(*COLUMNS, *((_SRC, _FACTOR) if traced else ()))
 
 
 # Column names the compiled lookups add to the upstream rows while they are joined.
@@ -250,6 +263,10 @@ _SCALE = "__gpuslo_scale"
 _KIND = "__gpuslo_kind"
 _HIST = "__gpuslo_histogram"
 _COUNTER_ONLY = "__gpuslo_counter_only"
+# Added by a traced run (see Derivation): the input row an output row reads, and the
+# factor on its value.
+_SRC = "__gpuslo_src"
+_FACTOR = "__gpuslo_factor"
 
 
 def _label_col(name: str) -> str:
@@ -387,11 +404,145 @@ def _joined_rows(candidates: pl.DataFrame, lookups: tuple[_Lookup, ...]) -> pl.D
             kind=pl.coalesce(picked.get_column(_KIND), pl.col("kind")),
             metric=picked.get_column(_NAME),
         )
-        .with_columns(picked.get_column(_REF), picked.get_column(_ROW))
+        .with_columns(picked.get_column(_REF), picked.get_column(_ROW), scale.alias(_FACTOR))
     )
 
 
 _EMPTY = empty_frame()
+_D = TypeVar("_D")
+_TS_AT = COLUMNS.index("ts")
+_VALUE_AT = COLUMNS.index("value")
+
+
+@dataclass(frozen=True, slots=True)
+class Derivation:
+    """A structural transform of one layout, less its numbers: what a repeated scrape reuses.
+
+    Why: a target serves the same series scrape after scrape, and selecting,
+    renaming and labelling them (Polars queries over every row) costs more than
+    the parse.  For a frame whose columns other than ``ts`` and ``value`` equal
+    those of the frame this was made from, the transform's output is ``series``
+    with each row's ``ts`` and ``value`` taken from input row ``rows[i]``, the
+    value multiplied by its ``factor`` where that is not 1 (the same float
+    operation the uncached path does, so the result is equal bit for bit).
+
+    Attributes:
+        series: the output for the frame this was made from (only its columns
+            other than ``ts`` and ``value`` are reused).
+        rows: per output row, the input row whose ``ts`` and ``value`` it takes.
+        scaled_at: the output rows whose value is scaled (``None``: none).
+        factors: their factors.
+        upstream_rows: how many leading output rows are upstream rows (kept as
+            scraped, with entities); the rest are derived (normalised) rows.
+        dropped: input rows the transform left out (another collector's
+            families, cAdvisor's aggregates).
+    """
+
+    series: pl.DataFrame
+    rows: pl.Series
+    scaled_at: pl.Series | None = None
+    factors: pl.Series | None = None
+    upstream_rows: int = 0
+    dropped: int = 0
+
+    @classmethod
+    def of(cls, series: pl.DataFrame, rows: pl.Series, factor: pl.Series) -> Derivation:
+        """From the output, its input rows and every row's factor (1: unscaled)."""
+        scaled = factor != 1.0
+        if not scaled.any():
+            return cls(series, rows.cast(pl.UInt32))
+        at = scaled.arg_true().cast(pl.UInt32)
+        return cls(series, rows.cast(pl.UInt32), at, factor.gather(at))
+
+    @classmethod
+    def upstream(cls, frame: pl.DataFrame) -> Derivation:
+        """Every row of ``frame`` as it is (a mapping's upstream rows)."""
+        return cls(frame.select(COLUMNS),
+                   pl.int_range(frame.height, dtype=pl.UInt32, eager=True),
+                   upstream_rows=frame.height)
+
+    @classmethod
+    def empty(cls) -> Derivation:
+        return cls(_EMPTY, pl.Series(dtype=pl.UInt32))
+
+    @property
+    def height(self) -> int:
+        return self.series.height
+
+    def then(self, *others: Derivation) -> Derivation:
+        """This output followed by the others' (of the same input)."""
+        parts = [self, *others]
+        offsets = itertools.accumulate((d.height for d in parts[:-1]), initial=0)
+        at: list[pl.Series] = []
+        factors: list[pl.Series] = []
+        for off, d in zip(offsets, parts, strict=True):
+            if d.scaled_at is not None and d.factors is not None:
+                at.append(d.scaled_at + off)
+                factors.append(d.factors)
+        return Derivation(
+            pl.concat([d.series for d in parts], how="vertical"),
+            pl.concat([d.rows for d in parts]),
+            pl.concat(at) if at else None, pl.concat(factors) if factors else None,
+            self.upstream_rows, self.dropped)
+
+    def through(self, kept: pl.Series) -> Derivation:
+        """The same of the frame that ``frame.filter(kept)`` was taken from."""
+        at = kept.arg_true().cast(pl.UInt32)
+        return Derivation(self.series, at.gather(self.rows), self.scaled_at, self.factors,
+                          self.upstream_rows, self.dropped + len(kept) - len(at))
+
+    def where(self, keep: pl.Series) -> Derivation:
+        """Only the output rows where ``keep`` (a mask over the output) is true."""
+        if keep.all():
+            return self
+        at = keep.arg_true().cast(pl.UInt32)
+        scaled_at, factors = None, None
+        if self.scaled_at is not None and self.factors is not None:
+            # Output row -> its position among the kept ones (null where dropped).
+            new_pos = pl.Series(dtype=pl.UInt32).extend_constant(None, self.height).scatter(
+                at, pl.int_range(len(at), dtype=pl.UInt32, eager=True))
+            moved = new_pos.gather(self.scaled_at)
+            alive = moved.is_not_null()
+            if alive.any():
+                scaled_at, factors = moved.filter(alive), self.factors.filter(alive)
+        upstream = int(keep.head(self.upstream_rows).sum())
+        return Derivation(self.series.filter(keep), self.rows.gather(at), scaled_at, factors,
+                          upstream, self.dropped)
+
+    def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The transform's output for ``frame`` (a frame of this layout)."""
+        ts = frame.get_column("ts").gather(self.rows)
+        value = frame.get_column("value").gather(self.rows)
+        if self.scaled_at is not None and self.factors is not None:
+            value = value.scatter(self.scaled_at, value.gather(self.scaled_at) * self.factors)
+        # In place on a shallow copy: with_columns would plan and run a query.
+        out = self.series.clone()
+        out.replace_column(_TS_AT, ts)
+        out.replace_column(_VALUE_AT, value)
+        return out
+
+
+def layout_derivation(shape_cache: ShapeCache | None, frame: pl.DataFrame,
+                      derive: Callable[[pl.DataFrame], _D], kind: type[_D]) -> _D | None:
+    """``derive(frame)``, kept per layout in ``shape_cache`` (``frame`` was parsed through it).
+
+    ``kind``: what ``derive`` returns (a :class:`Derivation`, or a mapping's own
+    layout record that holds one).
+
+    ``None`` when the last parse through ``shape_cache`` named no layout (a file,
+    a JSON page, a general-path parse): the caller takes its uncached path.  The
+    parser numbers each layout once and never reuses a number, so a page whose
+    series changed gets a new number and a new derivation, never a stale one.
+    """
+    serial = shape_cache.last if shape_cache is not None else None
+    if shape_cache is None or serial is None:
+        return None
+    kept = shape_cache.derived(serial)
+    if isinstance(kept, kind):
+        return kept
+    made = derive(frame)
+    shape_cache.keep_derived(serial, made)
+    return made
 
 
 def normalised_rows(frame: pl.DataFrame, signals: Iterable[Signal]) -> pl.DataFrame:
@@ -402,27 +553,68 @@ def normalised_rows(frame: pl.DataFrame, signals: Iterable[Signal]) -> pl.DataFr
     consumer's call.  Rows come grouped by ref in table order, each ref's rows
     in ``frame`` order (a scaled histogram's buckets after its other rows).
     """
-    table = _compiled(tuple(signals))
-    candidates = frame.filter(pl.col("metric").is_in(table.wanted))
+    out = _normalised(frame, tuple(signals), traced=False)
+    return _EMPTY.clone() if out is None else out
+
+
+def normalised_derivation(frame: pl.DataFrame, signals: Iterable[Signal]) -> Derivation:
+    """What :func:`normalised_rows` makes of ``frame``, as a :class:`Derivation` of it.
+
+    ``normalised_derivation(f, s).apply(g)`` equals ``normalised_rows(g, s)`` for
+    every ``g`` whose columns other than ``ts`` and ``value`` equal ``f``'s.
+    """
+    out = _normalised(frame, tuple(signals), traced=True)
+    if out is None:
+        return Derivation.empty()
+    return Derivation.of(out.select(COLUMNS), out.get_column(_SRC), out.get_column(_FACTOR))
+
+
+def _normalised(frame: pl.DataFrame, signals: tuple[Signal, ...],
+                traced: bool) -> pl.DataFrame | None:
+    """The normalised rows (``None``: none); ``traced`` adds ``_SRC`` and ``_FACTOR``."""
+    table = _compiled(signals)
+    wanted = frame.get_column("metric").is_in(table.wanted)
+    candidates = frame.filter(wanted)
     if candidates.height == 0:
-        return _EMPTY.clone()
-    parts = [_joined_rows(candidates, table.lookups)] if table.lookups else []
+        return None
+    src = wanted.arg_true().cast(pl.UInt32) if traced else None
+    parts = []
+    if table.lookups:
+        joined = _joined_rows(candidates, table.lookups)
+        if src is not None:
+            joined = joined.with_columns(src.gather(joined.get_column(_ROW)).alias(_SRC))
+        parts.append(joined)
     if table.special:
         # A table declares every engine's spelling; one target exposes few of them.
         # Skipping refs with no sample here, by name, saves frame queries per ref.
         present = set(candidates.get_column("metric").unique().to_list())
+        with_src = candidates if src is None else candidates.with_columns(src.alias(_SRC))
         for i, sig, r, names in table.special:
             if present.isdisjoint(names):
                 continue
-            part = _rows_for(candidates, sig, r)
+            part = _rows_for(with_src, sig, r, traced)
             if part.height:
                 parts.append(part.with_columns(
                     pl.lit(i, dtype=pl.UInt32).alias(_REF),
                     pl.int_range(part.height, dtype=pl.UInt32).alias(_ROW)))
     if not parts:
-        return _EMPTY.clone()
-    out = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
-    return pl.concat([_EMPTY, out.sort(_REF, _ROW).select(COLUMNS)], how="vertical")
+        return None
+    keep = (*COLUMNS, _REF, _ROW, *((_SRC, _FACTOR) if traced else ()))
+    out = pl.concat([p.select(keep) for p in parts], how="vertical") if len(parts) > 1 \
+        else parts[0].select(keep)
+    out = out.sort(_REF, _ROW)
+    body = pl.concat([_EMPTY, out.select(COLUMNS)], how="vertical")  # the sample schema
+    return body.with_columns(out.get_column(_SRC), out.get_column(_FACTOR)) if traced else body
+
+
+def row_wise(signals: Iterable[Signal]) -> bool:
+    """Whether each normalised row depends on its own upstream row alone.
+
+    True unless a ref is superseded (its rows depend on which other series an
+    entity has) or rewrites a histogram's bounds: then dropping upstream rows drops
+    exactly their normalised rows, so a mapping may filter after deriving.
+    """
+    return not _compiled(tuple(signals)).special
 
 
 def normalise(frame: pl.DataFrame, signals: Iterable[Signal]) -> pl.DataFrame:

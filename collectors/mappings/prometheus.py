@@ -34,7 +34,8 @@ class PrometheusMapping:
                                 scrape_ts_ms=scrape_ts_ms, entity_label=self.entity_label,
                                 openmetrics=openmetrics, shape_cache=shape_cache)
 
-    def transform(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
+    def transform(self, frame: pl.DataFrame, target: ScrapeTarget,
+                  shape_cache: ShapeCache | None = None) -> pl.DataFrame:
         return frame
 
 

@@ -39,13 +39,17 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 
 from gpuslo.collectors.base import Partial, ScrapeTarget, target_path
+from gpuslo.collectors.exposition import ShapeCache
 from gpuslo.collectors.mappings.normalise import (
+    Derivation,
     Signal,
+    layout_derivation,
+    normalised_derivation,
     normalised_rows,
     ref,
     signal,
@@ -347,6 +351,48 @@ def map_node_exporter(frame: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([with_entities.select(COLUMNS), normal, saturation_rows(normal)])
 
 
+@dataclass(frozen=True)
+class NodeExporterLayout:
+    """:func:`map_node_exporter` of one layout, less its numbers (see :class:`Derivation`).
+
+    ``mapped`` gives the upstream and normalised rows.  A saturation row's value
+    compares a normalised value with its counter's top, so it is not a scaled
+    copy: ``saturation`` holds those rows' series columns, ``at`` the mapped row
+    each one reads and ``top`` the bound, in :func:`saturation_rows`' order.
+    """
+
+    mapped: Derivation
+    saturation: pl.DataFrame
+    at: pl.Series
+    top: pl.Series
+
+    def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
+        mapped = self.mapped.apply(frame)
+        if self.saturation.height == 0:
+            return mapped
+        value = (mapped.get_column("value").gather(self.at) >= self.top).cast(pl.Float64)
+        sat = self.saturation.with_columns(mapped.get_column("ts").gather(self.at), value)
+        return pl.concat([mapped, sat])
+
+
+def node_exporter_layout(frame: pl.DataFrame) -> NodeExporterLayout:
+    """:func:`map_node_exporter`'s output for ``frame``'s layout."""
+    with_entities = node_exporter_entities(frame)
+    mapped = Derivation.upstream(with_entities).then(
+        normalised_derivation(with_entities, SIGNALS))
+    normal = mapped.series.slice(mapped.upstream_rows)
+    metric = normal.get_column("metric")
+    pos = metric.is_in(_SATURATING_NAMES).arg_true()
+    # Grouped by counter in COUNTER_WIDTHS order, each in frame order (a stable sort).
+    order = metric.gather(pos).replace_strict(_SATURATING_ORDER, return_dtype=pl.UInt32)
+    key = order.cast(pl.UInt64) * (len(pos) + 1) + pl.int_range(len(pos), dtype=pl.UInt64,
+                                                                eager=True)
+    pos = pos.gather(key.arg_sort())  # unique keys: order, then position
+    top = metric.gather(pos).replace_strict(_SATURATING_TOP, return_dtype=pl.Float64)
+    return NodeExporterLayout(mapped, saturation_rows(normal),
+                              (pos + mapped.upstream_rows).cast(pl.UInt32), top)
+
+
 def read_result_partial(result: RdmaReadResult) -> Partial:
     """A sysfs read as the engine's :class:`~gpuslo.collectors.base.Partial`.
 
@@ -378,12 +424,23 @@ class RdmaMapping(PrometheusMapping):
     def from_config(cls, config: RdmaCollectorConfig) -> RdmaMapping:
         return cls(config.source, own_families_only=config.own_families_only)
 
-    def transform(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
+    def transform(self, frame: pl.DataFrame, target: ScrapeTarget,
+                  shape_cache: ShapeCache | None = None) -> pl.DataFrame:
         if target_path(target) is not None:
             return map_sysfs(RdmaReadResult(frame, ()))
+        kept = layout_derivation(shape_cache, frame, self._layout, NodeExporterLayout)
+        if kept is not None:
+            return kept.apply(frame)
         if self.own_families_only:
             frame = frame.filter(pl.col("metric").str.starts_with(NODE_EXPORTER_PREFIX))
         return map_node_exporter(frame)
+
+    def _layout(self, frame: pl.DataFrame) -> NodeExporterLayout:
+        if not self.own_families_only:
+            return node_exporter_layout(frame)
+        own = frame.get_column("metric").str.starts_with(NODE_EXPORTER_PREFIX)
+        layout = node_exporter_layout(frame.filter(own))
+        return replace(layout, mapped=layout.mapped.through(own))
 
 
 __all__ = [

@@ -44,7 +44,10 @@ import polars as pl
 from gpuslo.collectors.base import Partial, ScrapeTarget
 from gpuslo.collectors.exposition import ShapeCache
 from gpuslo.collectors.mappings.normalise import (
+    Derivation,
     Signal,
+    layout_derivation,
+    normalised_derivation,
     normalised_rows,
     ref,
     signal,
@@ -282,6 +285,12 @@ def map_frame(frame: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([with_entities.select(COLUMNS), normalised_rows(with_entities, SIGNALS)])
 
 
+def map_derivation(frame: pl.DataFrame) -> Derivation:
+    """:func:`map_frame` as a :class:`Derivation` of ``frame`` (for a repeated layout)."""
+    with_entities = derive_entities(frame)
+    return Derivation.upstream(with_entities).then(normalised_derivation(with_entities, SIGNALS))
+
+
 def ceph_status_disposition(status: int) -> str:
     """What a Ceph mgr HTTP status means for the scrape loop.
 
@@ -371,13 +380,27 @@ class StorageMapping(PrometheusMapping):
             return self.parse_diskstats(text, target, scrape_ts_ms)
         return super().parse(text, openmetrics, target, scrape_ts_ms, shape_cache)
 
-    def transform(self, frame: pl.DataFrame, target: ScrapeTarget) -> pl.DataFrame:
+    def transform(self, frame: pl.DataFrame, target: ScrapeTarget,
+                  shape_cache: ShapeCache | None = None) -> pl.DataFrame:
+        kept = layout_derivation(shape_cache, frame, self._derivation, Derivation)
+        if kept is not None:
+            return kept.apply(frame)
         if self.own_families_only:
-            metric = pl.col("metric")
-            keep = metric.str.starts_with(OWN_PREFIXES[0])
-            for prefix in OWN_PREFIXES[1:]:
-                keep = keep | metric.str.starts_with(prefix)
-            frame = frame.filter(keep)
+            frame = frame.filter(self._own(frame))
         return map_frame(frame)
+
+    def _own(self, frame: pl.DataFrame) -> pl.Series:
+        """Which rows are of this collector's families."""
+        metric = frame.get_column("metric")
+        keep = metric.str.starts_with(OWN_PREFIXES[0])
+        for prefix in OWN_PREFIXES[1:]:
+            keep = keep | metric.str.starts_with(prefix)
+        return keep
+
+    def _derivation(self, frame: pl.DataFrame) -> Derivation:
+        if not self.own_families_only:
+            return map_derivation(frame)
+        own = self._own(frame)
+        return map_derivation(frame.filter(own)).through(own)
 
 

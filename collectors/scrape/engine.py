@@ -350,7 +350,7 @@ class ScrapeEngine:
             else:
                 upstream = got
             samples = upstream.height
-            frame = self.mapping.transform(upstream, target)
+            frame = self.mapping.transform(upstream, target, shape_cache)
         except ScrapeFailed as exc:
             error, reason = self._redact(str(exc)), exc.reason
         except Exception as exc:  # a mapping bug must not take the other targets down

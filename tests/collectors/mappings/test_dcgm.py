@@ -183,7 +183,7 @@ def test_blank_sentinels_are_kept_raw_but_not_normalised_and_are_counted() -> No
     assert norm_value(res.frame, "gpuslo_gpu_temperature_celsius", UUID0) == 55
 
 
-def xid_payload(codes: dict[str, int], ts_ms: int | None = None) -> pl.DataFrame:
+def xid_payload(codes: dict[str, float], ts_ms: int | None = None) -> pl.DataFrame:
     lines = ["# TYPE DCGM_FI_DEV_XID_ERRORS gauge"]
     for uuid, code in codes.items():
         msg = "Graphics Engine Exception" if code == 13 else "unknownErr"
@@ -215,6 +215,15 @@ def test_xid_gauge_changes_become_events_once() -> None:
     # Cleared back to 0: not an event.  Then 13 again: an event.
     assert tracker.apply(xid_payload({UUID1: 0})).height == 0
     assert tracker.apply(xid_payload({UUID1: 13})).height == 1
+
+
+def test_an_infinite_xid_gauge_is_an_event_not_a_crash() -> None:
+    # int(inf) raised OverflowError, failing the scrape of every GPU on the page.
+    tracker = dcgm.XidTracker()
+    tracker.apply(xid_payload({UUID0: 0}))
+    ev = tracker.apply(xid_payload({UUID0: float("inf")}))
+    labs = {lab["name"]: lab["value"] for lab in ev.row(0, named=True)["labels"]}
+    assert (labs["xid"], labs["previous_xid"]) == ("inf", "0")
 
 
 def test_xid_tracker_can_emit_on_first_sight_and_forget() -> None:
