@@ -79,6 +79,8 @@ def write_config(tmp_path: Path, kafka_cfg: KafkaConfig, *, partitions: int,
                 "stage1_group_id": f"{kafka_cfg.client_id}.sli",
                 "stage2_group_id": f"{kafka_cfg.client_id}.slo"},
         "anomaly": {"group_id": f"{kafka_cfg.client_id}.anomaly"},
+        # Any free port: 9464 may be held by another process on the machine.
+        "exporters": {"prometheus": {"host": "127.0.0.1", "port": 0}},
     }
     for key, value in (extra or {}).items():
         cfg[key] = {**cfg[key], **value} if key == "anomaly" else value

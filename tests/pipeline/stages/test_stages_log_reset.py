@@ -13,6 +13,7 @@ applied once.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +70,26 @@ async def produce(cfg: KafkaConfig, numbers: range) -> None:
             await producer.send_many(cfg.topics.samples, "one-key", [(record(i), [])])
 
 
-async def test_a_log_lost_by_the_broker_is_counted_and_the_new_log_read_whole(
-    external_cluster: KafkaConfig | None, tmp_path: Path
-) -> None:
+def applied(stage: Counting) -> list[int]:
+    return sorted(n for v in stage.seen.values() for n in v)
+
+
+async def run_until(stage: Counting, n: int) -> None:
+    for _ in range(60):
+        await stage.step()
+        if len(applied(stage)) >= n:
+            break
+
+
+CONSUMER = ConsumerConfig(max_records=50, poll_timeout_ms=200, session_timeout_ms=6000,
+                          stall_timeout_s=2.0)
+
+
+@pytest.fixture
+async def restartable(
+    external_cluster: KafkaConfig | None,
+) -> AsyncIterator[tuple[EmbeddedBroker, KafkaConfig]]:
+    """An embedded broker of this test's own (it is restarted) and a config on it."""
     if external_cluster is not None:
         pytest.skip("restarts the embedded broker (a real cluster is configured)")
     broker = EmbeddedBroker().start()
@@ -80,86 +98,67 @@ async def test_a_log_lost_by_the_broker_is_counted_and_the_new_log_read_whole(
                                           request_timeout_ms=2000),
                               new_suffix(), partitions=4, linger_ms=0)
         await ensure_topics(cfg, [cfg.topics.samples, cfg.topics.dlq])
-        stage = Counting(cfg, ConsumerConfig(max_records=50, poll_timeout_ms=200,
-                                             session_timeout_ms=6000, stall_timeout_s=2.0),
-                         CheckpointStore(tmp_path), cfg.topics.samples, f"g-{new_suffix()}")
-        await produce(cfg, range(20))
-        await stage.start()
-        try:
-            for _ in range(60):
-                await stage.step()
-                if sum(map(len, stage.seen.values())) == 20:
-                    break
-            assert sorted(n for v in stage.seen.values() for n in v) == list(range(20))
-            assert stage.stats.log_resets == 0
-
-            broker.stop()
-            broker.start()  # same port, every log empty
-            await ensure_topics(cfg, [cfg.topics.samples, cfg.topics.dlq])
-            await produce(cfg, range(20, 25))  # fewer than before: the new log ends below
-            for _ in range(60):
-                await stage.step()
-                if sum(map(len, stage.seen.values())) == 25:
-                    break
-            # Every record of both logs applied once: none of the new log skipped as
-            # "already applied", none of the old one applied twice.
-            assert sorted(n for v in stage.seen.values() for n in v) == list(range(25))
-            assert stage.stats.log_resets == 1  # one partition held the key
-        finally:
-            await stage.stop()
+        yield broker, cfg
     finally:
         broker.stop()
 
 
+async def restart_empty(broker: EmbeddedBroker, cfg: KafkaConfig) -> None:
+    broker.stop()
+    broker.start()  # same port, every log empty
+    await ensure_topics(cfg, [cfg.topics.samples, cfg.topics.dlq])
+
+
+async def test_a_log_lost_by_the_broker_is_counted_and_the_new_log_read_whole(
+    restartable: tuple[EmbeddedBroker, KafkaConfig], tmp_path: Path
+) -> None:
+    broker, cfg = restartable
+    stage = Counting(cfg, CONSUMER, CheckpointStore(tmp_path), cfg.topics.samples,
+                     f"g-{new_suffix()}")
+    await produce(cfg, range(20))
+    await stage.start()
+    try:
+        await run_until(stage, 20)
+        assert applied(stage) == list(range(20))
+        assert stage.stats.log_resets == 0
+
+        await restart_empty(broker, cfg)
+        await produce(cfg, range(20, 25))  # fewer than before: the new log ends below
+        await run_until(stage, 25)
+        # Every record of both logs applied once: none of the new log skipped as
+        # "already applied", none of the old one applied twice.
+        assert applied(stage) == list(range(25))
+        assert stage.stats.log_resets == 1  # one partition held the key
+    finally:
+        await stage.stop()
+
+
 async def test_a_new_log_longer_than_the_old_one_is_found_by_the_record_at_the_position(
-    external_cluster: KafkaConfig | None, tmp_path: Path
+    restartable: tuple[EmbeddedBroker, KafkaConfig], tmp_path: Path
 ) -> None:
     """The stage is away (stopped) while the broker restarts and the new log grows past
     the offset it had reached, so no log end is below what it applied.  It resumes at the
     record it applied last and finds another one there.  Checked to fail without that
     check (``on_assigned`` not seeking): the new log's first 20 records (20..39) are
     skipped as "already applied" and the assertion on all 50 fails."""
-    if external_cluster is not None:
-        pytest.skip("restarts the embedded broker (a real cluster is configured)")
-    broker = EmbeddedBroker().start()
+    broker, cfg = restartable
+    store, group = CheckpointStore(tmp_path), f"g-{new_suffix()}"
+    await produce(cfg, range(20))
+    stage = await Counting(cfg, CONSUMER, store, cfg.topics.samples, group).start()
     try:
-        cfg = per_test_config(KafkaConfig(bootstrap_servers=broker.bootstrap_servers,
-                                          request_timeout_ms=2000),
-                              new_suffix(), partitions=4, linger_ms=0)
-        await ensure_topics(cfg, [cfg.topics.samples, cfg.topics.dlq])
-        consumer_cfg = ConsumerConfig(max_records=50, poll_timeout_ms=200,
-                                      session_timeout_ms=6000, stall_timeout_s=2.0)
-        store, group = CheckpointStore(tmp_path), f"g-{new_suffix()}"
-
-        def new_stage() -> Counting:
-            return Counting(cfg, consumer_cfg, store, cfg.topics.samples, group)
-
-        async def run_until(stage: Counting, n: int) -> None:
-            for _ in range(60):
-                await stage.step()
-                if sum(map(len, stage.seen.values())) >= n:
-                    break
-
-        await produce(cfg, range(20))
-        stage = await new_stage().start()
-        try:
-            await run_until(stage, 20)
-            assert sorted(n for v in stage.seen.values() for n in v) == list(range(20))
-        finally:
-            await stage.stop()  # checkpointed at offset 20
-
-        broker.stop()
-        broker.start()  # same port, every log empty
-        await ensure_topics(cfg, [cfg.topics.samples, cfg.topics.dlq])
-        await produce(cfg, range(20, 50))  # the new log ends at 30, past the old 20
-        stage = await new_stage().start()
-        try:
-            await run_until(stage, 50)
-            for _ in range(5):  # a record applied twice would show here
-                await stage.step(timeout_ms=100)
-            assert sorted(n for v in stage.seen.values() for n in v) == list(range(50))
-            assert stage.stats.log_resets == 1
-        finally:
-            await stage.stop()
+        await run_until(stage, 20)
+        assert applied(stage) == list(range(20))
     finally:
-        broker.stop()
+        await stage.stop()  # checkpointed at offset 20
+
+    await restart_empty(broker, cfg)
+    await produce(cfg, range(20, 50))  # the new log ends at 30, past the old 20
+    stage = await Counting(cfg, CONSUMER, store, cfg.topics.samples, group).start()
+    try:
+        await run_until(stage, 50)
+        for _ in range(5):  # a record applied twice would show here
+            await stage.step(timeout_ms=100)
+        assert applied(stage) == list(range(50))
+        assert stage.stats.log_resets == 1
+    finally:
+        await stage.stop()
