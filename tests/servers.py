@@ -158,6 +158,23 @@ def start_prometheus(config: str, workdir: Path, *, name: str = "prometheus") ->
     return server
 
 
+def backfill(export: Path, data: Path, timeout_s: float = 120) -> Path:
+    """``promtool tsdb create-blocks-from openmetrics``: ``export`` into a TSDB at ``data``,
+    as a user loads history into Prometheus; a rejected export fails with promtool's words."""
+    promtool = require_binary("promtool", "prometheus")
+    done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(export),
+                           str(data)], capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0, done.stderr
+    return data
+
+
+def start_backfilled_prometheus(export: Path, workdir: Path) -> Server:
+    """A real Prometheus serving ``export`` (backfilled), evaluating rules on the minute."""
+    require_binary("prometheus", "prometheus")
+    backfill(export, workdir / "data")
+    return start_prometheus("global:\n  evaluation_interval: 1m\n", workdir)
+
+
 async def wait_for(pred: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
     """Poll ``pred`` (run in a thread: it may do blocking HTTP) until it returns something
     truthy; TimeoutError naming ``what`` otherwise."""

@@ -10,7 +10,6 @@ source, node and entity end to end on the default catalog.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import polars as pl
 import pytest
 from history_fleet import Series, collector_frame, fleet_series, write_openmetrics
-from servers import require_binary
+from servers import backfill
 from typer.testing import CliRunner
 
 from gpuslo.collectors.history import (
@@ -129,12 +128,9 @@ def test_the_generated_export_is_what_promtool_backfills(
     fleet: list[Series], tmp_path: Path
 ) -> None:
     """The test input is a real Prometheus export shape, not one only our reader accepts."""
-    promtool = require_binary("promtool", "prometheus")
     om = tmp_path / "fleet.om"
     write_openmetrics(fleet, om)
-    done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(om),
-                           str(tmp_path / "tsdb")], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    backfill(om, tmp_path / "tsdb", timeout_s=60)
 
 
 # --- Input as promtool accepts it (issue 15): each bad input, its message and its line -------
@@ -191,10 +187,7 @@ def test_a_counter_without_total_is_a_warning_with_its_first_line_and_replays(
     frame, _ = _read(path, {"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL_total"})
     assert frame["value"].to_list() == [100.0, 250.0]
     assert set(frame["kind"].cast(pl.String)) == {"counter"}
-    promtool = require_binary("promtool", "prometheus")
-    done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(path),
-                           str(tmp_path / "tsdb")], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    backfill(path, tmp_path / "tsdb", timeout_s=60)
 
 
 def test_a_malformed_line_names_itself_and_only_stops_the_families_read(

@@ -31,7 +31,7 @@ import polars as pl
 import pytest
 from aiohttp import web
 from history_fleet import MINUTES, fleet_series, write_openmetrics
-from servers import Server, free_port, require_binary, start_prometheus
+from servers import Server, backfill, free_port, require_binary, start_prometheus
 from typer.testing import CliRunner, Result
 
 from gpuslo.collectors.history import iter_exposition_frames, replay_metrics
@@ -73,12 +73,7 @@ def export(tmp_path_factory: pytest.TempPathFactory, t0: datetime) -> Path:
 
 @pytest.fixture(scope="module")
 def tsdb(tmp_path_factory: pytest.TempPathFactory, export: Path) -> Path:
-    promtool = require_binary("promtool", "prometheus")
-    data = tmp_path_factory.mktemp("tsdb") / "data"
-    done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(export),
-                           str(data)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return data
+    return backfill(export, tmp_path_factory.mktemp("tsdb") / "data")
 
 
 def _prometheus(tmp_path_factory: pytest.TempPathFactory, tsdb: Path, web_config: str = "",

@@ -32,7 +32,6 @@ things:
 from __future__ import annotations
 
 import itertools
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,7 +39,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from prom_fleet import fleet, page_alert_expr, query_range, write_export
-from servers import Server, require_binary, start_prometheus
+from servers import Server, start_backfilled_prometheus
 
 from gpuslo.collectors.history import read_exposition
 from gpuslo.slo import conventions as cv
@@ -89,13 +88,7 @@ def samples(export: Path) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory, export: Path) -> Iterator[Server]:
-    promtool = require_binary("promtool", "prometheus")
-    require_binary("prometheus", "prometheus")
-    work = tmp_path_factory.mktemp("prometheus")
-    done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(export),
-                           str(work / "data")], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    server = start_prometheus("global:\n  evaluation_interval: 1m\n", work)
+    server = start_backfilled_prometheus(export, tmp_path_factory.mktemp("prometheus"))
     try:
         yield server
     finally:
