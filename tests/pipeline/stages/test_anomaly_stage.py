@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from aiokafka.partitioner import murmur2
-from sim_samples import hot_gpu_incident
+from sim_samples import Incident, hot_gpu_incident
 
 from gpuslo.anomaly.digest import DIGEST_KEY
 from gpuslo.anomaly.rca import RcaAlert, rank_causes, score_samples
@@ -56,6 +56,28 @@ async def read_all(ranker: CauseRanker) -> None:
         quiet = 0 if batches else quiet + 1
 
 
+async def read_digests(kafka_cfg: KafkaConfig, acfg: AnomalyConfig) -> CauseRanker:
+    """Stage 2's ranking side after reading the whole digests topic (stopped again)."""
+    ranker = await CauseRanker(kafka_cfg, acfg).start()
+    try:
+        await read_all(ranker)
+    finally:
+        await ranker.stop()
+    return ranker
+
+
+def pure_digests(incident: Incident) -> tuple[pl.DataFrame, pl.Expr]:
+    """The pure scorer over each partition's samples (what one uninterrupted member scores),
+    and the minutes the stream closes on event time: 30 s after a minute's end, so all
+    but the last ones (the backtest helper also closes those, at the end of the recording,
+    where every series "vanishes")."""
+    parts = [score_samples(pl.concat([f for n, f in incident.batches if partition_of(n) == p]))
+             for p in range(PARTITIONS)]
+    last = incident.samples["ts"].max()
+    assert isinstance(last, datetime)
+    return pl.concat([d for d, _ in parts]), pl.col("minute") <= last - timedelta(seconds=90)
+
+
 async def test_scoring_restarted_from_its_checkpoint_gives_the_pure_scorers_digests(
     kafka_cfg: KafkaConfig, tmp_path: Path
 ) -> None:
@@ -85,21 +107,10 @@ async def test_scoring_restarted_from_its_checkpoint_gives_the_pure_scorers_dige
     finally:
         await second.stop()
 
-    ranker = await CauseRanker(kafka_cfg, acfg).start()
-    try:
-        await read_all(ranker)
-    finally:
-        await ranker.stop()
+    ranker = await read_digests(kafka_cfg, acfg)
     streamed = ranker.window.snapshot()["digests"]
-    # The pure scorer over each partition's samples (what one uninterrupted member scores).
-    parts = [score_samples(pl.concat([f for n, f in incident.batches if partition_of(n) == p]))
-             for p in range(PARTITIONS)]
-    # The stream closes a minute 30 s after its end on event time; the backtest helper also
-    # closes the last ones at the end of the recording (where every series "vanishes").
-    last = incident.samples["ts"].max()
-    assert isinstance(last, datetime)
-    closed = pl.col("minute") <= last - timedelta(seconds=90)
-    pure = pl.concat([d for d, _ in parts]).filter(closed)
+    every, closed = pure_digests(incident)
+    pure = every.filter(closed)
     assert streamed.height > 0 and streamed.filter(~closed).height == 0
     assert canonical(streamed).equals(canonical(pure))
 
@@ -167,18 +178,8 @@ async def test_an_idle_close_whose_digests_cannot_be_produced_goes_back_to_the_c
     finally:
         await runner.stop()
 
-    ranker = await CauseRanker(kafka_cfg, acfg).start()
-    try:
-        await read_all(ranker)
-    finally:
-        await ranker.stop()
-    streamed = ranker.window.snapshot()["digests"]
-    parts = [score_samples(pl.concat([f for n, f in incident.batches if partition_of(n) == p]))
-             for p in range(PARTITIONS)]
-    pure = pl.concat([d for d, _ in parts])
-    last = incident.samples["ts"].max()
-    assert isinstance(last, datetime)
-    closed = pl.col("minute") <= last - timedelta(seconds=90)
+    streamed = (await read_digests(kafka_cfg, acfg)).window.snapshot()["digests"]
+    pure, closed = pure_digests(incident)
     # Minutes closed by event time: as the pure scorer; the last ones, closed on the clock
     # after the failed produce, arrived too (the recording's last minutes, as the backtest
     # helper closes them at its end).
