@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -164,8 +164,12 @@ class LoadModel(_Model):
     noise: float = Field(_FLEET.load_noise, ge=0, le=0.5)
 
 
-class FaultModel(_Model):
-    """One scheduled fault; ``at`` counts from the end of the warm-up."""
+class _ScheduledModel(_Model):
+    """One scheduled event of a catalog (``known``, named ``what`` in errors); ``at``
+    counts from the end of the warm-up."""
+
+    known: ClassVar[Mapping[str, object]]
+    what: ClassVar[str]
 
     kind: str
     target: str = Field(min_length=1)
@@ -176,26 +180,23 @@ class FaultModel(_Model):
     @field_validator("kind")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in CATALOG:
-            raise ValueError(f"unknown fault {v!r}; known: {', '.join(sorted(CATALOG))}")
+        if v not in cls.known:
+            raise ValueError(f"unknown {cls.what} {v!r}; known: {', '.join(sorted(cls.known))}")
         return v
 
 
-class BenignModel(_Model):
-    """One scheduled benign event (a real change that is no fault); ``at`` as for faults."""
+class FaultModel(_ScheduledModel):
+    """One scheduled fault."""
 
-    kind: str
-    target: str = Field(min_length=1)
-    at: Duration = Field(0.0, ge=0)
-    duration: Duration = Field(600.0, gt=0)
-    intensity: float = Field(1.0, gt=0, le=1)
+    known = CATALOG
+    what = "fault"
 
-    @field_validator("kind")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in BENIGN:
-            raise ValueError(f"unknown benign event {v!r}; known: {', '.join(sorted(BENIGN))}")
-        return v
+
+class BenignModel(_ScheduledModel):
+    """One scheduled benign event (a real change that is no fault)."""
+
+    known = BENIGN
+    what = "benign event"
 
 
 class Scenario(_Model):
