@@ -462,36 +462,27 @@ def _fmt(v: float | None, unit: str) -> str:
     return f"{num} {unit}".strip() if unit else num
 
 
+# How a proposal names an entity of each kind (GPUs and pods say more: see _who).
+_WHO = {
+    "port": "port {ent} of {node}", "disk": "disk {ent} of {node}",
+    "replica": "replica {ent}", "model": "model {ent}", "osd": "Ceph {ent}",
+    "storage": "storage {ent}", "job": "job {ent}", "target": "target {ent} on {node}",
+    "node": "node {ent}", "fleet": "the fleet's {ent}",
+}
+
+
 def _who(key: EntityKey, node: str, topology: Topology) -> str:
     kind, _, ent = key
-    info = topology.entities.get(key)
     if kind == "gpu":
         idx = topology.gpu_index(key)
         short = ent if len(ent) <= 14 else ent[:12] + "…"
         return f"GPU {idx} of {node} ({short})" if idx is not None else f"GPU {short} on {node}"
-    if kind == "port":
-        return f"port {ent} of {node}"
-    if kind == "disk":
-        return f"disk {ent} of {node}"
     if kind == "pod":
+        info = topology.entities.get(key)
         model = f" ({info.model})" if info is not None and info.model else ""
         return f"pod {ent}{model} on {node}" if node else f"pod {ent}{model}"
-    if kind == "replica":
-        return f"replica {ent}"
-    if kind == "model":
-        return f"model {ent}"
-    if kind == "osd":
-        return f"Ceph {ent}"
-    if kind == "storage":
-        return f"storage {ent}"
-    if kind == "job":
-        return f"job {ent}"
-    if kind == "target":
-        return f"target {ent} on {node}"
-    if kind == "node":
-        return f"node {ent}"
-    if kind == "fleet":
-        return f"the fleet's {ent}"
+    if kind in _WHO:
+        return _WHO[kind].format(ent=ent, node=node)
     return f"{ent} on {node}" if node else ent
 
 

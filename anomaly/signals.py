@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -304,44 +305,51 @@ def _port_signals() -> tuple[SignalSpec, ...]:
 
 
 # -- disks, Ceph, Lustre ------------------------------------------------------------------
+def _disk_signals(n: Mapping[str, str], unit: str, latency_floor: float,
+                  busy_floor: float) -> tuple[SignalSpec, ...]:
+    """The same disk signals from either source of the kernel's per-disk counters: only
+    the series' names and their time unit (seconds or milliseconds) differ."""
+    return (
+        _s("disk_read_latency", n["read_time"], "disk", "cause", "up", 0.85, "ratio",
+           "read latency", unit, denominator=(n["reads"],), floor_rel=0.25,
+           floor_abs=latency_floor),
+        _s("disk_write_latency", n["write_time"], "disk", "cause", "up", 0.7, "ratio",
+           "write latency", unit, denominator=(n["writes"],), floor_rel=0.25,
+           floor_abs=latency_floor),
+        _s("disk_busy", n["io_time"], "disk", "cause", "up", 0.55, "rate", "busy time",
+           f"{unit}/s", floor_abs=busy_floor, floor_rel=0.0),
+        _s("disk_queue", n["weighted_io_time"], "disk", "cause", "up", 0.55, "rate",
+           "queue depth", "", floor_rel=0.25),
+        _s("disk_in_flight", n["in_flight"], "disk", "cause", "up", 0.45, "gauge",
+           "I/Os in flight", floor_abs=1.0),
+        _s("disk_read_throughput", (n["read_volume"], n["reads"], n["reads_merged"]),
+           "disk", "context", "both", 0.3, "rate", "read throughput", "/s", floor_rel=0.25),
+        _s("disk_write_throughput", (n["write_volume"], n["writes"], n["writes_merged"]),
+           "disk", "context", "both", 0.3, "rate", "write throughput", "/s", floor_rel=0.25),
+    )
+
+
+_NODE_EXPORTER_DISK = {
+    "read_time": "node_disk_read_time_seconds", "reads": "node_disk_reads_completed",
+    "write_time": "node_disk_write_time_seconds", "writes": "node_disk_writes_completed",
+    "io_time": "node_disk_io_time_seconds",
+    "weighted_io_time": "node_disk_io_time_weighted_seconds", "in_flight": "node_disk_io_now",
+    "read_volume": "node_disk_read_bytes", "reads_merged": "node_disk_reads_merged",
+    "write_volume": "node_disk_written_bytes", "writes_merged": "node_disk_writes_merged",
+}
+# /proc/diskstats read directly (the storage collector's raw rows, times in ms).
+_DISKSTATS = {
+    "read_time": "diskstats_time_reading_ms", "reads": "diskstats_reads_completed",
+    "write_time": "diskstats_time_writing_ms", "writes": "diskstats_writes_completed",
+    "io_time": "diskstats_time_io_ms", "weighted_io_time": "diskstats_weighted_time_io_ms",
+    "in_flight": "diskstats_ios_in_progress",
+    "read_volume": "diskstats_sectors_read", "reads_merged": "diskstats_reads_merged",
+    "write_volume": "diskstats_sectors_written", "writes_merged": "diskstats_writes_merged",
+}
+
 _STORAGE: tuple[SignalSpec, ...] = (
-    _s("disk_read_latency", "node_disk_read_time_seconds", "disk", "cause", "up", 0.85, "ratio",
-       "read latency", "s", denominator=("node_disk_reads_completed",), floor_rel=0.25,
-       floor_abs=2e-5),
-    _s("disk_write_latency", "node_disk_write_time_seconds", "disk", "cause", "up", 0.7,
-       "ratio", "write latency", "s", denominator=("node_disk_writes_completed",),
-       floor_rel=0.25, floor_abs=2e-5),
-    _s("disk_busy", "node_disk_io_time_seconds", "disk", "cause", "up", 0.55, "rate",
-       "busy time", "s/s", floor_abs=0.05, floor_rel=0.0),
-    _s("disk_queue", "node_disk_io_time_weighted_seconds", "disk", "cause", "up", 0.55, "rate",
-       "queue depth", "", floor_rel=0.25),
-    _s("disk_in_flight", "node_disk_io_now", "disk", "cause", "up", 0.45, "gauge",
-       "I/Os in flight", floor_abs=1.0),
-    _s("disk_read_throughput", ("node_disk_read_bytes", "node_disk_reads_completed",
-                                "node_disk_reads_merged"),
-       "disk", "context", "both", 0.3, "rate", "read throughput", "/s", floor_rel=0.25),
-    _s("disk_write_throughput", ("node_disk_written_bytes", "node_disk_writes_completed",
-                                 "node_disk_writes_merged"),
-       "disk", "context", "both", 0.3, "rate", "write throughput", "/s", floor_rel=0.25),
-    # /proc/diskstats read directly (the storage collector's raw rows, in ms).
-    _s("disk_read_latency", "diskstats_time_reading_ms", "disk", "cause", "up", 0.85, "ratio",
-       "read latency", "ms", denominator=("diskstats_reads_completed",), floor_rel=0.25,
-       floor_abs=0.02),
-    _s("disk_write_latency", "diskstats_time_writing_ms", "disk", "cause", "up", 0.7, "ratio",
-       "write latency", "ms", denominator=("diskstats_writes_completed",), floor_rel=0.25,
-       floor_abs=0.02),
-    _s("disk_busy", "diskstats_time_io_ms", "disk", "cause", "up", 0.55, "rate", "busy time",
-       "ms/s", floor_abs=50.0, floor_rel=0.0),
-    _s("disk_queue", "diskstats_weighted_time_io_ms", "disk", "cause", "up", 0.55, "rate",
-       "queue depth", "", floor_rel=0.25),
-    _s("disk_in_flight", "diskstats_ios_in_progress", "disk", "cause", "up", 0.45, "gauge",
-       "I/Os in flight", floor_abs=1.0),
-    _s("disk_read_throughput", ("diskstats_sectors_read", "diskstats_reads_completed",
-                                "diskstats_reads_merged"),
-       "disk", "context", "both", 0.3, "rate", "read throughput", "/s", floor_rel=0.25),
-    _s("disk_write_throughput", ("diskstats_sectors_written", "diskstats_writes_completed",
-                                 "diskstats_writes_merged"),
-       "disk", "context", "both", 0.3, "rate", "write throughput", "/s", floor_rel=0.25),
+    *_disk_signals(_NODE_EXPORTER_DISK, "s", latency_floor=2e-5, busy_floor=0.05),
+    *_disk_signals(_DISKSTATS, "ms", latency_floor=0.02, busy_floor=50.0),
     _s("ceph_osd_write_latency", "ceph_osd_op_w_latency", "osd", "cause", "up", 0.85, "mean",
        "write latency", "s", floor_rel=0.25),
     _s("ceph_osd_read_latency", "ceph_osd_op_r_latency", "osd", "cause", "up", 0.85, "mean",
