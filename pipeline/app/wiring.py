@@ -363,7 +363,8 @@ class Aggregation:
             consumer_lag_records=self.lag,
             dead_letters_total=sum(s.consumer.dead_letters for s in self.engine.stages),
             consumer_recoveries_total={
-                k: n for s in self.engine.stages for k, n in s.recoveries().items()},
+                **{k: n for s in self.engine.stages for k, n in s.recoveries().items()},
+                **(self.engine.ranker.recoveries() if self.engine.ranker is not None else {})},
             deliveries=deliveries,
         )
 

@@ -5,6 +5,12 @@ partitions: the ranking side of root-cause analysis needs the digests of every
 node, whichever stage-2 member it runs in, and rebuilds its window on start by
 re-reading the last minutes of the topic (the topic is its checkpoint).  No
 group, no commits: each reader sees all records.
+
+Because it seeks by time, a reader that lost its way (a broker that came back
+with empty logs, a consumer that stopped fetching) is put right by starting it
+again from the record time every partition had reached (:meth:`TopicReader.restart`,
+:attr:`TopicReader.newest_ms`): what it reads twice its owner merges by key.
+:meth:`TopicReader.marks` gives its owner what it needs to notice.
 """
 
 from __future__ import annotations
@@ -48,13 +54,17 @@ class TopicReader:
         self._max_records = max_records
         self._consumer: AIOKafkaConsumer | None = None
         self.undecodable = 0
+        self.newest_ms: dict[int, int] = {}  # per partition, the newest record time read
 
     async def start(self, since: datetime) -> TopicReader:
         """Assign every partition and seek each to its first record at or after ``since``."""
         if self._consumer is not None:
             return self
+        # An offset beyond the log (its records deleted or lost) restarts at the log's
+        # first record, not at its end: what came after the loss is read, not skipped.
         consumer = AIOKafkaConsumer(**client_options(self.cfg, self._bootstrap),
-                                    group_id=None, enable_auto_commit=False)
+                                    group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="earliest")
         try:
             await consumer.start()
             await consumer.topics()  # metadata, so the partitions are known
@@ -86,6 +96,23 @@ class TopicReader:
         if consumer is not None:
             await consumer.stop()
 
+    async def restart(self, since: datetime) -> TopicReader:
+        """A new consumer from ``since`` on (the old one stopped first)."""
+        await self.stop()
+        return await self.start(since)
+
+    async def marks(self) -> dict[int, tuple[int, int]]:
+        """Each partition's (position, log end offset) now, from the broker."""
+        if self._consumer is None:
+            raise TransportError("reader is not started", retriable=False)
+        tps = sorted(self._consumer.assignment(), key=lambda t: t.partition)
+        try:
+            ends = await self._consumer.end_offsets(tps)
+            return {tp.partition: (await self._consumer.position(tp), ends[tp]) for tp in tps}
+        except KafkaError as exc:
+            raise TransportError(f"offsets of {self.topic!r} not readable: {exc}",
+                                 retriable=True) from exc
+
     async def poll(self, timeout_ms: int = 1000) -> list[ConsumedBatch]:
         """The next records of every partition (empty after ``timeout_ms`` without any)."""
         if self._consumer is None:
@@ -99,6 +126,8 @@ class TopicReader:
         out = []
         for tp in sorted(fetched, key=lambda t: t.partition):
             for msg in fetched[tp]:
+                if msg.timestamp > self.newest_ms.get(tp.partition, msg.timestamp - 1):
+                    self.newest_ms[tp.partition] = msg.timestamp
                 frame: pl.DataFrame | None = None
                 error: str | None = None
                 try:

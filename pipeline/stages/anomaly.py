@@ -14,7 +14,12 @@
   no group) into one :class:`~gpuslo.anomaly.rca.DigestWindow`, and ranks the
   causes of the alerts it evaluates (:class:`~gpuslo.anomaly.rca.AlertRanking`).
   Its state is a view of the topic's last ``anomaly.retention_minutes``: on start
-  it re-reads them, so the topic is its checkpoint.
+  it re-reads them, so the topic is its checkpoint.  For the same reason it
+  recovers by reading again from the newest record time it had: after a failed
+  fetch, a log end below its position (the broker lost its log) or no progress
+  for ``consumer.stall_timeout_s`` while the log grew (an aiokafka consumer can
+  stop fetching after a broker restart), counted like the stages' recoveries in
+  ``gpuslo_consumer_recoveries_total{consumer="rca"}``.
 
 Scoring, stage 1 and stage 2 may run in one process (the demo, ``gpuslo
 aggregate``) or in separate ones (``gpuslo anomaly`` beside ``gpuslo aggregate``
@@ -43,10 +48,10 @@ from gpuslo.anomaly.digest import (
 from gpuslo.anomaly.rca import AlertKey, AlertRanking, DigestWindow, RcaSettings
 from gpuslo.anomaly.scorer import NodeScorer, ScorerSettings
 from gpuslo.exporters.base import AnomalyScore
-from gpuslo.pipeline.aio import Clock, utc_now
+from gpuslo.pipeline.aio import Clock, sleep_or_stop, utc_now
 from gpuslo.pipeline.config import AnomalyConfig, ConsumerConfig, KafkaConfig
 from gpuslo.pipeline.errors import GpusloError
-from gpuslo.pipeline.kafka.client import HEADER_SCHEMA, ConsumedBatch
+from gpuslo.pipeline.kafka.client import HEADER_SCHEMA, ConsumedBatch, TransportError
 from gpuslo.pipeline.kafka.reader import TopicReader
 from gpuslo.pipeline.readiness import Readiness
 from gpuslo.pipeline.stages.checkpoint import CheckpointStore
@@ -57,6 +62,11 @@ log = logging.getLogger(__name__)
 
 # Key of records about entities with no node (shared storage, models, jobs).
 FLEET_KEY = "-"
+RANKER_CONSUMER = "rca"  # the ranking side's reader in gpuslo_consumer_recoveries_total
+WATCH_EVERY_S = 5.0  # how often the ranking side compares its position with the log ends
+# Read again a little before the record time reached: records of one time may still
+# have been on their way in another batch.
+RECOVERY_OVERLAP = timedelta(seconds=30)
 
 
 class ScoreRunner(StageRunner):
@@ -246,8 +256,13 @@ class CauseRanker:
         bootstrap_servers: str | None = None,
         settings: RcaSettings | None = None,
         readiness: Readiness | None = None,
+        stall_timeout_s: float = 20.0,
     ) -> None:
         self.retention = timedelta(minutes=anomaly_cfg.retention_minutes)
+        self._stall_s = stall_timeout_s
+        self._progress_at = self._checked_at = time.monotonic()
+        self._ends: dict[int, int] = {}  # each partition's log end at the last check
+        self.recovered: dict[str, int] = {"error": 0, "log_reset": 0, "stalled": 0}
         self.window = DigestWindow(self.retention, settings)
         self.ranking = AlertRanking(self.window)
         self.reader = TopicReader(kafka_cfg, kafka_cfg.topics.digests, decode_digest_record,
@@ -280,9 +295,63 @@ class CauseRanker:
             self.window.add_digest(pl.concat(digests))
 
     async def run(self, stop: asyncio.Event, poll_ms: int = 500) -> None:
-        """Read digests until ``stop``."""
+        """Read digests until ``stop``; a reader that lost its way reads again (see the
+        module's docstring), so the ranking never ends the process."""
         while not stop.is_set():
-            self.add(await self.reader.poll(poll_ms))
+            try:
+                batches = await self.reader.poll(poll_ms)
+            except TransportError as exc:
+                await self._recover("error", str(exc), stop)
+                continue
+            if batches:
+                self._progress_at = time.monotonic()
+            self.add(batches)
+            if time.monotonic() - self._checked_at >= min(self._stall_s / 2, WATCH_EVERY_S):
+                await self._watch(stop)
+
+    def recoveries(self) -> dict[tuple[str, str], int]:
+        """Recoveries by reason, as ``gpuslo_consumer_recoveries_total`` exports them."""
+        return {(RANKER_CONSUMER, reason): n for reason, n in self.recovered.items()}
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        self._checked_at = time.monotonic()
+        try:
+            marks = await self.reader.marks()
+        except TransportError as exc:
+            if time.monotonic() - self._progress_at >= self._stall_s:
+                await self._recover("stalled", str(exc), stop)
+            return
+        ends, self._ends = self._ends, {p: end for p, (_, end) in marks.items()}
+        lost = [p for p, (pos, end) in marks.items() if end < pos or end < ends.get(p, 0)]
+        if lost:
+            await self._recover("log_reset", f"log end of partitions {lost} went back", stop)
+        elif (any(end > pos for pos, end in marks.values())
+              and time.monotonic() - self._progress_at >= self._stall_s):
+            await self._recover("stalled", f"nothing read for {self._stall_s:g}s while "
+                                "the log grew", stop)
+
+    async def _recover(self, reason: str, why: str, stop: asyncio.Event) -> None:
+        """Read again from the record time every partition had reached (the retention,
+        before any record): records read twice merge by key, and a new log's records
+        are all later (they were produced after the loss)."""
+        self.recovered[reason] += 1
+        reached = self.reader.newest_ms
+        since = (datetime.fromtimestamp(min(reached.values()) / 1000, UTC) - RECOVERY_OVERLAP
+                 if reached else datetime.now(UTC) - self.retention)
+        log.warning("%s: %s; reading again from %s", self.reader.topic, why,
+                    since.isoformat(timespec="seconds"))
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await self.reader.restart(since)
+                break
+            except TransportError as exc:
+                log.warning("%s not read again (%s); retrying in %gs", self.reader.topic,
+                            exc, backoff)
+                await sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 10.0)
+        self._ends.clear()
+        self._progress_at = self._checked_at = time.monotonic()
 
     def scores(self) -> tuple[AnomalyScore, ...]:
         """Each entity's strongest deviation per detector in the newest minute (what

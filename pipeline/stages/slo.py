@@ -325,6 +325,7 @@ class SloEngine:
         ) if 1 in stages and a.enabled and a.score else None
         self.ranker = CauseRanker(
             cfg.kafka, a, bootstrap_servers=bootstrap_servers, readiness=readiness,
+            stall_timeout_s=cfg.consumer.stall_timeout_s,
         ) if 2 in stages and a.enabled else None
         self.stage1: Stage1Runner | None = None
         self.stage2: Stage2Runner | None = None

@@ -13,17 +13,23 @@ applied once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 from kafka_target import new_suffix, per_test_config
+from sim_samples import hot_gpu_incident
 
-from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
+from gpuslo.anomaly.digest import encode_digest
+from gpuslo.anomaly.rca import score_samples
+from gpuslo.pipeline.config import AnomalyConfig, ConsumerConfig, KafkaConfig
 from gpuslo.pipeline.kafka.broker import EmbeddedBroker
 from gpuslo.pipeline.kafka.client import ConsumedBatch, SampleProducer, ensure_topics
+from gpuslo.pipeline.stages.anomaly import CauseRanker
 from gpuslo.pipeline.stages.checkpoint import CheckpointStore
 from gpuslo.pipeline.stages.runner import StageRunner
 
@@ -162,3 +168,58 @@ async def test_a_new_log_longer_than_the_old_one_is_found_by_the_record_at_the_p
         assert stage.stats.log_resets == 1
     finally:
         await stage.stop()
+
+
+async def produce_digests(cfg: KafkaConfig, digests: pl.DataFrame) -> None:
+    """One record per node and minute, as the scoring stage writes them."""
+    async with SampleProducer(cfg) as producer:
+        for (node, _), part in digests.group_by(["node", "minute"], maintain_order=True):
+            await producer.send_many(cfg.topics.digests, str(node), [(encode_digest(part), [])])
+
+
+async def test_the_ranking_side_reads_the_digests_of_a_new_log_after_the_broker_lost_its_own(
+    restartable: tuple[EmbeddedBroker, KafkaConfig],
+) -> None:
+    """The ranking side reads ``gpuslo.digests`` outside any group.  The broker comes back
+    with an empty log, shorter than the reader's position, and the scorers go on writing.
+    Checked to fail with neither the ranker's watchdog nor the reader's ``earliest``
+    reset (aiokafka's default resets a position beyond the log to its end, so the new
+    log's first minutes never reach the ranking: the assertion on every minute fails);
+    either one alone reads them."""
+    broker, cfg = restartable
+    await ensure_topics(cfg, [cfg.topics.digests])
+    digests, _ = score_samples(hot_gpu_incident(datetime.now(UTC)).samples)
+    minutes = sorted(set(digests["minute"].to_list()))
+    before, after = minutes[:-4], minutes[-4:]  # one node: one partition, one record a minute
+    assert len(before) > len(after)  # the new log ends below the old position
+    await produce_digests(cfg, digests.filter(pl.col("minute").is_in(before)))
+
+    ranker = await CauseRanker(cfg, AnomalyConfig(retention_minutes=1440),
+                               stall_timeout_s=2.0).start()
+    stop = asyncio.Event()
+    reading = asyncio.create_task(ranker.run(stop, poll_ms=200))
+
+    def seen() -> set[datetime]:
+        return set(ranker.window.snapshot()["digests"]["minute"].to_list())
+
+    async def wait_for_minutes(want: list[datetime]) -> None:
+        for _ in range(150):
+            if set(want) <= seen() or reading.done():
+                return
+            await asyncio.sleep(0.2)
+
+    try:
+        await wait_for_minutes(before)
+        assert seen() == set(before)
+        await restart_empty(broker, cfg)
+        await ensure_topics(cfg, [cfg.topics.digests])
+        await produce_digests(cfg, digests.filter(pl.col("minute").is_in(after)))
+        await wait_for_minutes(minutes)
+        assert not reading.done(), reading  # the ranking never ends the process
+        assert seen() == set(minutes)
+        assert ranker.recovered["log_reset"] + ranker.recovered["error"] >= 1, ranker.recovered
+        assert ranker.recoveries()[("rca", "log_reset")] == ranker.recovered["log_reset"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(reading, 10)
+        await ranker.stop()
