@@ -252,6 +252,13 @@ class _Tracked:
     payload: dict[str, Any]
     resolved_at: datetime | None = None
     last_sent: datetime | None = None
+    # Not sent before this time unless its causes come first (``rca_wait_s``).
+    held_until: datetime | None = None
+
+    def held(self, now: datetime) -> bool:
+        return (self.held_until is not None and self.last_sent is None
+                and self.resolved_at is None and now < self.held_until
+                and _rca_of(self.payload) is None)
 
 
 @dataclass
@@ -302,12 +309,17 @@ class AlertmanagerClient:
     Feed it each evaluation's alerts with :meth:`submit` (or, as a push exporter,
     :meth:`export` a :class:`~exporters.base.Snapshot`).  It sends new, changed and
     resolved alerts at once, re-sends the rest every ``resend_interval_s``, and
-    retries failed POSTs with exponential backoff per Alertmanager.
+    retries failed POSTs with exponential backoff per Alertmanager.  With
+    ``rca_expected`` (a ranking side runs), a newly firing alert without causes yet
+    waits for them up to ``rca_wait_s`` after it fired: Alertmanager notifies an
+    alert once (until ``repeat_interval``), so what the pager gets is its first
+    version.
 
     Args:
         cfg: URLs, auth, TLS, timings and limits.
         clock: source of ``now`` for timestamps (tests inject a fake).
         session: an aiohttp session to use instead of the client's own.
+        rca_expected: whether causes will be ranked for the alerts (anomaly enabled).
     """
 
     kind: Literal["push"] = "push"
@@ -319,11 +331,13 @@ class AlertmanagerClient:
         clock: Callable[[], datetime] = utc_now,
         session: aiohttp.ClientSession | None = None,
         name: str = "alertmanager",
+        rca_expected: bool = False,
     ) -> None:
         self.cfg = cfg
         self.name = name
         self.options = PayloadOptions.from_config(cfg)
         self.resend_interval = timedelta(seconds=cfg.resend_interval_s)
+        self.rca_wait = timedelta(seconds=cfg.rca_wait_s if rca_expected else 0.0)
         self.resolved_retention = timedelta(seconds=cfg.resolved_retention_s)
         self._clock = clock
         self._session = session
@@ -428,7 +442,12 @@ class AlertmanagerClient:
                 # the alert fires, may lack the digests of the last minutes before it.
                 reranked = old is not None and _rca_of(old.payload) != _rca_of(payload)
                 last_sent = None if fresh or reranked or old is None else old.last_sent
-                self._tracked[key] = _Tracked(payload, None, last_sent)
+                # Held for its causes from when it fired (a stage 2 that restarted and
+                # restored an alert that fired long ago holds nothing).
+                held_until = (a.fired_at + self.rca_wait
+                              if fresh and a.fired_at is not None and self.rca_wait
+                              else None if fresh or old is None else old.held_until)
+                self._tracked[key] = _Tracked(payload, None, last_sent, held_until)
             else:  # RESOLVED
                 if old is not None and old.resolved_at is not None:
                     continue  # already resolved and being re-sent
@@ -470,6 +489,8 @@ class AlertmanagerClient:
                 del self._tracked[key]
                 continue
             if t.last_sent is not None and now - t.last_sent < self.resend_interval:
+                continue
+            if t.held(now):
                 continue
             if t.resolved_at is None:  # a fresh endsAt on every re-send of a firing alert
                 t.payload = {**t.payload, "endsAt": rfc3339(

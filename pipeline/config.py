@@ -595,6 +595,16 @@ class AlertmanagerConfig(_Model):
         gt=0,
         description="Seconds between re-sends of firing alerts; endsAt is now + 4x this.",
     )
+    rca_wait_s: float = Field(
+        60.0,
+        ge=0,
+        description="Hold the first notification of a newly firing alert up to this long "
+        "after it fired, until its ranked causes (the rca annotation) are known: "
+        "Alertmanager does not notify again when only an annotation changes, so a page sent "
+        "before the ranking reaches the pager without a cause until repeat_interval. "
+        "Ranking needs the scorers to close the minute the alert fired in. 0 sends at once; "
+        "no effect with anomaly.enabled false.",
+    )
     resolved_retention_s: float = Field(
         900.0,
         ge=300,

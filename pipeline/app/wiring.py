@@ -96,7 +96,8 @@ def _otlp(cfg: GpusloConfig, clock: Clock) -> Exporter | None:
 
 def _alertmanager(cfg: GpusloConfig, clock: Clock) -> Exporter | None:
     c = cfg.alerts.alertmanager
-    return AlertmanagerClient(c, clock=clock) if c.urls else None
+    return (AlertmanagerClient(c, clock=clock, rca_expected=cfg.anomaly.enabled)
+            if c.urls else None)
 
 
 @cache

@@ -125,6 +125,70 @@ def test_firing_alerts_are_resent_every_interval_with_a_fresh_ends_at() -> None:
     assert len(c.queued("http://am-0:9093")) == 2  # the newer version replaced the older
 
 
+def _rca_client(**kw: Any) -> AlertmanagerClient:
+    cfg = AlertmanagerConfig.model_validate(
+        {"urls": ["http://am-0:9093"], "resend_interval_s": 60, "rca_wait_s": 60, **kw})
+    return AlertmanagerClient(cfg, clock=lambda: T0, rca_expected=True)
+
+
+def _sent_rca(c: AlertmanagerClient) -> list[str | None]:
+    return [p["annotations"].get("rca") for p in c.queued("http://am-0:9093")]
+
+
+def test_a_new_alert_waits_for_its_causes_and_goes_out_with_them() -> None:
+    """What the pager gets is the first version Alertmanager sees: it does not notify
+    again when only an annotation changes."""
+    s = spec()
+    ev = AlertEvaluator([s])
+    c = _rca_client()
+    rep, alerts = fire(ev, s, T0)
+    assert all(a.fired_at == T0 for a in alerts)
+    assert c.submit(alerts, reports=[rep], now=T0) == 0  # no causes yet: held
+    assert c.tick(T0 + timedelta(seconds=30)) == 0
+    t1 = T0 + timedelta(seconds=40)
+    rep, alerts = fire(ev, s, t1)
+    key = (s.id, rep.scope_key)
+    assert c.submit(alerts, reports=[rep], rca={key: "1. [cause] GPU 3"}, now=t1) == 2
+    assert _sent_rca(c) == ["1. [cause] GPU 3"] * 2
+    # startsAt is still when it fired, not when it was sent.
+    assert {p["startsAt"] for p in c.queued("http://am-0:9093")} == {rfc3339(T0)}
+
+
+def test_a_new_alert_without_causes_goes_out_when_the_wait_is_over() -> None:
+    s = spec()
+    c = _rca_client()
+    rep, alerts = fire(AlertEvaluator([s]), s, T0)
+    assert c.submit(alerts, reports=[rep], now=T0) == 0
+    assert c.tick(T0 + timedelta(seconds=59)) == 0
+    assert c.tick(T0 + timedelta(seconds=60)) == 2
+    assert _sent_rca(c) == [None, None]
+
+
+def test_no_wait_without_a_ranking_side_or_for_an_alert_that_fired_long_ago() -> None:
+    s = spec()
+    _, alerts = fire(AlertEvaluator([s]), s, T0)
+    # anomaly disabled: nothing will rank the causes, so nothing waits for them
+    cfg = AlertmanagerConfig(urls=["http://am-0:9093"], rca_wait_s=60)
+    assert AlertmanagerClient(cfg, clock=lambda: T0).submit(alerts, now=T0) == 2
+    # rca_wait_s 0: sent at once
+    assert _rca_client(rca_wait_s=0).submit(alerts, now=T0) == 2
+    # restored by a restarted stage 2, fired two minutes ago: its page is overdue
+    later = T0 + timedelta(minutes=2)
+    assert _rca_client().submit(alerts, now=later) == 2
+
+
+def test_an_alert_resolved_while_it_waits_is_sent_resolved_only() -> None:
+    s = spec()
+    ev = AlertEvaluator([s])
+    c = _rca_client()
+    rep, alerts = fire(ev, s, T0)
+    assert c.submit(alerts, reports=[rep], now=T0) == 0
+    t1 = T0 + timedelta(seconds=20)
+    rep = report(s, t1, burn_rate=0.1)
+    assert c.submit(ev.evaluate([rep], t1), reports=[rep], now=t1) == 2
+    assert {p["endsAt"] for p in c.queued("http://am-0:9093")} == {rfc3339(t1)}
+
+
 def test_resolved_alerts_are_resent_for_the_retention_then_forgotten() -> None:
     s = spec()
     ev = AlertEvaluator([s])

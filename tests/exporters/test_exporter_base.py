@@ -93,5 +93,15 @@ def test_the_registry_builds_what_the_config_switches_on() -> None:
     otlp = built[0]
     assert isinstance(otlp, OtlpExporter)
     otlp.provider.shutdown()
+    # A new alert waits for its causes only where something ranks them.
+    am = built[1]
+    assert isinstance(am, AlertmanagerClient) and am.rca_wait.total_seconds() == 60
+    cfg = load_config(environ={
+        "GPUSLO_ANOMALY__ENABLED": "false",
+        "GPUSLO_EXPORTERS__PROMETHEUS__ENABLED": "false",
+        "GPUSLO_ALERTS__ALERTMANAGER__URLS": '["http://am-0:9093"]',
+    })
+    (am,) = build_exporters(cfg)
+    assert isinstance(am, AlertmanagerClient) and am.rca_wait.total_seconds() == 0
 
 

@@ -4,7 +4,8 @@ The demo runs the production wiring (collectors → embedded broker → SLO stag
 the anomaly scoring stage and stage 2's ranking side, the exporters) on a
 simulated fleet that is calm for a quarter of an hour and then gets one fault.
 The alert it raises must reach a real Alertmanager with an ``rca`` annotation
-whose first line names the faulted GPU, and /metrics must carry the same top
+whose first line names the faulted GPU, the first notification Alertmanager
+sends the pager (a webhook) must carry it, and /metrics must carry the same top
 cause on ``gpuslo_slo_alert_cause``.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pipeline_processes import Webhook, alertmanager_config
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from servers import free_port, start_alertmanager
@@ -26,14 +28,6 @@ from gpuslo.pipeline.app.demo import DemoSettings, run_demo
 from gpuslo.simulator.scenario import parse_scenario
 
 pytestmark = pytest.mark.integration
-
-AM_CONFIG = """
-route:
-  receiver: "null"
-  group_wait: 1s
-receivers:
-  - name: "null"
-"""
 
 FAULTED = ("node-1", "2")  # node, GPU index
 SCENARIO = {
@@ -49,7 +43,8 @@ SCENARIO = {
 
 async def test_an_injected_fault_pages_with_the_faulted_gpu_as_first_cause(
         tmp_path: Path) -> None:
-    am = start_alertmanager(AM_CONFIG, tmp_path / "am")
+    pager = Webhook().start()
+    am = start_alertmanager(alertmanager_config(pager.url), tmp_path / "am")
     metrics_port = free_port()
     causes: list[dict[str, str]] = []
     page: list[dict[str, Any]] = []
@@ -84,7 +79,9 @@ async def test_an_injected_fault_pages_with_the_faulted_gpu_as_first_cause(
         alerts: list[dict[str, Any]] = am.get_json("/api/v2/alerts")
     finally:
         am.stop()
+        pager.stop()
     log = out.getvalue()[-4000:]
+
     with_rca = [a for a in alerts if a["annotations"].get("rca")]
     assert with_rca, f"no alert with an rca annotation reached Alertmanager: {alerts}\n{log}"
     node, index = FAULTED
@@ -93,6 +90,16 @@ async def test_an_injected_fault_pages_with_the_faulted_gpu_as_first_cause(
         assert 1 <= len(lines) <= 3, lines
         assert all(line.startswith(f"{i}. [") for i, line in enumerate(lines, 1)), lines
         assert lines[0].startswith(f"1. [cause] GPU {index} of {node} "), (a["labels"], lines)
+    # The pager's first notification of each alert already names it: Alertmanager does not
+    # notify again when only the annotation changes.
+    first: dict[str, dict[str, Any]] = {}
+    for a in pager.alerts():
+        first.setdefault(json.dumps(a["labels"], sort_keys=True), a)
+    assert first, f"no notification reached the pager\n{log}"
+    for a in first.values():
+        assert a["status"] == "firing"
+        assert a["annotations"].get("rca", "").startswith(
+            f"1. [cause] GPU {index} of {node} "), (a["labels"], a["annotations"])
     # The exporter's cause series agrees: rank 1 is the faulted GPU, on its node.
     assert causes, f"gpuslo_slo_alert_cause was never served\n{log}"
     tops = [c for c in causes if c["cause_rank"] == "1"]
