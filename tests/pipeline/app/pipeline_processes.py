@@ -181,8 +181,10 @@ def write_config(tmp_path: Path, kafka_cfg: KafkaConfig, collectors: list[dict[s
         "collectors": collectors,
         # Each process its own HTTP port.
         "exporters": {"prometheus": {"enabled": True, "host": "127.0.0.1", "port": 0}},
+        # Causes are rarely ranked in a run this short: a new alert waits 2 s for them
+        # (the same hold as the default minute, kills included, within the test's time).
         "alerts": {"alertmanager": {"urls": [alertmanager] if alertmanager else [],
-                                    "resend_interval_s": RESEND_S}},
+                                    "resend_interval_s": RESEND_S, "rca_wait_s": 2.0}},
         "shutdown": {"collect_scrape_wait_s": 1.0, "collect_flush_s": 5.0,
                      "aggregate_grace_s": 10.0},
     }
