@@ -91,11 +91,12 @@ def write_config(tmp_path: Path, kafka_cfg: KafkaConfig, *, partitions: int,
 
 
 def start(config: Path, report: Path, log: Path,
-          spec_files: Sequence[Path]) -> subprocess.Popen[bytes]:
-    """`gpuslo aggregate` writing its latest reports to ``report`` and its output to ``log``."""
+          spec_files: Sequence[Path], stage: str = "both") -> subprocess.Popen[bytes]:
+    """`gpuslo aggregate` (``--stage``) writing its latest reports to ``report`` and its
+    output to ``log``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUSLO_")}
     argv = [sys.executable, "-m", "gpuslo.pipeline.app.cli.main", "aggregate",
-            "--config", str(config), "--report-json", str(report)]
+            "--config", str(config), "--report-json", str(report), "--stage", stage]
     for spec in spec_files:
         argv += ["--specs", str(spec)]
     with log.open("ab") as out:

@@ -2,12 +2,13 @@
 
 A small simulated fleet (3 nodes x 4 GPUs serving one model) runs calm, then one
 GPU overheats.  Its samples, scraped every 30 s, go to the test's ``samples``
-topic keyed by node.  Two real processes join the session's broker: ``gpuslo
-anomaly`` scores them into per-minute digests, ``gpuslo aggregate`` (with
-``anomaly.score: false``) runs both SLO stages and ranks the causes of the
-alert that fires from those digests only.  The causes it reports must name
-the faulted GPU first and agree with the one-process verdict: the pure scorer
-and ranking over every sample (``anomaly.rca.causes_for_alerts``) for the same
+topic keyed by node.  Three real processes join the session's broker: ``gpuslo
+anomaly`` scores them into per-minute digests, ``gpuslo aggregate --stage 1``
+(with ``anomaly.score: false``) turns them into SLI records, and ``gpuslo
+aggregate --stage 2`` alone evaluates the SLO and ranks the causes of the
+alert that fires from the digests only.  The causes it reports must name the
+faulted GPU first and agree with the one-process verdict: the pure scorer and
+ranking over every sample (``anomaly.rca.causes_for_alerts``) for the same
 alert.
 """
 
@@ -61,7 +62,7 @@ def top(causes: list[dict[str, Any]]) -> tuple[str, str, str] | None:
     return (causes[0]["entity"], causes[0]["node"], causes[0]["kind"]) if causes else None
 
 
-async def test_scorer_and_alerting_in_two_processes_name_the_same_top_cause(
+async def test_scorer_stage_1_and_stage_2_as_processes_name_the_same_top_cause(
     kafka_cfg: KafkaConfig, tmp_path: Path
 ) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
@@ -84,12 +85,13 @@ async def test_scorer_and_alerting_in_two_processes_name_the_same_top_cause(
                                 extra={"exporters": off,
                                        "anomaly": {"group_id": group, "score": False}})
     report = tmp_path / "report.json"
-    logs = [tmp_path / "scorer.log", tmp_path / "aggregate.log"]
+    logs = [tmp_path / "scorer.log", tmp_path / "stage1.log", tmp_path / "stage2.log"]
     procs = [start_scorer(scorer_cfg, logs[0]),
-             start(alerting_cfg, report, logs[1], SPEC_FILES)]
+             start(alerting_cfg, tmp_path / "stage1.json", logs[1], SPEC_FILES, stage="1"),
+             start(alerting_cfg, report, logs[2], SPEC_FILES, stage="2")]
     try:
         wait(lambda: "anomaly owns" in logs[0].read_text(errors="replace")
-             and read_report(report), procs, logs, 40, "both processes to join their groups")
+             and read_report(report), procs, logs, 40, "the processes to join their groups")
         await produce(kafka_cfg, batches)
 
         def ranked() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
@@ -108,7 +110,7 @@ async def test_scorer_and_alerting_in_two_processes_name_the_same_top_cause(
             return (alert, expected) if top(alert["rca"]) == top(expected) else None
 
         alert, expected = wait(ranked, procs, logs, 60,
-                               "the alerting process to rank the alert's causes as one does")
+                               "stage 2 alone to rank the alert's causes as one process does")
         metrics = scorer_metrics(logs[0].read_text(errors="replace"))
         assert re.search(rf'^gpuslo_consumer_recoveries_total{{[^}}]*consumer="{group}"'
                          r'[^}]*reason="stalled"[^}]*} 0\.0$', metrics, re.M), metrics
