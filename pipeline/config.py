@@ -315,7 +315,9 @@ class ScrapeCollectorConfig(_Model):
     interval_s: float = Field(15.0, gt=0, description="Seconds between scrapes.")
     timeout_s: float = Field(10.0, gt=0, description="Per-target request timeout.")
     jitter: float = Field(
-        0.5, ge=0, le=1, description="Share of the interval over which targets are spread."
+        0.5, ge=0, le=1,
+        description="Share of the interval over which nodes are spread (a node's targets fire "
+        "together)."
     )
     max_body_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest accepted response body."

@@ -368,6 +368,9 @@ class SeriesCache:
     def __init__(self, max_age_s: float = 120.0) -> None:
         self.max_age_s = max_age_s
         self._tables: dict[Hashable, tuple[pa.Table, float]] = {}
+        # A record's dictionary-encoded series, by its keys in order with their rows:
+        # a node's records repeat the same targets' series, so each is encoded once.
+        self._series: dict[tuple[tuple[Hashable, int], ...], tuple[pa.StructArray, float]] = {}
         self._swept = time.monotonic()
 
     def __len__(self) -> int:
@@ -384,7 +387,22 @@ class SeriesCache:
             self._swept = now
             self._tables = {k: v for k, v in self._tables.items()
                             if now - v[1] <= self.max_age_s}
+            self._series = {k: v for k, v in self._series.items()
+                            if now - v[1] <= self.max_age_s}
         return table
+
+    def series(self, keys: tuple[tuple[Hashable, int], ...],
+               tables: Sequence[pa.Table]) -> pa.StructArray:
+        """The dictionary-encoded series of a record whose keyed blocks are ``keys``
+        (each key with its rows, in order) and whose series tables are ``tables``.
+
+        Equal keys promise equal series (see :class:`Block`), so equal ``keys`` make
+        an equal struct: it is encoded once and reused while it is in use.
+        """
+        hit = self._series.get(keys)
+        struct = hit[0] if hit is not None else _dictionary_series(pa.concat_tables(tables))
+        self._series[keys] = (struct, time.monotonic())
+        return struct
 
 
 def encode(frame: pl.DataFrame, *, version: int = SCHEMA_VERSION) -> bytes:
@@ -430,7 +448,11 @@ def encode_blocks(blocks: Sequence[Block], *, version: int = SCHEMA_VERSION,
             if key is not None:
                 starts[key] = (start, frame.height)
         index.append(np.arange(start, start + frame.height, dtype=np.uint32))
-    series = _dictionary_series(pa.concat_tables(table))
+    keyed = tuple(starts.items())
+    if cache is not None and len(keyed) == len(table):  # every block keyed: reusable
+        series = cache.series(tuple((k, rows) for k, (_, rows) in keyed), table)
+    else:
+        series = _dictionary_series(pa.concat_tables(table))
     indices = pa.array(np.concatenate(index) if index else np.zeros(0, np.uint32), pa.uint32())
     ts = pl.concat([f.get_column("ts") for f in frames]).to_arrow()
     value = pl.concat([f.get_column("value") for f in frames]).to_arrow()

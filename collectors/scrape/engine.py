@@ -14,8 +14,8 @@ Why a per-target scheduler: the collect stage
 every target and returns when the *slowest* one is done, so one hanging
 target would hold every other target's batch back until its timeout.  The
 engine therefore also offers :meth:`ScrapeEngine.run`: one task per target on
-that target's own interval (with a stable per-target phase so targets do not
-fire in lockstep), each result handed to the runner the moment it exists.  The
+that target's own interval (with a stable per-node phase: a node's targets fire
+together, the nodes apart), each result handed to the runner the moment it exists.  The
 runner uses ``run`` when a collector has it and ``collect`` otherwise;
 ``collect`` stays for one-shot use (tests, ``gpuslo scrape``).
 
@@ -101,7 +101,6 @@ SERIES_ERRORS = "gpuslo_scrape_series_errors_total"
 _THREAD_PARSE_BYTES = 512 * 1024
 _SAMPLE_LINE = re.compile(r"^[ \t]*[^#\s]", re.MULTILINE)
 _COLUMN_LIST = list(COLUMNS)
-_TARGET_SPREAD = 0.1  # share of the interval over which one node's targets start
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ class ScrapeSettings:
 
     interval_s: float = 15.0
     timeout_s: float = 10.0
-    jitter: float = 0.5  # share of the interval over which targets' phases are spread
+    jitter: float = 0.5  # share of the interval over which nodes' phases are spread
     max_body_bytes: int = 64 * 1024 * 1024
     max_series: int = 200_000
     concurrency: int = 32
@@ -168,7 +167,8 @@ def phase(key: str, interval_s: float, jitter: float) -> float:
     Stable (a hash, not a random draw) so a restart keeps each target's place in
     the interval.  The engine keys it by the target's *node*: the targets of one
     node fire together, so the collect stage can send their results as one
-    record (one encoding, one Kafka request) instead of one per target, while
+    record (one encoding, one Kafka request) instead of one per target, and their
+    pages are parsed one after another with the code still in the CPU caches, while
     the nodes of a fleet, and so its agents, spread their load over the interval.
     """
     h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
@@ -505,10 +505,12 @@ class ScrapeEngine:
                            stop: asyncio.Event, clock: Clock | None) -> None:
         loop = asyncio.get_running_loop()
         interval = target.interval_s or self.settings.interval_s
-        # The node's place in the interval, then the target's within a tenth of it: a
-        # node's targets start close together (one record) but not in one burst.
-        next_at = loop.time() + phase(target.node, interval, self.settings.jitter) + phase(
-            target.url, interval, min(self.settings.jitter, _TARGET_SPREAD))
+        # The node's place in the interval: a node's targets fire in one burst (one
+        # record), and their pages are fetched together and parsed one after another.
+        # Spread over a tenth of the interval instead, each scrape ran alone with the
+        # parser's, Polars' and aiohttp's code and data out of the CPU caches, and
+        # cost about 40% more CPU (bench_collect.py, 8 and 64 simulated nodes).
+        next_at = loop.time() + phase(target.node, interval, self.settings.jitter)
         shapes = self.shape_caches[target.url] = ShapeCache()  # this target's alone
         while not stop.is_set():
             await self._nap(loop, max(0.0, next_at - loop.time()))

@@ -17,6 +17,8 @@ from prometheus_client.openmetrics.parser import (
 
 from gpuslo.collectors import reference
 from gpuslo.collectors.exposition import (
+    _FLOAT_CALLS_MAX,
+    _VALUE,
     ExpositionError,
     ShapeCache,
     _om_ts_ms,
@@ -55,6 +57,22 @@ def assert_same(text: str, entity_label: str | None = None) -> pl.DataFrame:
     got = parse_exposition(text, entity_label=entity_label, openmetrics=False, **KW)
     assert_frame_equal(got, expected)
     return got
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.from_regex(_VALUE, fullmatch=True), min_size=1, max_size=30),
+       st.booleans())
+def test_numbers_read_alike_whether_a_page_is_small_or_large(values: list[str],
+                                                              stamped: bool) -> None:
+    """A page's numbers are read with float() up to _FLOAT_CALLS_MAX of them and by
+    Arrow's cast beyond: both pages must match the reference, spelling by spelling."""
+    for n in (len(values), _FLOAT_CALLS_MAX + 1 + len(values)):
+        spelled = (values * (n // len(values) + 1))[:n]
+        stamp = " 1700000000456" if stamped else ""
+        text = "".join(f'm{{i="{i}"}} {v}{stamp}\n' for i, v in enumerate(spelled))
+        expected = reference.parse_text_reference(text, **KW)
+        got = parse_exposition(text, openmetrics=False, **KW)
+        assert_frame_equal(got, expected, check_exact=True)
 
 
 @pytest.mark.parametrize("rel", TEXT_FIXTURES)

@@ -25,6 +25,7 @@ from gpuslo.pipeline.schema import (
     FrameBuilder,
     Kind,
     SchemaError,
+    SeriesCache,
     decode,
     empty_frame,
     encode,
@@ -76,6 +77,24 @@ def test_blocks_decode_to_their_frames_one_after_the_other(blocks: list[Block],
     back = decode(encode_blocks(blocks, version=version))
     assert back.schema == SAMPLE_SCHEMA
     assert_frame_equal(back, pl.concat([b.frame for b in blocks]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(blocks_of_scrapes(), blocks_of_scrapes())
+def test_a_producers_records_decode_alike_with_its_series_cache(first: list[Block],
+                                                                other: list[Block]) -> None:
+    """A producer keeps each record's encoded series by its keys: records that repeat
+    the keys with new values, in another order or beside other keys decode exactly."""
+    # Every block keyed (a keyless one with a key of its own), as the scrape engine's are.
+    first = [Block(b.frame, b.series_key or ("alone", i)) for i, b in enumerate(first)]
+    other = [Block(b.frame, ("other", b.series_key or ("alone", i)))
+             for i, b in enumerate(other)]
+    moved = (pl.col("value") * 2 + 1, pl.col("ts") + pl.duration(milliseconds=1))
+    later = [Block(b.frame.with_columns(*moved), b.series_key) for b in first]
+    cache = SeriesCache()
+    for blocks in (first, later, other, first + other, other[::-1], later, first):
+        back = decode(encode_blocks(blocks, cache=cache))
+        assert_frame_equal(back, pl.concat([b.frame for b in blocks]))
 
 
 @settings(max_examples=80, deadline=None)

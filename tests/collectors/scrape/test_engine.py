@@ -210,6 +210,35 @@ def test_helpers_are_stable_and_cheap() -> None:
     assert p == phase("http://a/metrics", 10.0, 0.5) and 0.0 <= p < 5.0
 
 
+async def test_a_nodes_targets_fire_in_one_burst_and_nodes_apart(server: Served) -> None:
+    """One node's targets start together (warm caches, one record); nodes keep their
+    phases.  Each health row's ts is its scrape's start."""
+    nodes = ("node-a", "node-b", "node-c")
+    targets = [ScrapeTarget(f"{server.base}/good/{i}", node)
+               for i, node in enumerate(n for n in nodes for _ in range(4))]
+    first: dict[str, tuple[str, datetime]] = {}
+    stop = asyncio.Event()
+
+    async def submit(results: list[TargetResult]) -> None:
+        for r in results:
+            assert r.frame is not None and r.ok, r.error
+            first.setdefault(r.target, (r.node, r.frame["ts"][-1]))
+        if len(first) == len(targets):
+            stop.set()
+
+    engine = ScrapeEngine("burst", settings(interval_s=4.0, timeout_s=2.0, jitter=0.5),
+                          targets, PrometheusMapping("dcgm"))
+    await asyncio.wait_for(engine.run(submit, stop), 15.0)
+    starts = {node: sorted(ts for n, ts in first.values() if n == node) for node in nodes}
+    for node, stamps in starts.items():
+        # A tenth of the interval (the spread this replaced) would be 400 ms.
+        assert (stamps[-1] - stamps[0]).total_seconds() <= 0.05, (node, stamps)
+    expected = {node: phase(node, 4.0, 0.5) for node in nodes}
+    a, b = sorted(nodes, key=expected.__getitem__)[:2]
+    gap = (starts[b][0] - starts[a][0]).total_seconds()
+    assert abs(gap - (expected[b] - expected[a])) <= 0.05, (gap, expected)
+
+
 async def test_bad_targets_do_not_hold_back_good_batches_on_their_way_to_kafka(
     server: Served, kafka_cfg: KafkaConfig, consumer_cfg: ConsumerConfig
 ) -> None:
