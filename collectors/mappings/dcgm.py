@@ -205,11 +205,12 @@ class DcgmLayout:
 
     def map(self, frame: pl.DataFrame) -> DcgmResult:
         out = self.mapped.apply(frame)
-        blank = (frame.get_column("value") >= BLANK_THRESHOLD).fill_null(False)
-        blanks = int(blank.sum())
+        # Null where the value is null, which sum() skips: no fill_null (a query) per scrape.
+        blank = frame.get_column("value") >= BLANK_THRESHOLD
+        blanks = int(blank.sum() or 0)
         if blanks:
             keep = pl.concat([pl.repeat(True, self.mapped.upstream_rows, eager=True),
-                              ~blank.gather(self.normal_src)])
+                              ~blank.fill_null(False)[self.normal_src]])
             out = out.filter(keep)
         return DcgmResult(out, blanks)
 
@@ -354,7 +355,7 @@ class DcgmMapping(PrometheusMapping):
         if not self.xid_events:
             return result.frame
         if kept is not None and self.xids.unchanged(
-                kept.xid_keys, frame.get_column("value").gather(kept.xid_at).to_list()):
+                kept.xid_keys, frame.get_column("value")[kept.xid_at].to_list()):
             return result.frame
         xids = (result.frame.filter(pl.col("metric") == XID_METRIC) if kept is None
                 else result.frame[kept.xid_at])
