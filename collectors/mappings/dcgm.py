@@ -27,6 +27,7 @@ a sliding-window count that goes down, so it is kept raw and not normalised.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -200,14 +201,16 @@ class DcgmLayout:
     mapped: Derivation
     normal_src: pl.Series
     xid_at: pl.Series  # the XID gauge's rows (upstream rows, which blanks never drop)
+    xid_keys: tuple[tuple[str, str], ...] = ()  # their (node, entity), as the tracker keys them
 
     def map(self, frame: pl.DataFrame) -> DcgmResult:
         out = self.mapped.apply(frame)
-        blank = (frame.get_column("value") >= BLANK_THRESHOLD).fill_null(False)
-        blanks = int(blank.sum())
+        # Null where the value is null, which sum() skips: no fill_null (a query) per scrape.
+        blank = frame.get_column("value") >= BLANK_THRESHOLD
+        blanks = int(blank.sum() or 0)
         if blanks:
             keep = pl.concat([pl.repeat(True, self.mapped.upstream_rows, eager=True),
-                              ~blank.gather(self.normal_src)])
+                              ~blank.fill_null(False)[self.normal_src]])
             out = out.filter(keep)
         return DcgmResult(out, blanks)
 
@@ -219,7 +222,8 @@ def dcgm_layout(frame: pl.DataFrame) -> DcgmLayout:
         normalised_derivation(with_entities, SIGNALS))
     upstream = mapped.series.slice(0, mapped.upstream_rows)
     xid_at = (upstream.get_column("metric") == XID_METRIC).arg_true()
-    return DcgmLayout(mapped, mapped.rows.slice(mapped.upstream_rows), xid_at)
+    xid_keys = tuple(upstream[xid_at].select("node", "entity").iter_rows())
+    return DcgmLayout(mapped, mapped.rows.slice(mapped.upstream_rows), xid_at, xid_keys)
 
 
 # Whether map_frame may be derived per layout (every signal row-wise; checked, not assumed).
@@ -288,6 +292,17 @@ class XidTracker:
         out = pl.DataFrame(events, schema=empty_frame().schema)
         return out.with_columns(pl.col("kind").cast(KIND_DTYPE))
 
+    def unchanged(self, keys: Sequence[tuple[str, str]], codes: Sequence[float]) -> bool:
+        """Whether XID rows of these ``(node, entity)`` keys and codes would neither
+        emit an event nor change the state (:meth:`apply` would return no rows).
+
+        Why: the gauge rarely changes, and :meth:`apply` costs a frame query per
+        scrape; a layout knows its XID rows' keys, so the codes alone decide.
+        """
+        last = self.last
+        return all(code != code or last.get(key) == code  # NaN: not observed, skipped
+                   for key, code in zip(keys, codes, strict=True))
+
     def forget(self, node: str, entity: str) -> None:
         """Drop the state of a GPU that left (so a re-added GPU starts from a baseline)."""
         self.last.pop((node, entity), None)
@@ -338,6 +353,9 @@ class DcgmMapping(PrometheusMapping):
         result = map_frame(frame) if kept is None else kept.map(frame)
         self.blank_samples += result.blank_samples
         if not self.xid_events:
+            return result.frame
+        if kept is not None and self.xids.unchanged(
+                kept.xid_keys, frame.get_column("value")[kept.xid_at].to_list()):
             return result.frame
         xids = (result.frame.filter(pl.col("metric") == XID_METRIC) if kept is None
                 else result.frame[kept.xid_at])

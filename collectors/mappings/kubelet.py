@@ -49,8 +49,9 @@ from gpuslo.collectors.mappings.normalise import (
     signal,
 )
 from gpuslo.collectors.mappings.prometheus import PrometheusMapping
+from gpuslo.collectors.mappings.reader_layout import ReaderLayouts, RowRecorder
 from gpuslo.pipeline.config import KubeletCollectorConfig, kubelet_endpoint
-from gpuslo.pipeline.schema import COLUMNS, FrameBuilder, Kind, label
+from gpuslo.pipeline.schema import COLUMNS, Kind, label
 
 SOURCE = "kubelet"
 SUMMARY_PREFIX = "kubelet_summary_"
@@ -254,7 +255,7 @@ def _parse_time(value: object) -> int | None:
 class _Summary:
     def __init__(self, node: str, source: str, scrape_ts_ms: int) -> None:
         self.node, self.source, self.scrape_ts_ms = node, source, scrape_ts_ms
-        self.rows = FrameBuilder(node, source, scrape_ts_ms)  # column-wise, label sets shared
+        self.rows = RowRecorder(node, source, scrape_ts_ms)  # a frame once the walk is done
         self.errors: list[str] = []
         self.untimed = 0
 
@@ -297,6 +298,8 @@ def summary_to_frame(
     node: str,
     scrape_ts_ms: int,
     source: str = SOURCE,
+    layouts: ReaderLayouts | None = None,
+    target: str = "",
 ) -> SummaryResult:
     """``/stats/summary`` JSON -> raw sample rows (``kubelet_summary_<block>_<field>``).
 
@@ -305,6 +308,10 @@ def summary_to_frame(
     ``volume`` as applicable.  Field names keep the API's camelCase.  A pod
     without ``podRef.name`` is skipped and reported; a non-numeric field is
     reported and skipped; a missing field is simply absent.
+
+    ``layouts``: ``target``'s earlier layouts (see :mod:`.reader_layout`); a summary
+    with the same pods, containers, volumes and fields as one of them reuses its
+    frame's series columns.  The frame is the same either way.
 
     Raises:
         ValueError: the body is not JSON or not a JSON object.
@@ -360,7 +367,8 @@ def summary_to_frame(
                 continue
             s.block(where, "volume", v, f"{ns}/{pname}",
                     {"scope": "volume", "namespace": ns, "pod": pname, "volume": vname})
-    return SummaryResult(s.rows.frame(), tuple(s.errors), s.untimed)
+    frame = s.rows.frame() if layouts is None else layouts.frame(target, s.rows)
+    return SummaryResult(frame, tuple(s.errors), s.untimed)
 
 
 def _as_list(value: object, where: str, errors: list[str]) -> list[Mapping[str, Any]]:
@@ -386,6 +394,12 @@ def map_summary(result: SummaryResult, *, with_usage: bool = True) -> pl.DataFra
     """
     signals = SIGNALS if with_usage else _CADVISOR_ONLY + _SUMMARY_ONLY
     return pl.concat([result.frame.select(COLUMNS), normalised_rows(result.frame, signals)])
+
+
+def summary_derivation(frame: pl.DataFrame, *, with_usage: bool = True) -> Derivation:
+    """:func:`map_summary` of a summary frame as a :class:`Derivation` of it."""
+    signals = SIGNALS if with_usage else _CADVISOR_ONLY + _SUMMARY_ONLY
+    return Derivation.upstream(frame).then(normalised_derivation(frame, signals))
 
 
 USAGE_SIGNAL_NAMES: frozenset[str] = frozenset(s.name for s in _USAGE_SIGNALS)
@@ -440,12 +454,14 @@ class KubeletMapping(PrometheusMapping):
             present.setdefault(t.node, set()).add(_endpoint(t))
         self._skip = {t.url: _skip_signals(_endpoint(t), present[t.node]) for t in targets}
         self.aggregates_dropped = 0  # pod/QoS/sandbox cAdvisor rows dropped, cumulative
+        self.summary_layouts = ReaderLayouts()  # /stats/summary has no parser shape
 
     def parse(self, text: str, openmetrics: bool, target: ScrapeTarget, scrape_ts_ms: int,
               shape_cache: ShapeCache | None = None) -> pl.DataFrame | Partial:
         if _endpoint(target) == "summary":
             result = summary_to_frame(text, node=target.node, scrape_ts_ms=scrape_ts_ms,
-                                      source=self.source)
+                                      source=self.source, layouts=self.summary_layouts,
+                                      target=target.url)
             return summary_partial(result)
         return super().parse(text, openmetrics, target, scrape_ts_ms, shape_cache)
 
@@ -453,7 +469,12 @@ class KubeletMapping(PrometheusMapping):
                   shape_cache: ShapeCache | None = None) -> pl.DataFrame:
         endpoint = _endpoint(target)
         skip = self._skip.get(target.url, frozenset())
-        if endpoint != "summary":
+        if endpoint == "summary":
+            got = self.summary_layouts.transform(
+                target.url, frame, lambda f: _derivation(f, endpoint, skip))
+            if got is not None:
+                return got
+        else:
             kept = layout_derivation(shape_cache, frame,
                                      lambda f: _derivation(f, endpoint, skip), Derivation)
             if kept is not None:
@@ -470,9 +491,11 @@ class KubeletMapping(PrometheusMapping):
 
 
 def _derivation(frame: pl.DataFrame, endpoint: str, skip: frozenset[str]) -> Derivation:
-    """What :meth:`KubeletMapping.transform` makes of a resource or cAdvisor frame."""
+    """What :meth:`KubeletMapping.transform` makes of a frame of ``endpoint``."""
     if endpoint == "cadvisor":
         made = cadvisor_derivation(frame, with_usage=not (skip & USAGE_SIGNAL_NAMES))
+    elif endpoint == "summary":
+        made = summary_derivation(frame)
     else:
         made = resource_derivation(frame)
     return made.where(~made.series.get_column("metric").is_in(list(skip))) if skip else made

@@ -217,6 +217,7 @@ _SATURATING_ORDER = {name: i for i, (name, (_, sat)) in enumerate(COUNTER_WIDTHS
 _SATURATING_NAMES = list(_SATURATING_ORDER)
 _SATURATING_TOP = {name: float(2**bits - 1) for name, (bits, sat) in COUNTER_WIDTHS.items()
                    if sat}
+_TS_AT, _VALUE_AT = COLUMNS.index("ts"), COLUMNS.index("value")  # in-place column swaps
 
 
 @dataclass(frozen=True)
@@ -370,8 +371,12 @@ class NodeExporterLayout:
         mapped = self.mapped.apply(frame)
         if self.saturation.height == 0:
             return mapped
-        value = (mapped.get_column("value").gather(self.at) >= self.top).cast(pl.Float64)
-        sat = self.saturation.with_columns(mapped.get_column("ts").gather(self.at), value)
+        # Indexing by positions and columns replaced in place: gather and with_columns
+        # would each plan and run a query.
+        value = (mapped.get_column("value")[self.at] >= self.top).cast(pl.Float64)
+        sat = self.saturation.clone()
+        sat.replace_column(_TS_AT, mapped.get_column("ts")[self.at])
+        sat.replace_column(_VALUE_AT, value)
         return pl.concat([mapped, sat])
 
 

@@ -53,8 +53,9 @@ from gpuslo.collectors.mappings.normalise import (
     signal,
 )
 from gpuslo.collectors.mappings.prometheus import PrometheusMapping
+from gpuslo.collectors.mappings.reader_layout import ReaderLayouts, RowRecorder
 from gpuslo.pipeline.config import StorageCollectorConfig
-from gpuslo.pipeline.schema import COLUMNS, FrameBuilder, Kind, label
+from gpuslo.pipeline.schema import COLUMNS, Kind, label
 
 SOURCE = "storage"
 # Families this collector keeps from a shared page (node_exporter serves many more).
@@ -197,18 +198,23 @@ def parse_diskstats(
     scrape_ts_ms: int,
     source: str = SOURCE,
     device_exclude: str | None = DEFAULT_DEVICE_EXCLUDE,
+    layouts: ReaderLayouts | None = None,
+    target: str = "",
 ) -> DiskstatsResult:
     """``/proc/diskstats`` text -> one raw row per device and field.
 
     Args:
         device_exclude: regex of device names to skip (node_exporter's default
             drops partitions and ram/loop/fd); ``None`` keeps everything.
+        layouts: ``target``'s earlier layouts (see :mod:`.reader_layout`): the same
+            devices with as many fields reuse a frame's series columns (the frame
+            is the same either way).
 
     A short or non-numeric line is reported in ``errors`` (with its line
     number) and skipped; the other devices are still read.
     """
     exclude = re.compile(device_exclude) if device_exclude else None
-    rows = FrameBuilder(node, source, scrape_ts_ms)
+    rows = RowRecorder(node, source, scrape_ts_ms)
     errors: list[str] = []
     excluded = 0
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -230,7 +236,8 @@ def parse_diskstats(
         labels = {"device": device, "major": major, "minor": minor}
         for (field, kind), value in zip(DISKSTATS_FIELDS, values, strict=False):
             rows.add(_d(field), kind, float(value), device, labels)
-    return DiskstatsResult(rows.frame(), tuple(errors), excluded)
+    frame = rows.frame() if layouts is None else layouts.frame(target, rows)
+    return DiskstatsResult(frame, tuple(errors), excluded)
 
 
 # ---------------------------------------------------------------- entities
@@ -362,6 +369,7 @@ class StorageMapping(PrometheusMapping):
         self.own_families_only = own_families_only
         self.device_exclude = device_exclude
         self.excluded = 0  # partition/virtual devices skipped, cumulative
+        self.diskstats_layouts = ReaderLayouts()  # diskstats has no parser shape
 
     @classmethod
     def from_config(cls, config: StorageCollectorConfig) -> StorageMapping:
@@ -370,7 +378,8 @@ class StorageMapping(PrometheusMapping):
 
     def parse_diskstats(self, text: str, target: ScrapeTarget, scrape_ts_ms: int) -> Partial:
         result = parse_diskstats(text, node=target.node, scrape_ts_ms=scrape_ts_ms,
-                                 source=self.source, device_exclude=self.device_exclude)
+                                 source=self.source, device_exclude=self.device_exclude,
+                                 layouts=self.diskstats_layouts, target=target.url)
         self.excluded += result.excluded
         return diskstats_partial(result)
 
@@ -385,6 +394,9 @@ class StorageMapping(PrometheusMapping):
         kept = layout_derivation(shape_cache, frame, self._derivation, Derivation)
         if kept is not None:
             return kept.apply(frame)
+        got = self.diskstats_layouts.transform(target.url, frame, self._derivation)
+        if got is not None:
+            return got
         if self.own_families_only:
             frame = frame.filter(self._own(frame))
         return map_frame(frame)

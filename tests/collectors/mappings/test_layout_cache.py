@@ -20,7 +20,7 @@ from polars.testing import assert_frame_equal
 
 from gpuslo.collectors.base import ScrapeTarget, SourceMapping
 from gpuslo.collectors.exposition import ShapeCache
-from gpuslo.collectors.mappings.dcgm import DcgmLayout, DcgmMapping
+from gpuslo.collectors.mappings.dcgm import XID_EVENT_METRIC, XID_METRIC, DcgmLayout, DcgmMapping
 from gpuslo.collectors.mappings.kubelet import KubeletMapping
 from gpuslo.collectors.mappings.kvcache import KvCacheMapping
 from gpuslo.collectors.mappings.normalise import Derivation, layout_derivation
@@ -206,3 +206,45 @@ def test_derivation_algebra_matches_frame_operations(
     kept = pl.Series([False] * n + [True] * n)
     assert_frame_equal(whole.through(kept).apply(outer), want, check_exact=True)
     assert whole.through(kept).dropped == n
+
+
+def _with_xids(text: str, codes: list[str]) -> str:
+    """The DCGM page with its XID gauges' values set to ``codes``, GPU by GPU."""
+    lines = text.split("\n")
+    at = [i for i, ln in enumerate(lines) if ln.startswith(XID_METRIC + "{")]
+    assert len(at) >= 2, "the page must have XID rows of two GPUs"
+    for i, code in zip(at, codes, strict=False):
+        cut = lines[i].rfind("}") + 1
+        _value, *stamp = lines[i][cut:].split()
+        lines[i] = " ".join([lines[i][:cut], code, *stamp])
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("first_sight", [False, True])
+def test_dcgm_xids_on_a_kept_layout_equal_the_uncached_events(first_sight: bool) -> None:
+    # Codes that repeat (no event, no query), change, clear, go NaN and come back: the
+    # cached path skips the tracker only where it would have emitted nothing.
+    fleet = Fleet()
+    ep = next(e for e in endpoints(fleet) if e.node == NODE and e.kind == "dcgm")
+    target = _target(ep)
+    cached = DcgmMapping(xid_on_first_sight=first_sight)
+    plain = DcgmMapping(xid_on_first_sight=first_sight)
+    cache = ShapeCache()
+    codes = [["31", "0"], ["31", "0"], ["79", "0"], ["79", "0"], ["79", "NaN"], ["79", "13"],
+             ["0", "13"], ["0", "13"], ["48", "48"], ["48", "48"]]
+    events = 0
+    for t, step in enumerate(codes):
+        page = ep.render(fleet, 1_700_000_000_000 + t)
+        assert page is not None
+        text = _with_xids(page, step)
+        frame = cached.parse(text, False, target, t, cache)
+        assert isinstance(frame, pl.DataFrame) and cache.last is not None
+        got = cached.transform(frame, target, cache)
+        assert isinstance(cache.derived(cache.last), DcgmLayout)
+        want_frame = plain.parse(text, False, target, t, None)
+        assert isinstance(want_frame, pl.DataFrame)
+        want = plain.transform(want_frame, target)
+        assert_frame_equal(got, want, check_exact=True)
+        events += got.filter(pl.col("metric") == XID_EVENT_METRIC).height
+        assert cached.xids.last == plain.xids.last
+    assert events == (5 if first_sight else 4)
