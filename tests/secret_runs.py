@@ -127,7 +127,10 @@ def setup(tmp: Path, plain: str, sasl: str) -> Setup:
     base: dict[str, Any] = {
         "node": "secret-test", "log_level": "DEBUG",
         "alerts": {"alertmanager": {"urls": [am], "bearer_token": SECRETS["am_token"],
-                                    "timeout_s": 1, "backoff_max_s": 1}},
+                                    "timeout_s": 1, "backoff_max_s": 1,
+                                    # No cause is ranked within a run: post at once, so
+                                    # the token goes out.
+                                    "rca_wait_s": 0}},
         # Commands run three at a time and each serves HTTP: any free port, except the
         # aggregate run whose pages are read (aggregating).
         "exporters": {"prometheus": {"enabled": True, "host": "127.0.0.1", "port": 0},

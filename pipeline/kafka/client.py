@@ -475,6 +475,38 @@ async def _close(client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClie
             await client.stop()
 
 
+async def close_consumer(consumer: AIOKafkaConsumer, timeout_s: float, what: str) -> None:
+    """Stop an aiokafka consumer that may be stuck on a broker that went away.
+
+    Why not just ``stop()``: closing waits on a dead coordinator (bounded here by
+    ``timeout_s``, then abandoned), and aiokafka's fetcher re-raises the
+    ``CancelledError`` of a fetch it cancels while it waits out a retry backoff,
+    which would end the caller's task and skip closing the consumer's connections:
+    their metadata loop then retries a broker that is gone, for as long as the
+    process lives.  Those connections are closed here; only a cancellation of the
+    caller itself goes on.
+    """
+    try:
+        await asyncio.wait_for(consumer.stop(), timeout_s)
+        return
+    except TimeoutError:
+        log.warning("consumer of %s not closed within %gs: abandoned", what, timeout_s)
+        return
+    except KafkaError as exc:
+        log.warning("consumer of %s closed with %s", what, exc)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("consumer of %s closed with a fetch cancelled in flight", what)
+    # aiokafka's stop() ends at the first error, before it closes its client (and a second
+    # stop() returns at once): close the client, which holds the connections.
+    client = getattr(consumer, "_client", None)
+    if client is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), timeout_s)
+
+
 def _consume_result(task: asyncio.Future[Any]) -> None:
     """Retrieve an abandoned task's outcome so asyncio does not log it as lost."""
     if not task.cancelled():
@@ -622,7 +654,9 @@ class SampleConsumer:
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            # Leaving the group takes up to a request; the caller bounds the whole stop.
+            await close_consumer(consumer, self.cfg.request_timeout_ms / 1000 + 5.0,
+                                 str(self.topics))
         if self._owns_dlq and self._dlq is not None:
             await self._dlq.stop()
             self._dlq = None
@@ -661,13 +695,7 @@ class SampleConsumer:
         """
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            try:
-                await asyncio.wait_for(consumer.stop(), timeout_s)
-            except TimeoutError:
-                log.warning("stalled consumer of %s not closed within %gs: abandoned",
-                            self.topics, timeout_s)
-            except KafkaError as exc:
-                log.warning("stalled consumer of %s closed with %s", self.topics, exc)
+            await close_consumer(consumer, timeout_s, f"stalled {self.topics}")
         await self._start_consumer()
 
     async def end_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:

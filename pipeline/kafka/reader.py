@@ -24,7 +24,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from gpuslo.pipeline.config import KafkaConfig
-from gpuslo.pipeline.kafka.client import ConsumedBatch, TransportError, client_options
+from gpuslo.pipeline.kafka.client import (
+    ConsumedBatch,
+    TransportError,
+    client_options,
+    close_consumer,
+)
 from gpuslo.pipeline.schema import SchemaError
 
 log = logging.getLogger(__name__)
@@ -94,7 +99,7 @@ class TopicReader:
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await close_consumer(consumer, self.cfg.request_timeout_ms / 1000, self.topic)
 
     async def restart(self, since: datetime) -> TopicReader:
         """A new consumer from ``since`` on (the old one stopped first)."""

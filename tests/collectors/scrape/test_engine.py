@@ -226,17 +226,18 @@ async def test_a_nodes_targets_fire_in_one_burst_and_nodes_apart(server: Served)
         if len(first) == len(targets):
             stop.set()
 
-    engine = ScrapeEngine("burst", settings(interval_s=4.0, timeout_s=2.0, jitter=0.5),
+    engine = ScrapeEngine("burst", settings(interval_s=8.0, timeout_s=2.0, jitter=0.5),
                           targets, PrometheusMapping("dcgm"))
     await asyncio.wait_for(engine.run(submit, stop), 15.0)
     starts = {node: sorted(ts for n, ts in first.values() if n == node) for node in nodes}
+    # Bounds with room for a loaded machine (an event loop a CPU shares with others):
+    # a tenth of the interval, the spread this replaced, would be 800 ms.
     for node, stamps in starts.items():
-        # A tenth of the interval (the spread this replaced) would be 400 ms.
-        assert (stamps[-1] - stamps[0]).total_seconds() <= 0.05, (node, stamps)
-    expected = {node: phase(node, 4.0, 0.5) for node in nodes}
+        assert (stamps[-1] - stamps[0]).total_seconds() <= 0.25, (node, stamps)
+    expected = {node: phase(node, 8.0, 0.5) for node in nodes}
     a, b = sorted(nodes, key=expected.__getitem__)[:2]
     gap = (starts[b][0] - starts[a][0]).total_seconds()
-    assert abs(gap - (expected[b] - expected[a])) <= 0.05, (gap, expected)
+    assert abs(gap - (expected[b] - expected[a])) <= 0.25, (gap, expected)
 
 
 async def test_bad_targets_do_not_hold_back_good_batches_on_their_way_to_kafka(
