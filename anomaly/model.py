@@ -23,16 +23,30 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
-from sklearn.ensemble import IsolationForest
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import IsolationForest
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
+
+
+def isolation_forest(**params: Any) -> IsolationForest:
+    """A new ``sklearn.ensemble.IsolationForest``; scikit-learn is loaded by the first.
+
+    Why not imported at the top like everything else: scikit-learn (with SciPy) is about
+    a hundred MiB of resident memory, and every gpuslo process imports this module through
+    the CLI, the DaemonSet's collector included, which never fits a forest.
+    """
+    ensemble = import_module("sklearn.ensemble")
+    return cast("IsolationForest", ensemble.IsolationForest(**params))
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -122,9 +136,9 @@ class EntityModel:
         xt = np.vstack(train)
         if xt.shape[0] < self.settings.min_rows:
             return
-        forest = IsolationForest(n_estimators=self.settings.n_estimators,
-                                 max_samples=min(self.settings.max_samples, xt.shape[0]),
-                                 random_state=self.seed)
+        forest = isolation_forest(n_estimators=self.settings.n_estimators,
+                                  max_samples=min(self.settings.max_samples, xt.shape[0]),
+                                  random_state=self.seed)
         forest.fit(xt)
         s = -forest.score_samples(xt)
         q25, q50, q75 = np.percentile(s, [25.0, 50.0, 75.0])
