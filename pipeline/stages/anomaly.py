@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 FLEET_KEY = "-"
 RANKER_CONSUMER = "rca"  # the ranking side's reader in gpuslo_consumer_recoveries_total
 WATCH_EVERY_S = 5.0  # how often the ranking side compares its position with the log ends
+WATCH_TIMEOUT_S = 2.0  # the longest one such look may take
 # Read again a little before the record time reached: records of one time may still
 # have been on their way in another batch.
 RECOVERY_OVERLAP = timedelta(seconds=30)
@@ -315,8 +316,18 @@ class CauseRanker:
 
     async def _watch(self, stop: asyncio.Event) -> None:
         self._checked_at = time.monotonic()
+        if stop.is_set():
+            return
         try:
-            marks = await self.reader.marks()
+            # Bounded: aiokafka retries an offsets request while the broker is away, and a
+            # look that outlived the process's stop kept the reader open past the broker.
+            marks = await asyncio.wait_for(self.reader.marks(), WATCH_TIMEOUT_S)
+        except TimeoutError:
+            exc = TransportError(f"offsets of {self.reader.topic!r} not read within "
+                                 f"{WATCH_TIMEOUT_S:g}s", retriable=True)
+            if time.monotonic() - self._progress_at >= self._stall_s:
+                await self._recover("stalled", str(exc), stop)
+            return
         except TransportError as exc:
             if time.monotonic() - self._progress_at >= self._stall_s:
                 await self._recover("stalled", str(exc), stop)
