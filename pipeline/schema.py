@@ -86,6 +86,8 @@ SAMPLE_SCHEMA: pl.Schema = pl.Schema(
 )
 COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA.names())
 _COLUMN_LIST = list(COLUMNS)
+_TS_AT = COLUMNS.index("ts")
+_VALUE_AT = COLUMNS.index("value")
 _DTYPES = list(SAMPLE_SCHEMA.dtypes())
 
 # Label names that identify a series as a whole, in the order used for keys.
@@ -144,10 +146,14 @@ class FrameBuilder:
     """A sample frame built column by column, for readers that produce rows in Python.
 
     ``frame_from_rows`` converts every row's labels from Python objects, the slow
-    part of building a frame; here each distinct label set is converted once and
-    the labels column is a gather of them.  Readers pass the same mapping for the
-    rows of one entity (a pod's fields, a disk's counters), which is recognised
-    by identity before its content is looked at.
+    part of building a frame; here each distinct label set is converted once (when
+    the frame is built) and the labels column is a gather of them.  Readers pass the
+    same mapping for the rows of one entity (a pod's fields, a disk's counters),
+    which is recognised by identity before its content is looked at.
+
+    A reader that reads the same series scrape after scrape asks for :meth:`key`
+    (everything but ``ts`` and ``value``) and, for a key it has seen, fills a kept
+    frame with the new numbers (:meth:`numbers`) instead of building one.
     """
 
     def __init__(self, node: str, source: str, ts_ms: int) -> None:
@@ -158,7 +164,7 @@ class FrameBuilder:
         self._value: list[float] = []
         self._entity: list[str] = []
         self._label_index: list[int] = []
-        self._sets: list[list[dict[str, str]]] = []
+        self._sets: list[Mapping[str, str]] = []  # each distinct label set, first seen
         self._by_id: dict[int, int] = {}
         self._by_content: dict[tuple[tuple[str, str], ...], int] = {}
         self._held: list[Mapping[str, str]] = []  # keeps ids unique while building
@@ -175,7 +181,7 @@ class FrameBuilder:
             idx = self._by_content.get(key)
             if idx is None:
                 idx = self._by_content[key] = len(self._sets)
-                self._sets.append(canonical_labels(labels))
+                self._sets.append(labels)
             self._by_id[id(labels)] = idx
             self._held.append(labels)
         self._ts.append(self.ts_ms if ts_ms is None else ts_ms)
@@ -185,12 +191,18 @@ class FrameBuilder:
         self._entity.append(entity)
         self._label_index.append(idx)
 
+    def key(self) -> Hashable:
+        """Everything the frame holds but ``ts`` and ``value``: equal keys, equal series."""
+        return (self.node, self.source, tuple(self._metric), tuple(self._kind),
+                tuple(self._entity), tuple(self._label_index), tuple(self._by_content))
+
     def frame(self) -> pl.DataFrame:
         """The rows added so far, equal to ``frame_from_rows`` of the same rows."""
         n = len(self._metric)
         if not n:
             return empty_frame()
-        sets = pl.Series("labels", self._sets, dtype=LABELS_DTYPE)
+        sets = pl.Series("labels", [canonical_labels(s) for s in self._sets],
+                         dtype=LABELS_DTYPE)
         return pl.DataFrame([
             pl.Series("ts", self._ts, dtype=SAMPLE_SCHEMA["ts"]),
             pl.Series("node", [self.node], dtype=pl.String).new_from_index(0, n),
@@ -201,6 +213,13 @@ class FrameBuilder:
             pl.Series("entity", self._entity, dtype=pl.String),
             sets[np.asarray(self._label_index, dtype=np.uint32)],
         ])
+
+    def numbers(self, template: pl.DataFrame) -> pl.DataFrame:
+        """``template`` (a frame of this :meth:`key`) with these rows' ``ts`` and ``value``."""
+        out = template.clone()  # shallow: the series columns are shared, not copied
+        out.replace_column(_TS_AT, pl.Series("ts", self._ts, dtype=SAMPLE_SCHEMA["ts"]))
+        out.replace_column(_VALUE_AT, pl.Series("value", self._value, dtype=pl.Float64))
+        return out
 
 
 def validate(frame: pl.DataFrame) -> pl.DataFrame:

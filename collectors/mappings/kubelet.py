@@ -49,9 +49,9 @@ from gpuslo.collectors.mappings.normalise import (
     signal,
 )
 from gpuslo.collectors.mappings.prometheus import PrometheusMapping
-from gpuslo.collectors.mappings.reader_layout import ReaderLayouts, RowRecorder
+from gpuslo.collectors.mappings.reader_layout import ReaderLayouts
 from gpuslo.pipeline.config import KubeletCollectorConfig, kubelet_endpoint
-from gpuslo.pipeline.schema import COLUMNS, Kind, label
+from gpuslo.pipeline.schema import COLUMNS, FrameBuilder, Kind, label
 
 SOURCE = "kubelet"
 SUMMARY_PREFIX = "kubelet_summary_"
@@ -255,7 +255,7 @@ def _parse_time(value: object) -> int | None:
 class _Summary:
     def __init__(self, node: str, source: str, scrape_ts_ms: int) -> None:
         self.node, self.source, self.scrape_ts_ms = node, source, scrape_ts_ms
-        self.rows = RowRecorder(node, source, scrape_ts_ms)  # a frame once the walk is done
+        self.rows = FrameBuilder(node, source, scrape_ts_ms)  # a frame once the walk is done
         self.errors: list[str] = []
         self.untimed = 0
 

@@ -7,16 +7,16 @@ and the normalisation's Polars queries over it, together about a third of the so
 collectors' CPU.  Yet a kubelet serves the same pods, containers, volumes and fields
 scrape after scrape, and a node the same disks.
 
-A reader walks its page as before, but records its rows (:class:`RowRecorder`)
-instead of building a frame.  Everything but each row's ``ts`` and ``value`` is the
-row's *series* (metric, kind, entity, labels; node and source are the target's); a
-page whose series equal, row for row, those of a page read before has that page's
-layout.  :class:`ReaderLayouts` keeps a target's last layouts (two, like the
-parser's shape cache, so a change that flips back is not derived again): the frame
-of a known layout is its first frame with the ``ts`` and ``value`` columns replaced,
-and the mapping's transform of it is the :class:`Derivation` made from that first
-frame.  There is no other key to go stale: a page whose series differ in any way
-(a pod came or went, a field appeared, a label changed) is a new layout.
+A reader walks its page as before, but records its rows in a
+:class:`~gpuslo.pipeline.schema.FrameBuilder` without building the frame yet. Everything
+but each row's ``ts`` and ``value`` is the row's *series* (metric, kind, entity, labels;
+node and source are the target's); a page whose series equal, row for row, those of a
+page read before has that page's layout. :class:`ReaderLayouts` keeps a target's last
+layouts (two, like the parser's shape cache, so a change that flips back is not derived
+again): the frame of a known layout is its first frame with the ``ts`` and ``value``
+columns replaced, and the mapping's transform of it is the :class:`Derivation` made from
+that first frame. There is no other key to go stale: a page whose series differ in any
+way (a pod came or went, a field appeared, a label changed) is a new layout.
 
 The transform learns which layout a frame has from the frame itself: the parse and
 the transform are separate calls, so the target's last read keeps the frame it
@@ -25,79 +25,13 @@ returned, and only that very object (``is``) is transformed through the layout.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import polars as pl
 
 from gpuslo.collectors.mappings.normalise import Derivation
-from gpuslo.pipeline.schema import COLUMNS, SAMPLE_SCHEMA, FrameBuilder, Kind
-
-_TS_AT = COLUMNS.index("ts")
-_VALUE_AT = COLUMNS.index("value")
-_TS_DTYPE = SAMPLE_SCHEMA["ts"]
-
-
-class RowRecorder:
-    """A reader's rows as it finds them, before any frame (``FrameBuilder.add``'s signature).
-
-    Readers pass the same labels mapping for the rows of one entity, so label sets
-    are told apart by identity first (the mappings are held, so ids stay unique).
-    """
-
-    __slots__ = ("_entity", "_kind", "_label_at", "_label_sets", "_labels", "_metric", "_ts",
-                 "_value", "node", "source", "ts_ms")
-
-    def __init__(self, node: str, source: str, ts_ms: int) -> None:
-        self.node, self.source, self.ts_ms = node, source, ts_ms
-        self._ts: list[int] = []
-        self._metric: list[str] = []
-        self._kind: list[str] = []
-        self._value: list[float] = []
-        self._entity: list[str] = []
-        self._labels: list[Mapping[str, str]] = []
-        self._label_at: list[int] = []
-        self._label_sets: dict[int, int] = {}  # id(labels) -> index among the distinct ones
-
-    def __len__(self) -> int:
-        return len(self._metric)
-
-    def add(self, metric: str, kind: Kind | str, value: float, entity: str,
-            labels: Mapping[str, str], ts_ms: int | None = None) -> None:
-        """One row; ``ts_ms`` defaults to the scrape time."""
-        at = self._label_sets.get(id(labels))
-        if at is None:
-            at = self._label_sets[id(labels)] = len(self._labels)
-            self._labels.append(labels)
-        self._ts.append(self.ts_ms if ts_ms is None else ts_ms)
-        self._metric.append(metric)
-        self._kind.append(str(kind))
-        self._value.append(value)
-        self._entity.append(entity)
-        self._label_at.append(at)
-
-    def key(self) -> Hashable:
-        """Everything the frame holds but ``ts`` and ``value``: equal keys, equal series."""
-        return (self.node, self.source, tuple(self._metric), tuple(self._kind),
-                tuple(self._entity), tuple(self._label_at),
-                tuple(tuple(sorted(labels.items())) for labels in self._labels))
-
-    def frame(self) -> pl.DataFrame:
-        """The rows as a sample frame, built from scratch (``FrameBuilder``'s frame)."""
-        rows = FrameBuilder(self.node, self.source, self.ts_ms)
-        labels = self._labels
-        for ts, metric, kind, value, entity, at in zip(
-                self._ts, self._metric, self._kind, self._value, self._entity, self._label_at,
-                strict=True):
-            rows.add(metric, kind, value, entity, labels[at], ts_ms=ts)
-        return rows.frame()
-
-    def numbers(self, template: pl.DataFrame) -> pl.DataFrame:
-        """``template`` (a frame of this key) with these rows' ``ts`` and ``value``."""
-        out = template.clone()  # shallow: the series columns are shared, not copied
-        out.replace_column(_TS_AT, pl.Series("ts", self._ts, dtype=_TS_DTYPE))
-        out.replace_column(_VALUE_AT, pl.Series("value", self._value, dtype=pl.Float64))
-        return out
+from gpuslo.pipeline.schema import FrameBuilder
 
 
 @dataclass(slots=True)
@@ -123,7 +57,7 @@ class ReaderLayouts:
         self.hits = 0
         self.misses = 0
 
-    def frame(self, target: str, rows: RowRecorder) -> pl.DataFrame:
+    def frame(self, target: str, rows: FrameBuilder) -> pl.DataFrame:
         """The frame of ``rows``: a known layout's with new numbers, else built afresh."""
         if not len(rows):
             self._last.pop(target, None)
@@ -161,4 +95,4 @@ class ReaderLayouts:
         return layout.derivation.apply(frame)
 
 
-__all__ = ["ReaderLayouts", "RowRecorder"]
+__all__ = ["ReaderLayouts"]

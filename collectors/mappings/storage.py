@@ -53,9 +53,9 @@ from gpuslo.collectors.mappings.normalise import (
     signal,
 )
 from gpuslo.collectors.mappings.prometheus import PrometheusMapping
-from gpuslo.collectors.mappings.reader_layout import ReaderLayouts, RowRecorder
+from gpuslo.collectors.mappings.reader_layout import ReaderLayouts
 from gpuslo.pipeline.config import StorageCollectorConfig
-from gpuslo.pipeline.schema import COLUMNS, Kind, label
+from gpuslo.pipeline.schema import COLUMNS, FrameBuilder, Kind, label
 
 SOURCE = "storage"
 # Families this collector keeps from a shared page (node_exporter serves many more).
@@ -214,7 +214,7 @@ def parse_diskstats(
     number) and skipped; the other devices are still read.
     """
     exclude = re.compile(device_exclude) if device_exclude else None
-    rows = RowRecorder(node, source, scrape_ts_ms)
+    rows = FrameBuilder(node, source, scrape_ts_ms)
     errors: list[str] = []
     excluded = 0
     for lineno, line in enumerate(text.splitlines(), 1):

@@ -24,8 +24,9 @@ from polars.testing import assert_frame_equal
 
 from gpuslo.collectors.base import Partial, ScrapeTarget
 from gpuslo.collectors.mappings.kubelet import KubeletMapping, summary_to_frame
-from gpuslo.collectors.mappings.reader_layout import ReaderLayouts, RowRecorder
+from gpuslo.collectors.mappings.reader_layout import ReaderLayouts
 from gpuslo.collectors.mappings.storage import StorageMapping, parse_diskstats
+from gpuslo.pipeline.schema import FrameBuilder
 from gpuslo.simulator.endpoints import endpoints
 from gpuslo.simulator.fleet import Fleet
 from gpuslo.simulator.formats.kubelet import summary
@@ -204,8 +205,8 @@ def test_diskstats_layout_is_reused_on_the_simulated_page() -> None:
 
 
 def test_key_tells_apart_every_series_column() -> None:
-    def rows(**change: Any) -> RowRecorder:
-        r = RowRecorder(change.get("node", "n"), "s", 5)
+    def rows(**change: Any) -> FrameBuilder:
+        r = FrameBuilder(change.get("node", "n"), "s", 5)
         r.add(change.get("metric", "m"), change.get("kind", "gauge"), 1.0,
               change.get("entity", "e"), change.get("labels", {"a": "1"}), ts_ms=7)
         return r
@@ -218,7 +219,7 @@ def test_key_tells_apart_every_series_column() -> None:
     # Numbers are not part of it; the frame of a kept layout takes the new ones.
     layouts = ReaderLayouts()
     layouts.frame("t", rows())
-    again = RowRecorder("n", "s", 6)
+    again = FrameBuilder("n", "s", 6)
     again.add("m", "gauge", 2.5, "e", {"a": "1"}, ts_ms=9)
     assert_frame_equal(layouts.frame("t", again), again.frame(), check_exact=True)
     assert layouts.hits == 1
