@@ -322,15 +322,10 @@ class CauseRanker:
             # Bounded: aiokafka retries an offsets request while the broker is away, and a
             # look that outlived the process's stop kept the reader open past the broker.
             marks = await asyncio.wait_for(self.reader.marks(), WATCH_TIMEOUT_S)
-        except TimeoutError:
-            exc = TransportError(f"offsets of {self.reader.topic!r} not read within "
-                                 f"{WATCH_TIMEOUT_S:g}s", retriable=True)
+        except (TimeoutError, TransportError) as exc:
             if time.monotonic() - self._progress_at >= self._stall_s:
-                await self._recover("stalled", str(exc), stop)
-            return
-        except TransportError as exc:
-            if time.monotonic() - self._progress_at >= self._stall_s:
-                await self._recover("stalled", str(exc), stop)
+                why = str(exc) or f"offsets not read within {WATCH_TIMEOUT_S:g}s"
+                await self._recover("stalled", why, stop)
             return
         ends, self._ends = self._ends, {p: end for p, (_, end) in marks.items()}
         lost = [p for p, (pos, end) in marks.items() if end < pos or end < ends.get(p, 0)]
