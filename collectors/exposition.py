@@ -1477,6 +1477,11 @@ def _simple_frame(
     sample has one."""
     metric, kind, entity, labels = shape
     n = len(values)
+    if stamps is not None and n and stamps.count(stamps[0]) == n and stamps[0]:
+        # One stamp for the whole page (an exporter stamps its scrape): read it once.
+        # The same operations as below for each stamp, on one float64.
+        scrape_ts_ms = int(float(stamps[0]) / 1000.0 * 1000.0)
+        stamps = None
     present = list(compress(stamps, stamps)) if stamps is not None else []
     # Timestamps (at most 15 digits) are exact in a double: values and timestamps
     # go through in one call.
@@ -1497,7 +1502,7 @@ def _simple_frame(
             full = np.full(n, scrape_ts_ms, dtype=np.int64)
             full[np.fromiter(map(bool, stamps), dtype=bool, count=n)] = ms
             ms = full
-        ts = pl.Series("ts", ms, dtype=pl.Int64).cast(_TS)
+        ts = pl.Series("ts", ms).cast(_TS)  # int64 already: no dtype, one conversion
     else:
         ts = ts_column(scrape_ts_ms, n)
     value_s = pl.Series("value", value)  # float64 already: no dtype, no conversion

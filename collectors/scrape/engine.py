@@ -85,7 +85,7 @@ from gpuslo.collectors.scrape.http import HeaderSource, ScrapeFailed, fetch_page
 from gpuslo.pipeline.aio import Clock, sleep_or_stop, utc_now
 from gpuslo.pipeline.config import ScrapeCollectorConfig
 from gpuslo.pipeline.errors import InputError
-from gpuslo.pipeline.schema import COLUMNS, Kind, frame_from_rows
+from gpuslo.pipeline.schema import Kind, frame_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,6 @@ SERIES_ERRORS = "gpuslo_scrape_series_errors_total"
 # serving the other targets' timers (Polars releases the GIL for most of it).
 _THREAD_PARSE_BYTES = 512 * 1024
 _SAMPLE_LINE = re.compile(r"^[ \t]*[^#\s]", re.MULTILINE)
-_COLUMN_LIST = list(COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -213,18 +212,6 @@ def _health_rows(key: tuple[str, str, str, tuple[str, ...], tuple[str, ...]]) ->
     rows += [(0, node, HEALTH_SOURCE, SERIES_ERRORS, Kind.COUNTER, 0.0, url,
               {**base, "reason": r}) for r in series_reasons]
     return frame_from_rows(rows)
-
-
-def with_health(frame: pl.DataFrame, health_rows: pl.DataFrame) -> pl.DataFrame:
-    """A target's sample rows followed by its health rows, in the sample columns' order.
-
-    ``select`` and ``concat`` are queries that cost hundreds of microseconds for a
-    few hundred rows (``concat`` hands the work to Polars' thread pool); frames
-    already in column order, which every mapping returns, are only stacked.
-    """
-    if frame.columns != _COLUMN_LIST:
-        frame = frame.select(COLUMNS)
-    return frame.vstack(health_rows)
 
 
 class ScrapeEngine:
@@ -368,26 +355,24 @@ class ScrapeEngine:
             if n:
                 health.series_errors[problem] += n
         hf = health_frame(health, target, collector=self.name, ts_ms=ts_ms)
-        out = hf if frame is None else with_health(frame, hf)
-        return TargetResult(target.url, target.node, out, duration, error=error,
+        assert health.rows is not None  # health_frame keeps them
+        return TargetResult(target.url, target.node, frame, duration, error=error,
                             error_reason=reason, extra={"samples": float(samples)},
-                            series_key=self._series_key(target, frame, shape_cache, health))
+                            series_key=self._series_key(target, frame, shape_cache),
+                            health=hf, health_key=(target.url, None, health.rows[0]))
 
     def _series_key(self, target: ScrapeTarget, frame: pl.DataFrame | None,
-                    shapes: ShapeCache | None, health: TargetHealth) -> Hashable | None:
+                    shapes: ShapeCache | None) -> Hashable | None:
         """What makes this scrape's series equal to another's (see ``TargetResult``).
 
-        The parse's shape (from the target's own cache), the mapping's promise that
-        its transform depends on nothing else, and the health rows' columns; or
-        ``None`` when any is unknown (a file, a JSON page, a general-path parse).
+        The parse's shape (from the target's own cache) and the mapping's promise
+        that its transform depends on nothing else; or ``None`` when either is
+        unknown (a file, a JSON page, a general-path parse).  The health rows have
+        their own key (their columns' key, see ``health_frame``).
         """
-        if health.rows is None:
+        if frame is None or shapes is None or shapes.last is None or not self.mapping.structural:
             return None
-        if frame is None:  # health rows alone
-            return (target.url, None, health.rows[0])
-        if shapes is None or shapes.last is None or not self.mapping.structural:
-            return None
-        return (target.url, shapes.last, frame.height, health.rows[0])
+        return (target.url, shapes.last, frame.height)
 
     async def _run_read(self, target: ScrapeTarget, path: str, ts_ms: int) -> (
             pl.DataFrame | Partial):
