@@ -71,6 +71,7 @@ from typing import Protocol
 import aiohttp
 import numpy as np
 import polars as pl
+from yarl import URL
 
 from gpuslo.collectors.base import (
     FileReader,
@@ -263,6 +264,7 @@ class ScrapeEngine:
         self._owns_session = session is None
         self._sem = asyncio.Semaphore(settings.concurrency)
         self.health: dict[str, TargetHealth] = {}
+        self._urls: dict[str, URL] = {}  # each target's URL, parsed once
         # Each running target loop's parser cache, by URL (for its hit figures).
         self.shape_caches: dict[str, ShapeCache] = {}
         # The target loops' waits for their next scrape, ended early when stopping.
@@ -420,10 +422,13 @@ class ScrapeEngine:
     async def _fetch(self, target: ScrapeTarget) -> tuple[str, str | None]:
         assert self._session is not None
         s = self.settings
+        parsed = self._urls.get(target.url)
+        if parsed is None:
+            parsed = self._urls[target.url] = URL(target.url)
         return await fetch_page(
             self._session, target.url, timeout_s=s.timeout_s, max_body_bytes=s.max_body_bytes,
             headers=s.headers, header_source=self._header_source, ssl_context=self._ssl,
-            redact=self._redact,
+            redact=self._redact, parsed=parsed,
         )
 
     # ---- the per-target scheduler -------------------------------------------------------
@@ -451,6 +456,7 @@ class ScrapeEngine:
                         tasks.pop(t).cancel()
                         self.health.pop(t.url, None)
                         self.shape_caches.pop(t.url, None)
+                        self._urls.pop(t.url, None)
                 for t in wanted - set(tasks):
                     tasks[t] = asyncio.create_task(self._target_loop(t, submit, stop, clock),
                                                    name=f"scrape:{self.name}:{t.url}")
