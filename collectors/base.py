@@ -14,6 +14,7 @@ engine never knows a source; a mapping never does I/O.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -23,15 +24,25 @@ from typing import Protocol, runtime_checkable
 import polars as pl
 
 from gpuslo.collectors.exposition import ShapeCache
+from gpuslo.pipeline.schema import COLUMNS, Block
+
+_COLUMN_LIST = list(COLUMNS)
 
 
 @dataclass(frozen=True)
 class TargetResult:
-    """The outcome of reading one target once: samples, or why there are none."""
+    """The outcome of reading one target once: samples, or why there are none.
+
+    ``frame`` is every row, the source's followed by the scrape's health rows.
+    The engine hands the two over apart (``samples`` and ``health``) and stacks
+    them only when ``frame`` is read: the collect stage sends them as two blocks
+    of one record, which decode to the same rows, and stacking a few hundred rows
+    cost more than building them (a schema comparison of every column).
+    """
 
     target: str
     node: str
-    frame: pl.DataFrame | None
+    samples: pl.DataFrame | None  # the source's rows (or every row, without ``health``)
     duration_s: float
     error: str | None = None
     # A short machine-readable reason for self-metrics (timeout, http_503, parse, ...).
@@ -40,10 +51,42 @@ class TargetResult:
     # Equal keys promise equal series columns row for row (pipeline.schema.Block): a
     # record holding several scrapes of the target stores its series once.
     series_key: Hashable | None = None
+    health: pl.DataFrame | None = None  # the scrape's health rows, after ``samples``
+    health_key: Hashable | None = None  # the same promise, for ``health``
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @functools.cached_property
+    def frame(self) -> pl.DataFrame | None:
+        """Every row: ``samples`` then ``health``, in the sample columns' order."""
+        if self.health is None:
+            return self.samples
+        if self.samples is None:
+            return self.health
+        return with_health(self.samples, self.health)
+
+    def blocks(self) -> list[Block]:
+        """The rows as record blocks with their series keys (empty ones left out)."""
+        out = []
+        if self.samples is not None and self.samples.height:
+            out.append(Block(self.samples, self.series_key))
+        if self.health is not None and self.health.height:
+            out.append(Block(self.health, self.health_key))
+        return out
+
+
+def with_health(frame: pl.DataFrame, health_rows: pl.DataFrame) -> pl.DataFrame:
+    """A target's sample rows followed by its health rows, in the sample columns' order.
+
+    ``select`` and ``concat`` are queries that cost hundreds of microseconds for a
+    few hundred rows (``concat`` hands the work to Polars' thread pool); frames
+    already in column order, which every mapping returns, are only stacked.
+    """
+    if frame.columns != _COLUMN_LIST:
+        frame = frame.select(COLUMNS)
+    return frame.vstack(health_rows)
 
 
 @runtime_checkable
@@ -156,4 +199,5 @@ __all__ = [
     "TargetResult",
     "file_target",
     "target_path",
+    "with_health",
 ]

@@ -1064,7 +1064,7 @@ def _parse_simple(
     if numbers is not None:
         assert shape_cache is not None and template is not None
         shape_cache.hit(template.serial)
-        values, stamps = numbers
+        values, stamps, negative_zero = numbers
         shape = template.shape
     else:
         matches = _SIMPLE_LINE.findall(text)
@@ -1090,11 +1090,13 @@ def _parse_simple(
         stamps = list(compress(ts_all, names_all))
         if not any(stamps):
             stamps = None
+        negative_zero = "-0" in text
     serial = shape_cache.last if shape_cache is not None else None
     kept = None
     if shape_cache is not None and serial is not None:
         kept = shape_cache.frame(serial, node, source)
-    out = _simple_frame(shape, values, stamps, node=node, source=source,
+    out = _simple_frame(shape, values, stamps, negative_zero=negative_zero, node=node,
+                        source=source,
                         scrape_ts_ms=scrape_ts_ms, kept=kept)
     if kept is None and shape_cache is not None and serial is not None:
         shape_cache.keep_frame(serial, node, source, out)
@@ -1156,9 +1158,10 @@ class _Template:
                    list(map(meta_all.__getitem__, other_at)))
 
 
-def _template_numbers(text: str, t: _Template) -> tuple[list[str], list[str] | None] | None:
-    """The values and timestamps (``None``: none has one) of a payload laid out as ``t``;
-    ``None`` when it is not."""
+def _template_numbers(text: str, t: _Template) -> (
+        tuple[list[str], list[str] | None, bool] | None):
+    """The values and timestamps (``None``: none has one) of a payload laid out as ``t``,
+    and whether a number may spell a negative zero; ``None`` when it is not so laid out."""
     lines = text.split("\n")
     if len(lines) != t.n_lines or list(map(lines.__getitem__, t.other_at)) != t.others:
         return None
@@ -1170,13 +1173,14 @@ def _template_numbers(text: str, t: _Template) -> tuple[list[str], list[str] | N
     if not rests or _NUMBERS.fullmatch(joined) is None:
         return None
     spaces = joined.count(" ")
+    negative_zero = "-0" in joined
     if not spaces:
-        return rests, None
+        return rests, None, negative_zero
     if spaces == len(rests):  # every sample has a timestamp: split at C speed
         tokens = joined.replace("\n", " ").split(" ")
-        return tokens[0::2], tokens[1::2]
+        return tokens[0::2], tokens[1::2], negative_zero
     parts = list(map(_PARTITION_SPACE, rests))
-    return list(map(_FIRST, parts)), list(map(_THIRD, parts))
+    return list(map(_FIRST, parts)), list(map(_THIRD, parts)), negative_zero
 
 
 def _simple_shape(
@@ -1469,6 +1473,7 @@ def ts_column(ts_ms: int, n: int) -> pl.Series:
 def _simple_frame(
     shape: _Shape, values: list[str], stamps: list[str] | None, *,
     node: str, source: str, scrape_ts_ms: int, kept: pl.DataFrame | None = None,
+    negative_zero: bool = True,
 ) -> pl.DataFrame:
     """The frame of a parsed simple payload; ``kept``: a frame of the same shape, node
     and source, whose other columns are reused (only ``ts`` and ``value`` are new).
@@ -1477,12 +1482,19 @@ def _simple_frame(
     sample has one."""
     metric, kind, entity, labels = shape
     n = len(values)
+    if stamps is not None and n and stamps.count(stamps[0]) == n and stamps[0]:
+        # One stamp for the whole page (an exporter stamps its scrape): read it once.
+        # The same operations as below for each stamp, on one float64.
+        scrape_ts_ms = int(float(stamps[0]) / 1000.0 * 1000.0)
+        stamps = None
     present = list(compress(stamps, stamps)) if stamps is not None else []
     # Timestamps (at most 15 digits) are exact in a double: values and timestamps
     # go through in one call.
     numbers = _doubles(values + present if present else values)
     value = numbers[:n]
-    if (value == 0.0).any() and np.signbit(value[value == 0.0]).any():
+    # ``negative_zero`` False: no number is spelled "-0..." (the caller looked at the
+    # text, which is cheaper than two array passes over every page).
+    if negative_zero and (value == 0.0).any() and np.signbit(value[value == 0.0]).any():
         # The reference turns an integer "-0" into 0.0 (int() first); float keeps -0.0.
         value = value.copy()
         for i in np.flatnonzero((value == 0.0) & np.signbit(value)).tolist():
@@ -1497,7 +1509,7 @@ def _simple_frame(
             full = np.full(n, scrape_ts_ms, dtype=np.int64)
             full[np.fromiter(map(bool, stamps), dtype=bool, count=n)] = ms
             ms = full
-        ts = pl.Series("ts", ms, dtype=pl.Int64).cast(_TS)
+        ts = pl.Series("ts", ms).cast(_TS)  # int64 already: no dtype, one conversion
     else:
         ts = ts_column(scrape_ts_ms, n)
     value_s = pl.Series("value", value)  # float64 already: no dtype, no conversion

@@ -319,6 +319,13 @@ class ScrapeCollectorConfig(_Model):
         description="Share of the interval over which nodes are spread (a node's targets fire "
         "together)."
     )
+    bursts: int = Field(
+        4, ge=1,
+        description="Groups in which a collector scraping many nodes fires them, at evenly "
+        "spaced offsets within the jitter's share of the interval. Fewer groups cost less "
+        "CPU (scrapes that follow each other keep the code in the CPU caches); more spread "
+        "the requests. One node is one group."
+    )
     max_body_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest accepted response body."
     )

@@ -71,6 +71,7 @@ from typing import Protocol
 import aiohttp
 import numpy as np
 import polars as pl
+from yarl import URL
 
 from gpuslo.collectors.base import (
     FileReader,
@@ -85,7 +86,7 @@ from gpuslo.collectors.scrape.http import HeaderSource, ScrapeFailed, fetch_page
 from gpuslo.pipeline.aio import Clock, sleep_or_stop, utc_now
 from gpuslo.pipeline.config import ScrapeCollectorConfig
 from gpuslo.pipeline.errors import InputError
-from gpuslo.pipeline.schema import COLUMNS, Kind, frame_from_rows
+from gpuslo.pipeline.schema import Kind, frame_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,6 @@ SERIES_ERRORS = "gpuslo_scrape_series_errors_total"
 # serving the other targets' timers (Polars releases the GIL for most of it).
 _THREAD_PARSE_BYTES = 512 * 1024
 _SAMPLE_LINE = re.compile(r"^[ \t]*[^#\s]", re.MULTILINE)
-_COLUMN_LIST = list(COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,7 @@ class ScrapeSettings:
     interval_s: float = 15.0
     timeout_s: float = 10.0
     jitter: float = 0.5  # share of the interval over which nodes' phases are spread
+    bursts: int = 4  # groups of nodes that fire together in each interval (see phase)
     max_body_bytes: int = 64 * 1024 * 1024
     max_series: int = 200_000
     concurrency: int = 32
@@ -152,8 +153,8 @@ class TargetSource(Protocol):
 def settings_from_config(cfg: ScrapeCollectorConfig) -> ScrapeSettings:
     """The engine settings of a collector's config section."""
     return ScrapeSettings(interval_s=cfg.interval_s, timeout_s=cfg.timeout_s, jitter=cfg.jitter,
-                          max_body_bytes=cfg.max_body_bytes, max_series=cfg.max_series,
-                          concurrency=cfg.concurrency)
+                          bursts=cfg.bursts, max_body_bytes=cfg.max_body_bytes,
+                          max_series=cfg.max_series, concurrency=cfg.concurrency)
 
 
 def count_sample_lines(text: str) -> int:
@@ -161,8 +162,9 @@ def count_sample_lines(text: str) -> int:
     return sum(1 for _ in _SAMPLE_LINE.finditer(text))
 
 
-def phase(key: str, interval_s: float, jitter: float) -> float:
-    """A stable offset in ``[0, interval_s * jitter)`` for ``key``.
+def phase(key: str, interval_s: float, jitter: float, bursts: int | None = None) -> float:
+    """A stable offset in ``[0, interval_s * jitter)`` for ``key``; with ``bursts``,
+    rounded down to one of that many evenly spaced offsets.
 
     Stable (a hash, not a random draw) so a restart keeps each target's place in
     the interval.  The engine keys it by the target's *node*: the targets of one
@@ -170,9 +172,20 @@ def phase(key: str, interval_s: float, jitter: float) -> float:
     record (one encoding, one Kafka request) instead of one per target, and their
     pages are parsed one after another with the code still in the CPU caches, while
     the nodes of a fleet, and so its agents, spread their load over the interval.
+
+    ``bursts``: one process scraping many nodes fires them in that many groups.
+    A node's scrape after a pause of even 20 ms finds the parser's, Polars' and
+    aiohttp's code and data out of the CPU caches: timed in one process over the
+    simulated fleet, 921-943 µs a page against 543 for nodes back to back, so
+    nodes spread one by one paid that on every node (a third of the collector's
+    CPU at 64 nodes, ``benchmarks/bench_collect.py``).  An agent on one node is
+    one group whatever ``bursts`` is; the fleet's agents still spread.
     """
     h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
-    return (h / 2**64) * interval_s * max(0.0, min(jitter, 1.0))
+    width = interval_s * max(0.0, min(jitter, 1.0))
+    if bursts is None or bursts < 1:
+        return (h / 2**64) * width
+    return (h * bursts >> 64) * (width / bursts)
 
 
 def health_frame(
@@ -213,18 +226,6 @@ def _health_rows(key: tuple[str, str, str, tuple[str, ...], tuple[str, ...]]) ->
     rows += [(0, node, HEALTH_SOURCE, SERIES_ERRORS, Kind.COUNTER, 0.0, url,
               {**base, "reason": r}) for r in series_reasons]
     return frame_from_rows(rows)
-
-
-def with_health(frame: pl.DataFrame, health_rows: pl.DataFrame) -> pl.DataFrame:
-    """A target's sample rows followed by its health rows, in the sample columns' order.
-
-    ``select`` and ``concat`` are queries that cost hundreds of microseconds for a
-    few hundred rows (``concat`` hands the work to Polars' thread pool); frames
-    already in column order, which every mapping returns, are only stacked.
-    """
-    if frame.columns != _COLUMN_LIST:
-        frame = frame.select(COLUMNS)
-    return frame.vstack(health_rows)
 
 
 class ScrapeEngine:
@@ -276,6 +277,7 @@ class ScrapeEngine:
         self._owns_session = session is None
         self._sem = asyncio.Semaphore(settings.concurrency)
         self.health: dict[str, TargetHealth] = {}
+        self._urls: dict[str, URL] = {}  # each target's URL, parsed once
         # Each running target loop's parser cache, by URL (for its hit figures).
         self.shape_caches: dict[str, ShapeCache] = {}
         # The target loops' waits for their next scrape, ended early when stopping.
@@ -368,26 +370,24 @@ class ScrapeEngine:
             if n:
                 health.series_errors[problem] += n
         hf = health_frame(health, target, collector=self.name, ts_ms=ts_ms)
-        out = hf if frame is None else with_health(frame, hf)
-        return TargetResult(target.url, target.node, out, duration, error=error,
+        assert health.rows is not None  # health_frame keeps them
+        return TargetResult(target.url, target.node, frame, duration, error=error,
                             error_reason=reason, extra={"samples": float(samples)},
-                            series_key=self._series_key(target, frame, shape_cache, health))
+                            series_key=self._series_key(target, frame, shape_cache),
+                            health=hf, health_key=(target.url, None, health.rows[0]))
 
     def _series_key(self, target: ScrapeTarget, frame: pl.DataFrame | None,
-                    shapes: ShapeCache | None, health: TargetHealth) -> Hashable | None:
+                    shapes: ShapeCache | None) -> Hashable | None:
         """What makes this scrape's series equal to another's (see ``TargetResult``).
 
-        The parse's shape (from the target's own cache), the mapping's promise that
-        its transform depends on nothing else, and the health rows' columns; or
-        ``None`` when any is unknown (a file, a JSON page, a general-path parse).
+        The parse's shape (from the target's own cache) and the mapping's promise
+        that its transform depends on nothing else; or ``None`` when either is
+        unknown (a file, a JSON page, a general-path parse).  The health rows have
+        their own key (their columns' key, see ``health_frame``).
         """
-        if health.rows is None:
+        if frame is None or shapes is None or shapes.last is None or not self.mapping.structural:
             return None
-        if frame is None:  # health rows alone
-            return (target.url, None, health.rows[0])
-        if shapes is None or shapes.last is None or not self.mapping.structural:
-            return None
-        return (target.url, shapes.last, frame.height, health.rows[0])
+        return (target.url, shapes.last, frame.height)
 
     async def _run_read(self, target: ScrapeTarget, path: str, ts_ms: int) -> (
             pl.DataFrame | Partial):
@@ -435,10 +435,13 @@ class ScrapeEngine:
     async def _fetch(self, target: ScrapeTarget) -> tuple[str, str | None]:
         assert self._session is not None
         s = self.settings
+        parsed = self._urls.get(target.url)
+        if parsed is None:
+            parsed = self._urls[target.url] = URL(target.url)
         return await fetch_page(
             self._session, target.url, timeout_s=s.timeout_s, max_body_bytes=s.max_body_bytes,
             headers=s.headers, header_source=self._header_source, ssl_context=self._ssl,
-            redact=self._redact,
+            redact=self._redact, parsed=parsed,
         )
 
     # ---- the per-target scheduler -------------------------------------------------------
@@ -466,6 +469,7 @@ class ScrapeEngine:
                         tasks.pop(t).cancel()
                         self.health.pop(t.url, None)
                         self.shape_caches.pop(t.url, None)
+                        self._urls.pop(t.url, None)
                 for t in wanted - set(tasks):
                     tasks[t] = asyncio.create_task(self._target_loop(t, submit, stop, clock),
                                                    name=f"scrape:{self.name}:{t.url}")
@@ -510,7 +514,8 @@ class ScrapeEngine:
         # Spread over a tenth of the interval instead, each scrape ran alone with the
         # parser's, Polars' and aiohttp's code and data out of the CPU caches, and
         # cost about 40% more CPU (bench_collect.py, 8 and 64 simulated nodes).
-        next_at = loop.time() + phase(target.node, interval, self.settings.jitter)
+        next_at = loop.time() + phase(target.node, interval, self.settings.jitter,
+                                      self.settings.bursts)
         shapes = self.shape_caches[target.url] = ShapeCache()  # this target's alone
         while not stop.is_set():
             await self._nap(loop, max(0.0, next_at - loop.time()))

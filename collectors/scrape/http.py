@@ -20,6 +20,7 @@ import ssl
 from collections.abc import Callable, Mapping
 
 import aiohttp
+from yarl import URL
 
 from gpuslo.pipeline.auth import TokenError
 from gpuslo.pipeline.errors import GpusloError
@@ -55,10 +56,13 @@ async def fetch_page(
     header_source: HeaderSource | None = None,
     ssl_context: ssl.SSLContext | None = None,
     redact: Callable[[str], str] = lambda s: s,
+    parsed: URL | None = None,
 ) -> tuple[str, str | None]:
     """GET ``url``: its text and Content-Type.
 
     ``header_source`` is read before the request (a rotating bearer token).
+    ``parsed``: ``url`` as a :class:`yarl.URL`, kept by a caller that fetches it
+    again and again (aiohttp parses a string URL on every request).
 
     Raises:
         ScrapeFailed: see the module docstring for the reasons.
@@ -71,7 +75,7 @@ async def fetch_page(
             raise ScrapeFailed("token", str(exc)) from None
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
-        async with session.get(url, timeout=timeout, headers=sent,
+        async with session.get(parsed or url, timeout=timeout, headers=sent,
                                ssl=ssl_context if ssl_context is not None else True,
                                allow_redirects=False) as resp:
             if resp.status == 503:

@@ -118,6 +118,18 @@ class _Pending:
     frame: pl.DataFrame
     series_key: Hashable | None = None  # see TargetResult.series_key
     at: float = field(default_factory=time.monotonic)  # when it joined the buffer
+    health: Block | None = None  # the scrape's health rows, sent after ``frame``
+
+    @property
+    def height(self) -> int:
+        return self.frame.height + (self.health.frame.height if self.health is not None else 0)
+
+    def blocks(self, keyed: bool = True) -> list[Block]:
+        """The rows as record blocks; ``keyed=False`` drops the series keys."""
+        out = [Block(self.frame, self.series_key if keyed else None)]
+        if self.health is not None:
+            out.append(self.health if keyed else Block(self.health.frame))
+        return out
 
 
 class CollectRunner:
@@ -192,13 +204,17 @@ class CollectRunner:
             key = self.target_key(collector_name, r.node, r.target)
             self.stats.target_up[key] = r.ok
             self.stats.target_duration_s[key] = r.duration_s
-            if r.ok and r.frame is not None:
-                self.stats.target_samples[key] = int(r.extra.get("samples", r.frame.height))
+            if r.ok and r.samples is not None:
+                samples = r.extra.get("samples")  # not r.frame: that stacks the health rows
+                self.stats.target_samples[key] = int(
+                    samples if samples is not None else r.samples.height)
             else:
                 self.stats.errors[(key, r.error_reason or "error")] += 1
                 log.warning("scrape failed: %s", r.error)
-            if r.frame is not None and r.frame.height:
-                self._enqueue(_Pending(r.node, r.frame, r.series_key))
+            blocks = r.blocks()
+            if blocks:
+                self._enqueue(_Pending(r.node, blocks[0].frame, blocks[0].series_key,
+                                       health=blocks[1] if len(blocks) > 1 else None))
         if self._flusher is None or self._linger_s <= 0:
             await self.flush()
         else:
@@ -233,20 +249,20 @@ class CollectRunner:
         # target scrape, and the buffer holds a linger window of them.
         if len(self._pending) >= self._max_pending:
             old = self._pending.popleft()
-            self.stats.dropped[DROP_RETRY_BUFFER_FULL] += old.frame.height
-            self.stats.pending_samples -= old.frame.height
+            self.stats.dropped[DROP_RETRY_BUFFER_FULL] += old.height
+            self.stats.pending_samples -= old.height
             log.error(
                 "retry buffer full (%d batches): dropped oldest batch of %d samples",
                 self._max_pending,
-                old.frame.height,
+                old.height,
             )
         self._pending.append(item)
         self.stats.pending = len(self._pending)
-        self.stats.pending_samples += item.frame.height
+        self.stats.pending_samples += item.height
 
     def _count_pending(self) -> None:
         self.stats.pending = len(self._pending)
-        self.stats.pending_samples = sum(p.frame.height for p in self._pending)
+        self.stats.pending_samples = sum(p.height for p in self._pending)
 
     async def flush(self) -> bool:
         """Send every batch pending now, one record per node (in order within a node).
@@ -268,8 +284,8 @@ class CollectRunner:
 
     async def _send(self, key: str, group: list[_Pending]) -> bool:
         """Produce one node's waiting batches as one record; False: keep them for a retry."""
-        rows = sum(i.frame.height for i in group)
-        blocks = [Block(i.frame, i.series_key) for i in group]
+        rows = sum(i.height for i in group)
+        blocks = [b for i in group for b in i.blocks()]
         try:
             try:
                 sent = await self._producer.send_blocks(self._topic, key, blocks)
@@ -278,7 +294,7 @@ class CollectRunner:
                 log.error("batch of %s not encodable with its series keys, sent without "
                           "them: %s", key, exc)
                 sent = await self._producer.send_blocks(
-                    self._topic, key, [Block(i.frame) for i in group])
+                    self._topic, key, [b for i in group for b in i.blocks(keyed=False)])
         except SchemaError as exc:  # not a sample frame: it would block this node forever
             self.stats.dropped[DROP_UNENCODABLE] += rows
             log.error("batch of %s dropped, not a sample frame: %s", key, exc)

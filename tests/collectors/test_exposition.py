@@ -75,6 +75,23 @@ def test_numbers_read_alike_whether_a_page_is_small_or_large(values: list[str],
         assert_frame_equal(got, expected, check_exact=True)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(-(10**15) + 1, 10**15 - 1), st.integers(1, 12), st.none() | st.integers(0, 11))
+def test_a_page_stamped_once_reads_its_stamp_as_the_reference_does(
+        stamp: int, n: int, other_at: int | None) -> None:
+    """Every sample with one stamp (read once) or one sample with another (read per
+    sample): the milliseconds the reference computes, through its float seconds."""
+    stamps = [str(stamp)] * n
+    if other_at is not None and other_at < n:
+        stamps[other_at] = str(stamp + 1)
+    text = "".join(f'm{{i="{i}"}} {i}.5 {s}\n' for i, s in enumerate(stamps))
+    expected = reference.parse_text_reference(text, **KW)
+    for cache in (None, ShapeCache()):
+        for _ in range(2):  # the second parse of a cache takes the template
+            got = parse_exposition(text, openmetrics=False, shape_cache=cache, **KW)
+            assert_frame_equal(got, expected, check_exact=True)
+
+
 @pytest.mark.parametrize("rel", TEXT_FIXTURES)
 def test_every_text_fixture_matches_the_reference(rel: str) -> None:
     got = assert_same(read_fixture(rel), entity_label="container")

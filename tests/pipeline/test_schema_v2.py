@@ -134,6 +134,25 @@ def test_a_key_shared_by_blocks_of_different_lengths_is_refused() -> None:
         encode_blocks([Block(a, "k"), Block(pl.concat([a, a]), "k")])
 
 
+def test_a_cached_key_still_has_its_numbers_columns_checked() -> None:
+    """A block whose series the cache holds skips the series columns' check, never the
+    columns the encoder takes from it: a wrong or missing one is named."""
+    a = frame_from_rows([(0, "n", "s", "m", "gauge", 1.0, "", {})])
+    cache = SeriesCache()
+    assert_frame_equal(decode(encode_blocks([Block(a, "k")], cache=cache)), a)
+    assert cache.holds("k", 1) and not cache.holds("k", 2)
+    for bad, named in ((a.with_columns(pl.col("value").cast(pl.Int64)), "value"),
+                       (a.with_columns(pl.col("ts").cast(pl.Datetime("ms"))), "ts"),
+                       (a.drop("value"), "value"),
+                       (a.select(list(reversed(a.columns))).drop("ts"), "ts")):
+        with pytest.raises(SchemaError, match=named):
+            encode_blocks([Block(bad, "k")], cache=cache)
+    # Columns in another order are fine: the encoder reads them by name.
+    again = a.with_columns(pl.lit(2.0).alias("value"))
+    shuffled = again.select(list(reversed(a.columns)))
+    assert_frame_equal(decode(encode_blocks([Block(shuffled, "k")], cache=cache)), again)
+
+
 def test_empty_and_keyless_frames_round_trip() -> None:
     assert_frame_equal(decode(encode(empty_frame())), empty_frame())
     assert_frame_equal(decode(encode_blocks([])), empty_frame())

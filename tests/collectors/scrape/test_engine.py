@@ -210,6 +210,20 @@ def test_helpers_are_stable_and_cheap() -> None:
     assert p == phase("http://a/metrics", 10.0, 0.5) and 0.0 <= p < 5.0
 
 
+def test_nodes_fire_in_as_many_bursts_as_configured() -> None:
+    """Many nodes share a few evenly spaced offsets (a group's pages parse one after
+    another); each node keeps its place, and one group is where its node would be."""
+    nodes = [f"node-{i}" for i in range(64)]
+    grouped = {n: phase(n, 10.0, 0.5, 4) for n in nodes}
+    assert set(grouped.values()) == {0.0, 1.25, 2.5, 3.75}
+    for n in nodes:
+        spread = phase(n, 10.0, 0.5)
+        assert grouped[n] <= spread < grouped[n] + 1.25  # its own slot, rounded down
+        assert grouped[n] == phase(n, 10.0, 0.5, 4)
+    assert len({phase(n, 10.0, 0.5, 1) for n in nodes}) == 1
+    assert len({phase(n, 10.0, 0.5) for n in nodes}) == 64
+
+
 async def test_a_nodes_targets_fire_in_one_burst_and_nodes_apart(server: Served) -> None:
     """One node's targets start together (warm caches, one record); nodes keep their
     phases.  Each health row's ts is its scrape's start."""
@@ -234,7 +248,7 @@ async def test_a_nodes_targets_fire_in_one_burst_and_nodes_apart(server: Served)
     # a tenth of the interval, the spread this replaced, would be 800 ms.
     for node, stamps in starts.items():
         assert (stamps[-1] - stamps[0]).total_seconds() <= 0.25, (node, stamps)
-    expected = {node: phase(node, 8.0, 0.5) for node in nodes}
+    expected = {node: phase(node, 8.0, 0.5, engine.settings.bursts) for node in nodes}
     a, b = sorted(nodes, key=expected.__getitem__)[:2]
     gap = (starts[b][0] - starts[a][0]).total_seconds()
     assert abs(gap - (expected[b] - expected[a])) <= 0.25, (gap, expected)
