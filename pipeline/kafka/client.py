@@ -280,9 +280,7 @@ class SampleProducer:
         if timeout_s is None:
             await producer.stop()
             return
-        try:
-            await asyncio.wait_for(producer.stop(), timeout_s)
-        except TimeoutError:
+        if not await close_producer(producer, timeout_s):
             log.warning("producer not closed within %gs: unacknowledged batches abandoned",
                         timeout_s)
 
@@ -403,9 +401,7 @@ class SampleProducer:
         if id(self._producer) != id(failed):
             return  # another send replaced it already
         self._producer = None
-        try:
-            await asyncio.wait_for(failed.stop(), PRODUCER_ABANDON_S)
-        except (TimeoutError, KafkaError):
+        if not await close_producer(failed, PRODUCER_ABANDON_S):
             log.debug("failed producer closed with batches abandoned")
 
 
@@ -491,7 +487,6 @@ async def close_consumer(consumer: AIOKafkaConsumer, timeout_s: float, what: str
         return
     except TimeoutError:
         log.warning("consumer of %s not closed within %gs: abandoned", what, timeout_s)
-        return
     except KafkaError as exc:
         log.warning("consumer of %s closed with %s", what, exc)
     except asyncio.CancelledError:
@@ -499,12 +494,36 @@ async def close_consumer(consumer: AIOKafkaConsumer, timeout_s: float, what: str
         if task is not None and task.cancelling():
             raise
         log.debug("consumer of %s closed with a fetch cancelled in flight", what)
-    # aiokafka's stop() ends at the first error, before it closes its client (and a second
-    # stop() returns at once): close the client, which holds the connections.
+    # aiokafka's stop() ends at the first error or at the timeout, before it closes its
+    # client (and a second stop() returns at once): close the client, which holds the
+    # connections.
     client = getattr(consumer, "_client", None)
     if client is not None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.close(), timeout_s)
+
+
+async def close_producer(producer: AIOKafkaProducer, timeout_s: float) -> bool:
+    """Stop an aiokafka producer within ``timeout_s``; False: what it held was abandoned.
+
+    Why not just a bounded ``stop()``: it first waits for every batch it holds to be
+    delivered, and cut there by the timeout it never stops its sender or closes its
+    client, whose metadata loop then retries a broker that is gone for as long as the
+    process lives (a demo stopped under load printed "Unable connect" after its
+    broker had stopped).  Past the timeout the sender is cancelled and the client,
+    which holds the connections, closed.
+    """
+    try:
+        await asyncio.wait_for(producer.stop(), timeout_s)
+        return True
+    except (TimeoutError, KafkaError):
+        pass
+    sender = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    if sender is not None and not sender.done():
+        sender.cancel()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.client.close(), timeout_s)
+    return False
 
 
 def _consume_result(task: asyncio.Future[Any]) -> None:
