@@ -270,7 +270,7 @@ def test_daemonset_runs_on_every_gpu_node() -> None:
 
 
 # `python benchmarks/bench_collect.py --config daemonset|sources --node node-5 --interval 1`
-# on the simulated node: RSS 234 MiB at most (VmHWM), CPU 23m mean and 50m at most per
+# on the simulated node: RSS 234 MiB at most (VmHWM), CPU 25m mean and 120m at most per
 # second (215m before the reader layouts; kept as the bound for the CPU limit).  The
 # requests and limits must leave room above those (docs: README "Deploy").
 MEASURED_RSS_MIB = 234
