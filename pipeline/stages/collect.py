@@ -32,11 +32,9 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
-
-import polars as pl
 
 from gpuslo.collectors.base import Collector, TargetResult
 from gpuslo.exporters.base import ScrapeTargetKey
@@ -115,21 +113,12 @@ class CollectStats:
 @dataclass(frozen=True, eq=False)
 class _Pending:
     key: str
-    frame: pl.DataFrame
-    series_key: Hashable | None = None  # see TargetResult.series_key
+    blocks: tuple[Block, ...]  # one scrape's rows in order, with their series keys
     at: float = field(default_factory=time.monotonic)  # when it joined the buffer
-    health: Block | None = None  # the scrape's health rows, sent after ``frame``
 
     @property
     def height(self) -> int:
-        return self.frame.height + (self.health.frame.height if self.health is not None else 0)
-
-    def blocks(self, keyed: bool = True) -> list[Block]:
-        """The rows as record blocks; ``keyed=False`` drops the series keys."""
-        out = [Block(self.frame, self.series_key if keyed else None)]
-        if self.health is not None:
-            out.append(self.health if keyed else Block(self.health.frame))
-        return out
+        return sum(b.frame.height for b in self.blocks)
 
 
 class CollectRunner:
@@ -213,8 +202,7 @@ class CollectRunner:
                 log.warning("scrape failed: %s", r.error)
             blocks = r.blocks()
             if blocks:
-                self._enqueue(_Pending(r.node, blocks[0].frame, blocks[0].series_key,
-                                       health=blocks[1] if len(blocks) > 1 else None))
+                self._enqueue(_Pending(r.node, tuple(blocks)))
         if self._flusher is None or self._linger_s <= 0:
             await self.flush()
         else:
@@ -285,7 +273,7 @@ class CollectRunner:
     async def _send(self, key: str, group: list[_Pending]) -> bool:
         """Produce one node's waiting batches as one record; False: keep them for a retry."""
         rows = sum(i.height for i in group)
-        blocks = [b for i in group for b in i.blocks()]
+        blocks = [b for i in group for b in i.blocks]
         try:
             try:
                 sent = await self._producer.send_blocks(self._topic, key, blocks)
@@ -294,7 +282,7 @@ class CollectRunner:
                 log.error("batch of %s not encodable with its series keys, sent without "
                           "them: %s", key, exc)
                 sent = await self._producer.send_blocks(
-                    self._topic, key, [b for i in group for b in i.blocks(keyed=False)])
+                    self._topic, key, [Block(b.frame) for b in blocks])
         except SchemaError as exc:  # not a sample frame: it would block this node forever
             self.stats.dropped[DROP_UNENCODABLE] += rows
             log.error("batch of %s dropped, not a sample frame: %s", key, exc)

@@ -24,7 +24,7 @@ from gpuslo.collectors.mappings.prometheus import PrometheusMapping
 from gpuslo.collectors.scrape.engine import ScrapeEngine, ScrapeSettings, phase
 from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
 from gpuslo.pipeline.kafka.client import SampleConsumer, SampleProducer, ensure_topics
-from gpuslo.pipeline.schema import frame_from_rows
+from gpuslo.pipeline.schema import Block, frame_from_rows
 from gpuslo.pipeline.stages.collect import CollectRunner, _Pending
 
 pytestmark = pytest.mark.integration
@@ -157,9 +157,9 @@ async def test_a_key_that_does_not_hold_costs_the_dedup_not_the_samples(
     alien = pl.DataFrame({"ts": [1], "oops": ["x"]})
     async with SampleProducer(kafka_cfg) as producer:
         runner = CollectRunner([], producer, kafka_cfg.topics.samples, record_linger_s=0.0)
-        runner._enqueue(_Pending("node-a", one, "same-key"))
-        runner._enqueue(_Pending("node-a", two, "same-key"))  # a collector bug: not equal
-        runner._enqueue(_Pending("node-b", alien))
+        runner._enqueue(_Pending("node-a", (Block(one, "same-key"),)))
+        runner._enqueue(_Pending("node-a", (Block(two, "same-key"),)))  # a collector bug: not equal
+        runner._enqueue(_Pending("node-b", (Block(alien),)))
         assert await runner.flush()
     assert runner.stats.samples_produced == 3 and runner.stats.pending == 0
     assert runner.stats.dropped["unencodable"] == 1

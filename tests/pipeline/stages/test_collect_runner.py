@@ -14,7 +14,7 @@ from gpuslo.pipeline.config import ConsumerConfig, KafkaConfig
 from gpuslo.pipeline.kafka.broker import EmbeddedBroker
 from gpuslo.pipeline.kafka.client import SampleConsumer, SampleProducer, ensure_topics
 from gpuslo.pipeline.readiness import READY_KAFKA, READY_TARGETS, Readiness
-from gpuslo.pipeline.schema import frame_from_rows
+from gpuslo.pipeline.schema import Block, frame_from_rows
 from gpuslo.pipeline.stages.collect import CollectRunner
 
 pytestmark = pytest.mark.integration
@@ -100,7 +100,7 @@ async def test_retry_buffer_drops_oldest_and_counts_when_full() -> None:
 def runner_pending(frame: pl.DataFrame) -> object:
     from gpuslo.pipeline.stages.collect import _Pending
 
-    return _Pending("n", frame)
+    return _Pending("n", (Block(frame),))
 
 
 async def test_a_stop_with_the_broker_gone_ends_within_its_limits_and_counts_the_rest() -> None:
