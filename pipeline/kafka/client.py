@@ -495,12 +495,8 @@ async def close_consumer(consumer: AIOKafkaConsumer, timeout_s: float, what: str
             raise
         log.debug("consumer of %s closed with a fetch cancelled in flight", what)
     # aiokafka's stop() ends at the first error or at the timeout, before it closes its
-    # client (and a second stop() returns at once): close the client, which holds the
-    # connections.
-    client = getattr(consumer, "_client", None)
-    if client is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.close(), timeout_s)
+    # client (and a second stop() returns at once).
+    await _close_connections(getattr(consumer, "_client", None), timeout_s)
 
 
 async def close_producer(producer: AIOKafkaProducer, timeout_s: float) -> bool:
@@ -521,9 +517,16 @@ async def close_producer(producer: AIOKafkaProducer, timeout_s: float) -> bool:
     sender = getattr(getattr(producer, "_sender", None), "sender_task", None)
     if sender is not None and not sender.done():
         sender.cancel()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(producer.client.close(), timeout_s)
+    await _close_connections(producer.client, timeout_s)
     return False
+
+
+async def _close_connections(client: Any, timeout_s: float) -> None:
+    """Close an aiokafka client (what holds the connections) whose owner's ``stop()``
+    did not get that far; bounded, and whatever it raises is the owner's past."""
+    if client is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), timeout_s)
 
 
 def _consume_result(task: asyncio.Future[Any]) -> None:
